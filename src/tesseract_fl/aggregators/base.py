@@ -1,0 +1,71 @@
+"""Shared types of all aggregators: the context a round passes in and the result it gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from tesseract_fl.errors import UpdateError
+
+
+@dataclass
+class AggregationContext:
+    """What a defense may know about the round besides the gradient matrix (DESIGN.md section 3).
+
+    ``client_ids`` are stable integer ids (row i of G belongs to client ``client_ids[i]``);
+    ``n_samples`` are the clients' local dataset sizes (FedSGD weights);
+    ``c_max`` is the number of clients the server assumes malicious.
+    """
+
+    client_ids: Tensor | None = None
+    n_samples: Tensor | None = None
+    c_max: int = 0
+    round: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Aggregate:
+    """Result of one aggregation.
+
+    ``update`` is the aggregated gradient (Tensor[P]); ``weights`` is each row's effective weight
+    (Tensor[m]) so Table 3 / Figure 4 are computed the same way for every defense; ``record``
+    holds per-round diagnostics (e.g. TESSERACT's flip-scores and reputations) as tensors/floats.
+    """
+
+    update: Tensor
+    weights: Tensor
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """A defense: maps a ``[m, P]`` gradient matrix (plus context) to an :class:`Aggregate`."""
+
+    name: str
+
+    def aggregate(
+        self, G: Tensor, client_ids: Tensor | None = None, ctx: AggregationContext | None = None
+    ) -> Aggregate: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def check_matrix(G: Tensor, *, min_rows: int = 1) -> None:
+    """Validate a gradient matrix: 2-D float tensor with at least ``min_rows`` rows, all finite."""
+    if not isinstance(G, Tensor):
+        raise UpdateError(f"gradient matrix must be a torch.Tensor, got {type(G).__name__}")
+    if G.dim() != 2:
+        raise UpdateError(f"gradient matrix must be 2-D [clients, params], got shape {tuple(G.shape)}")
+    if not G.is_floating_point():
+        raise UpdateError(f"gradient matrix must be floating point, got dtype {G.dtype}")
+    if G.shape[0] < min_rows:
+        raise UpdateError(f"gradient matrix needs at least {min_rows} rows, got {G.shape[0]}")
+    if not bool(torch.isfinite(G).all()):
+        bad = (~torch.isfinite(G)).any(dim=1).nonzero().flatten().tolist()
+        raise UpdateError(f"gradient matrix has NaN/Inf entries in rows {bad[:10]}")

@@ -1,0 +1,21 @@
+"""Exception types: every user-facing failure is one of these, with a message that says what to do."""
+
+
+class TesseractFLError(Exception):
+    """Base class for all errors raised on purpose by tesseract-fl."""
+
+
+class ConfigError(TesseractFLError, ValueError):
+    """An experiment configuration is invalid (names the bad key and the allowed values)."""
+
+
+class DatasetError(TesseractFLError):
+    """A dataset file is missing, truncated or malformed, or a fetch step failed."""
+
+
+class UpdateError(TesseractFLError, ValueError):
+    """A client update matrix is malformed (wrong shape, dtype, NaN/Inf)."""
+
+
+class StoreError(TesseractFLError):
+    """The results store cannot be opened or written."""
