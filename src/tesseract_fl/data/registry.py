@@ -1,0 +1,206 @@
+"""Dataset registry: where data lives on disk and how to load MNIST-like IDX datasets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tesseract_fl.data.idx import read_idx
+from tesseract_fl.errors import DatasetError
+
+__all__ = [
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "IDX_FILES",
+    "NORMALIZATION",
+    "Dataset",
+    "candidate_names",
+    "dataset_dir",
+    "default_data_dir",
+    "find_idx_file",
+    "list_datasets",
+    "load_dataset",
+]
+
+#: Environment variable that overrides the default data directory.
+DATA_DIR_ENV = "TESSERACT_FL_DATA"
+
+#: Dataset name -> short description (datasets that ``load_dataset`` can read).
+DATASETS: dict[str, str] = {
+    "mnist": "MNIST handwritten digits, 60k train / 10k test, 28x28 grayscale, 10 classes",
+    "fmnist": "Fashion-MNIST clothing images, 60k train / 10k test, 28x28 grayscale, 10 classes",
+}
+
+#: Per-dataset (mean, std) of the training pixels scaled to [0, 1].
+NORMALIZATION: dict[str, tuple[float, float]] = {
+    "mnist": (0.1307, 0.3081),
+    "fmnist": (0.2860, 0.3530),
+}
+
+#: Logical file key -> (prefix, idx suffix). Accepted names: ``{prefix}-{suffix}`` and
+#: ``{prefix}.{suffix}``, each optionally with ``.gz``.
+IDX_FILES: dict[str, tuple[str, str]] = {
+    "train-images": ("train-images", "idx3-ubyte"),
+    "train-labels": ("train-labels", "idx1-ubyte"),
+    "test-images": ("t10k-images", "idx3-ubyte"),
+    "test-labels": ("t10k-labels", "idx1-ubyte"),
+}
+
+_NUM_CLASSES = 10
+_IMAGE_SIZE = 28
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An in-memory image classification dataset.
+
+    Images are float32 ``[N, 1, 28, 28]`` normalized with the dataset's mean/std; labels
+    are int64 ``[N]``. ``source`` says where the data was read from.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    source: str
+
+
+def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the data directory: the argument, else ``$TESSERACT_FL_DATA``, else
+    ``~/.cache/tesseract-fl``."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "tesseract-fl"
+
+
+def list_datasets() -> list[str]:
+    """Names of the datasets ``load_dataset`` knows, sorted."""
+    return sorted(DATASETS)
+
+
+def _check_name(name: str) -> str:
+    """Normalize and validate a dataset name."""
+    key = name.strip().lower()
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}.")
+    return key
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Directory holding the files of dataset ``name``: ``<data_dir>/<name>``."""
+    return default_data_dir(data_dir) / _check_name(name)
+
+
+def candidate_names(key: str) -> list[str]:
+    """All accepted file names for a logical IDX file key (e.g. ``"train-images"``)."""
+    prefix, suffix = IDX_FILES[key]
+    bases = [f"{prefix}-{suffix}", f"{prefix}.{suffix}"]
+    return [n for b in bases for n in (b, b + ".gz")]
+
+
+def find_idx_file(directory: Path, key: str) -> Path | None:
+    """Return the first existing file in ``directory`` for a logical key, or None."""
+    for fname in candidate_names(key):
+        p = directory / fname
+        if p.is_file():
+            return p
+    return None
+
+
+def _missing_error(name: str, directory: Path, missing: list[str]) -> DatasetError:
+    """Build the error for missing dataset files, naming the fix."""
+    lines = []
+    for key in missing:
+        names = candidate_names(key)
+        lines.append(f"  {names[0]} (or {', '.join(names[1:])})")
+    return DatasetError(
+        f"dataset {name!r}: files missing in {directory}:\n"
+        + "\n".join(lines)
+        + f"\nRun `tesseract-fl datasets fetch {name}` to fetch them, or copy the four IDX "
+        f"files there by hand (or point --data-dir / ${DATA_DIR_ENV} at a directory that "
+        f"holds a {name}/ folder with them)."
+    )
+
+
+def _images_to_tensor(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """uint8 ``[N, 28, 28]`` -> normalized float32 ``[N, 1, 28, 28]``."""
+    x = torch.from_numpy(images).to(torch.float32).unsqueeze(1)
+    x.div_(255.0).sub_(mean).div_(std)
+    return x
+
+
+def _check_images(arr: np.ndarray, path: Path) -> None:
+    """Raise DatasetError unless ``arr`` is a uint8 ``[N, 28, 28]`` image array."""
+    if arr.ndim != 3 or arr.shape[1:] != (_IMAGE_SIZE, _IMAGE_SIZE):
+        raise DatasetError(
+            f"{path}: expected images of shape [N, 28, 28], found {list(arr.shape)}. "
+            "Is this the right file?"
+        )
+    if arr.dtype != np.uint8:
+        raise DatasetError(f"{path}: expected uint8 pixels, found {arr.dtype}.")
+
+
+def _check_labels(arr: np.ndarray, path: Path, n_images: int, images_path: Path) -> None:
+    """Raise DatasetError unless ``arr`` is a 1-D label array matching the image count."""
+    if arr.ndim != 1:
+        raise DatasetError(f"{path}: expected a 1-D label array, found {list(arr.shape)}.")
+    if arr.shape[0] != n_images:
+        raise DatasetError(
+            f"{path} holds {arr.shape[0]} labels but {images_path} holds {n_images} images; "
+            "the files do not belong together. Fetch the dataset again."
+        )
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= _NUM_CLASSES):
+        raise DatasetError(
+            f"{path}: labels must lie in [0, {_NUM_CLASSES}), found range "
+            f"[{int(arr.min())}, {int(arr.max())}]."
+        )
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """Load ``mnist`` or ``fmnist`` from ``<data_dir>/<name>/`` (IDX, raw or gzip).
+
+    Raises:
+        DatasetError: unknown name, missing files (the message names the fetch command),
+            malformed files, or inconsistent image/label counts.
+    """
+    key = _check_name(name)
+    directory = default_data_dir(data_dir) / key
+    paths: dict[str, Path] = {}
+    missing: list[str] = []
+    for file_key in IDX_FILES:
+        found = find_idx_file(directory, file_key)
+        if found is None:
+            missing.append(file_key)
+        else:
+            paths[file_key] = found
+    if missing:
+        raise _missing_error(key, directory, missing)
+
+    mean, std = NORMALIZATION[key]
+    tensors: dict[str, torch.Tensor] = {}
+    for split in ("train", "test"):
+        img_path, lbl_path = paths[f"{split}-images"], paths[f"{split}-labels"]
+        images = read_idx(img_path)
+        _check_images(images, img_path)
+        labels = read_idx(lbl_path)
+        _check_labels(labels, lbl_path, images.shape[0], img_path)
+        tensors[f"{split}_x"] = _images_to_tensor(images, mean, std)
+        tensors[f"{split}_y"] = torch.from_numpy(labels.astype(np.int64))
+    return Dataset(
+        name=key,
+        train_x=tensors["train_x"],
+        train_y=tensors["train_y"],
+        test_x=tensors["test_x"],
+        test_y=tensors["test_y"],
+        num_classes=_NUM_CLASSES,
+        source=str(directory),
+    )
