@@ -1,4 +1,4 @@
-"""Exception types: every user-facing failure is one of these, with a message that says what to do."""
+"""Exception types: every user-facing failure is one of these, saying what to do about it."""
 
 
 class TesseractFLError(Exception):

@@ -1,0 +1,17 @@
+# Sourced by setup.sh and test.sh: create .venv (Python >= 3.11) and install the project into it.
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "error: Python >= 3.11 is needed; set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    "$PY" -m venv .venv
+fi
+# torch is pinned to 2.13.0 in pyproject.toml: a looser spec pulls a multi-GB CUDA build.
+if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff' 2>/dev/null \
+    || [ pyproject.toml -nt .venv/.installed ]; then
+    echo "==> installing tesseract-fl and its dependencies into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    touch .venv/.installed
+fi

@@ -1,0 +1,96 @@
+"""Aggregation rules (defenses) and a registry to build them by name (DESIGN.md sections 2-4).
+
+Public API: :func:`fedsgd`, :class:`FedSGD`, :func:`flip_scores`, :class:`Tesseract`, the shared
+types :class:`Aggregate`, :class:`AggregationContext`, :class:`Aggregator`, and the registry
+:data:`AGGREGATORS` / :func:`make_aggregator` / :func:`register_aggregator`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, check_matrix
+from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
+from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
+from tesseract_fl.errors import ConfigError
+
+__all__ = [
+    "AGGREGATORS",
+    "Aggregate",
+    "AggregationContext",
+    "Aggregator",
+    "FedSGD",
+    "Tesseract",
+    "check_matrix",
+    "fedsgd",
+    "flip_scores",
+    "make_aggregator",
+    "penalty_mask",
+    "register_aggregator",
+]
+
+#: Aggregator classes by name. Constructors may take ``num_clients`` and/or ``c_max`` (passed by
+#: :func:`make_aggregator` when accepted) plus keyword parameters of their own.
+AGGREGATORS: dict[str, type] = {
+    FedSGD.name: FedSGD,
+    Tesseract.name: Tesseract,
+}
+
+# Filled by make_aggregator: the round's sizes, not user-tunable parameters.
+_CONTEXT_PARAMS = ("num_clients", "c_max")
+
+
+def register_aggregator(name: str, cls: type, *, replace: bool = False) -> None:
+    """Add ``cls`` to :data:`AGGREGATORS` under ``name`` (``replace=True`` to overwrite)."""
+    key = name.strip().lower()
+    if not key:
+        raise ConfigError("aggregator name must be non-empty")
+    if key in AGGREGATORS and AGGREGATORS[key] is not cls and not replace:
+        raise ConfigError(f"aggregator {key!r} is already registered ({AGGREGATORS[key].__name__})")
+    AGGREGATORS[key] = cls
+
+
+def _constructor_params(cls: type) -> tuple[list[str], bool]:
+    """Keyword-passable constructor parameter names, and whether it takes ``**kwargs``."""
+    sig = inspect.signature(cls)
+    names: list[str] = []
+    var_kw = False
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            names.append(p.name)
+    return names, var_kw
+
+
+def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -> Aggregator:
+    """Build the aggregator registered as ``name`` (case-insensitive).
+
+    ``num_clients`` and ``c_max`` are passed only to constructors that accept them (FedSGD takes
+    neither). Raises :class:`ConfigError` for an unknown name (listing the allowed names) or for
+    parameters the constructor does not accept (listing the accepted ones).
+    """
+    key = str(name).strip().lower()
+    cls = AGGREGATORS.get(key)
+    if cls is None:
+        raise ConfigError(
+            f"unknown aggregator (defense) {name!r}; allowed: {', '.join(sorted(AGGREGATORS))}"
+        )
+    accepted, var_kw = _constructor_params(cls)
+    tunable = [p for p in accepted if p not in _CONTEXT_PARAMS]
+    unknown = sorted(set(params) - set(tunable))
+    if unknown and not var_kw:
+        raise ConfigError(
+            f"aggregator {key!r} does not accept parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(tunable) if tunable else '(none)'}"
+        )
+    kwargs: dict[str, Any] = dict(params)
+    if "num_clients" in accepted:
+        kwargs["num_clients"] = num_clients
+    if "c_max" in accepted:
+        kwargs["c_max"] = c_max
+    agg = cls(**kwargs)
+    if not isinstance(agg, Aggregator):
+        raise ConfigError(f"registered class {cls.__name__} does not implement Aggregator")
+    return agg

@@ -1,0 +1,484 @@
+"""TESSERACT: flip-score reputation aggregation (paper Sec. 3, Algorithm 1; DESIGN.md section 4).
+
+Each round the server computes every client's flip-score against the sign of the previous global
+update (Alg. 1 line 3), penalizes the ``c_max`` lowest and ``c_max`` highest flip-scores and
+rewards the rest (lines 4-6), turns the decayed reputations into weights with a softmax (line 7),
+aggregates (line 8) and stores the sign of the new update (line 9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, check_matrix
+from tesseract_fl.errors import ConfigError, UpdateError
+
+__all__ = [
+    "LOG_FLOAT32_MAX",
+    "Tesseract",
+    "flip_scores",
+    "flip_scores_reference",
+    "penalty_mask",
+]
+
+#: ``log(float32 max)`` ~ 88.72: a reputation above this makes ``exp(RS)`` overflow float32, which
+#: triggers the paper's halving rule (Sec. 3, "We halve the reputation score of every client...").
+LOG_FLOAT32_MAX: float = math.log(torch.finfo(torch.float32).max)
+
+# Rows per flip-score chunk are chosen so one chunk holds about this many elements (4 MiB of
+# float32): the temporaries stay in cache and no [m, P] temporary is ever allocated.
+_CHUNK_ELEMENTS_CPU = 1 << 20
+
+
+# --------------------------------------------------------------------------- flip-scores
+
+
+def _check_sign_vector(G: Tensor, s_g: Tensor) -> None:
+    if not isinstance(s_g, Tensor):
+        raise UpdateError(f"s_g must be a torch.Tensor, got {type(s_g).__name__}")
+    if s_g.dim() != 1 or s_g.shape[0] != G.shape[1]:
+        raise UpdateError(
+            f"s_g must be a vector of length P={G.shape[1]} (columns of G), "
+            f"got shape {tuple(s_g.shape)}"
+        )
+    if not torch.equal(s_g, torch.sign(s_g)):
+        raise UpdateError("s_g must be a sign vector (entries -1, 0 or +1)")
+
+
+def _flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
+    """Flip-scores for a sign vector ``s`` already in G's dtype and device (no validation).
+
+    For ``s_j = +1`` a coordinate counts iff ``G_ij < 0``, for ``s_j = -1`` iff ``G_ij > 0``; in
+    both cases ``min(G_ij * s_j, 0)^2`` is exactly ``G_ij^2`` when it counts and 0 otherwise. For
+    ``s_j = 0`` every coordinate counts (zeros add 0), so those columns add their plain sum of
+    squares. Rows are processed in cache-sized chunks with a reused buffer; measured on
+    ``[100, 266060]`` float32 (2-core CPU): ~12 ms, versus ~170-215 ms for the naive masked
+    ``(G * G * mask).sum(1)`` and ~85 ms for the same clamp form without chunking.
+    """
+    m, P = G.shape
+    out = torch.zeros(m, dtype=G.dtype, device=G.device)
+    if m == 0 or P == 0:
+        return out
+    zero_idx = (s == 0).nonzero().flatten()
+    n_zero = zero_idx.numel()
+    has_signed = n_zero < P
+    all_zero = n_zero == P
+    if G.device.type == "cpu":
+        rows = max(1, min(m, _CHUNK_ELEMENTS_CPU // P))
+    else:
+        rows = m
+    buf = torch.empty(rows, P, dtype=G.dtype, device=G.device) if has_signed else None
+    for i in range(0, m, rows):
+        g = G[i : i + rows]
+        acc = out[i : i + rows]
+        if buf is not None:
+            u = buf[: g.shape[0]]
+            torch.mul(g, s, out=u)
+            u.clamp_(max=0)
+            acc += torch.linalg.vecdot(u, u)
+        if n_zero:
+            gz = g if all_zero else g.index_select(1, zero_idx)
+            acc += torch.linalg.vecdot(gz, gz)
+    return out
+
+
+def flip_scores(G: Tensor, s_g: Tensor) -> Tensor:
+    """Flip-scores ``FS_i = sum_j G_ij^2 [sign(G_ij) != s_g_j]`` (Alg. 1 line 3) -> Tensor[m].
+
+    ``G`` is the [m, P] gradient matrix, ``s_g`` the sign of the previous global update (entries
+    in {-1, 0, +1}). With ``s_g = 0`` (round 1) every nonzero coordinate counts; a zero gradient
+    entry never counts (``sign(0) = 0``). Accumulated in G's dtype; agrees with
+    :func:`flip_scores_reference` to float32 rounding (~1e-7 relative).
+    """
+    check_matrix(G)
+    _check_sign_vector(G, s_g)
+    return _flip_scores_fast(G, s_g.to(dtype=G.dtype, device=G.device))
+
+
+def flip_scores_reference(G: Tensor, s_g: Tensor) -> Tensor:
+    """Naive float64 flip-scores, literally Alg. 1 line 3 (test reference; slow)."""
+    G64 = G.double()
+    mask = torch.sign(G64) != s_g.to(device=G.device, dtype=torch.float64)
+    return (G64 * G64 * mask).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- penalties
+
+
+def _rank(fs: Tensor, client_ids: Tensor) -> Tensor:
+    """Row order sorting by (flip-score, client id), ascending; ties go to the lower id first."""
+    fs = torch.as_tensor(fs).detach().cpu()
+    ids = torch.as_tensor(client_ids).detach().cpu()
+    if fs.dim() != 1 or ids.dim() != 1 or fs.shape != ids.shape:
+        raise UpdateError(
+            f"flip-scores and client ids must be 1-D of equal length, "
+            f"got {tuple(fs.shape)} and {tuple(ids.shape)}"
+        )
+    if bool(torch.isnan(fs).any()):
+        raise UpdateError("flip-scores contain NaN")
+    by_id = torch.argsort(ids, stable=True)
+    return by_id[torch.argsort(fs[by_id], stable=True)]
+
+
+def penalty_mask(fs: Tensor, c_max: int, client_ids: Tensor) -> Tensor:
+    """Which clients are penalized (Alg. 1 line 4): the ``c_max`` lowest and ``c_max`` highest FS.
+
+    Clients are ranked by ``(fs, client id)``, so among equal flip-scores the lower id counts as
+    the lower score. Returns a bool Tensor[m] (CPU). When ``2 * c_max >= m`` the two ends cover
+    everyone and every client is penalized (the paper requires ``c_max < m/2``; :class:`Tesseract`
+    refuses such rounds). ``c_max = 0`` penalizes nobody.
+    """
+    if int(c_max) != c_max or c_max < 0:
+        raise UpdateError(f"c_max must be a non-negative integer, got {c_max!r}")
+    c = int(c_max)
+    order = _rank(fs, client_ids)
+    m = order.shape[0]
+    mask = torch.zeros(m, dtype=torch.bool)
+    if c == 0:
+        return mask
+    if 2 * c >= m:
+        mask[:] = True
+        return mask
+    mask[order[:c]] = True
+    mask[order[m - c :]] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- the aggregator
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or int(value) != value:
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    return int(value)
+
+
+class Tesseract:
+    """TESSERACT aggregator (paper Algorithm 1) with reputation state keyed by client id.
+
+    Parameters: ``num_clients`` (ids are ``0..num_clients-1``), ``c_max`` (clients assumed
+    malicious, ``c_max < num_clients / 2``), ``mu_d`` (reputation decay in [0, 1], paper default
+    0.99), ``filter_then`` (optional aggregator instance or registry name: clients whose softmax
+    weight is below ``filter_threshold`` are dropped and the rest go to that aggregator, paper
+    Sec. 3 "use this to directly filter out the suspicious gradients").
+
+    State: ``reputation`` Tensor[num_clients] float64 (RS, Alg. 1 line 0), ``s_g`` Tensor[P] (sign
+    of the last global update, line 1; created as zeros on the first round), ``round``.
+    """
+
+    name = "tesseract"
+
+    def __init__(
+        self,
+        num_clients: int,
+        c_max: int,
+        mu_d: float = 0.99,
+        filter_then: Aggregator | str | None = None,
+        filter_threshold: float = 1e-4,
+    ) -> None:
+        self.num_clients = _as_int(num_clients, "num_clients")
+        self.c_max = _as_int(c_max, "c_max")
+        self.mu_d = float(mu_d)
+        self.filter_threshold = float(filter_threshold)
+        self._check_hyper(self.num_clients, self.c_max, self.mu_d, self.filter_threshold)
+        self._inner: Aggregator | None
+        if filter_then is None:
+            self._inner = None
+        elif isinstance(filter_then, str):
+            from tesseract_fl.aggregators import make_aggregator
+
+            self._inner = make_aggregator(
+                filter_then, num_clients=self.num_clients, c_max=self.c_max
+            )
+        elif isinstance(filter_then, Aggregator):
+            self._inner = filter_then
+        else:
+            raise ConfigError(
+                f"filter_then must be an aggregator or a registered name, got {filter_then!r}"
+            )
+        self.reputation: Tensor = torch.zeros(self.num_clients, dtype=torch.float64)
+        self._s_g: Tensor | None = None
+        self.round = 0
+        self._fs_low = math.nan
+        self._fs_high = math.nan
+
+    @staticmethod
+    def _check_hyper(num_clients: int, c_max: int, mu_d: float, filter_threshold: float) -> None:
+        if num_clients < 1:
+            raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
+        if c_max < 0 or 2 * c_max >= num_clients:
+            raise ConfigError(
+                f"c_max must satisfy 0 <= c_max < num_clients/2 (paper Sec. 3), "
+                f"got c_max={c_max} with num_clients={num_clients}"
+            )
+        if not 0.0 <= mu_d <= 1.0:
+            raise ConfigError(f"mu_d must be in [0, 1], got {mu_d}")
+        if not (math.isfinite(filter_threshold) and filter_threshold >= 0.0):
+            raise ConfigError(f"filter_threshold must be finite and >= 0, got {filter_threshold}")
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def s_g(self) -> Tensor | None:
+        """Sign of the last global update (Alg. 1 line 9); ``None`` before the first round."""
+        return self._s_g
+
+    @property
+    def fs_low(self) -> float:
+        """The ``c_max``-th lowest flip-score of the last round (nan before it or if c_max = 0)."""
+        return self._fs_low
+
+    @property
+    def fs_high(self) -> float:
+        """The ``c_max``-th highest flip-score of the last round (nan before it or if c_max = 0)."""
+        return self._fs_high
+
+    @property
+    def filter_then(self) -> Aggregator | None:
+        """The aggregator the surviving clients are passed to, if any."""
+        return self._inner
+
+    def public_state(self) -> dict[str, Any]:
+        """What an adaptive attacker is assumed to know (paper Sec. 6.2); copies, safe to keep."""
+        return {
+            "s_g": None if self._s_g is None else self._s_g.clone(),
+            "fs_low": self._fs_low,
+            "fs_high": self._fs_high,
+            "reputation": self.reputation.clone(),
+        }
+
+    # ------------------------------------------------------------------ aggregation
+
+    def _resolve_ids(
+        self, client_ids: Tensor | Sequence[int] | None, ctx: AggregationContext | None, m: int
+    ) -> Tensor:
+        ids: Any = client_ids
+        if ctx is not None and ctx.client_ids is not None:
+            if ids is None:
+                ids = ctx.client_ids
+            elif not torch.equal(
+                torch.as_tensor(ids).detach().cpu(), torch.as_tensor(ctx.client_ids).detach().cpu()
+            ):
+                raise UpdateError("client_ids and ctx.client_ids disagree")
+        if ids is None:
+            ids = torch.arange(m)
+        t = torch.as_tensor(ids).detach().cpu()
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise UpdateError(f"client ids must be integers, got dtype {t.dtype}")
+        t = t.to(torch.long)
+        if t.dim() != 1 or t.shape[0] != m:
+            raise UpdateError(
+                f"client ids must be 1-D with one id per row of G ({m}), got shape {tuple(t.shape)}"
+            )
+        if t.unique().numel() != m:
+            raise UpdateError(f"client ids must be unique, got {t.tolist()[:20]}")
+        if m and (int(t.min()) < 0 or int(t.max()) >= self.num_clients):
+            raise UpdateError(
+                f"client ids must lie in [0, {self.num_clients}), got range "
+                f"[{int(t.min())}, {int(t.max())}]"
+            )
+        return t
+
+    def aggregate(
+        self,
+        G: Tensor,
+        client_ids: Tensor | Sequence[int] | None = None,
+        ctx: AggregationContext | None = None,
+    ) -> Aggregate:
+        """One TESSERACT round on ``G`` [m, P] (Alg. 1 lines 2-9) -> :class:`Aggregate`.
+
+        ``client_ids`` (or ``ctx.client_ids``; default ``0..m-1``) name each row's client; only
+        the present clients' reputations change and ``m`` in the penalty/reward is the number
+        present. ``ctx.c_max`` is ignored (the constructor's ``c_max`` is used). The state is
+        changed only when the round succeeds. ``record`` holds ``flip_scores``, ``fs_low``,
+        ``fs_high``, ``penalized``, ``reputation`` (present clients, after the update),
+        ``halvings`` and ``client_ids`` (plus ``softmax_weights``/``kept`` with ``filter_then``).
+        """
+        check_matrix(G)
+        m, P = G.shape
+        ids = self._resolve_ids(client_ids, ctx, m)
+        c = self.c_max
+        if m <= 2 * c:
+            raise UpdateError(
+                f"TESSERACT needs more than 2*c_max={2 * c} clients in a round, got m={m}"
+            )
+        if self._s_g is not None and self._s_g.shape[0] != P:
+            raise UpdateError(
+                f"G has P={P} columns but earlier rounds had P={self._s_g.shape[0]} (s_g length)"
+            )
+
+        # Alg. 1 lines 1-3: flip-scores against the previous global direction (zeros at first).
+        if self._s_g is None:
+            s = torch.zeros(P, dtype=G.dtype, device=G.device)
+        else:
+            s = self._s_g.to(dtype=G.dtype, device=G.device)
+        fs = _flip_scores_fast(G, s).detach().cpu()
+
+        # Lines 4-6: penalize c_max on either end (ties by client id), reward the rest.
+        order = _rank(fs, ids)
+        penalized = torch.zeros(m, dtype=torch.bool)
+        if c > 0:
+            penalized[order[:c]] = True
+            penalized[order[m - c :]] = True
+            fs_low, fs_high = float(fs[order[c - 1]]), float(fs[order[m - c]])
+        else:
+            fs_low = fs_high = math.nan
+        reward = 2.0 * c / m
+        penalty = -(1.0 - reward)
+        rep = self.reputation.clone()
+        change = torch.full((m,), reward, dtype=torch.float64)
+        change[penalized] = penalty
+        rep[ids] = self.mu_d * rep[ids] + change
+
+        # Line 7 with the paper's overflow rule: halve every stored RS while exp(RS) would
+        # overflow float32; the softmax itself is computed stably in float64 anyway.
+        halvings = 0
+        while float(rep[ids].max()) > LOG_FLOAT32_MAX:
+            rep.mul_(0.5)
+            halvings += 1
+        rep_present = rep[ids]
+        w64 = torch.softmax(rep_present, dim=0)
+        w = w64.to(dtype=G.dtype, device=G.device)
+
+        record: dict[str, Any] = {
+            "flip_scores": fs,
+            "fs_low": fs_low,
+            "fs_high": fs_high,
+            "penalized": penalized,
+            "reputation": rep_present.clone(),
+            "halvings": halvings,
+            "client_ids": ids,
+        }
+
+        # Line 8: weighted mean, or hand the survivors to another rule (filter_then).
+        if self._inner is None:
+            update = w @ G
+            weights = w
+        else:
+            update, weights = self._filter_and_aggregate(G, ids, ctx, w64, record)
+
+        # Line 9: new global direction; commit the round's state.
+        self._s_g = torch.sign(update)
+        self.reputation = rep
+        self.round += 1
+        self._fs_low, self._fs_high = fs_low, fs_high
+        return Aggregate(update=update, weights=weights, record=record)
+
+    def _filter_and_aggregate(
+        self,
+        G: Tensor,
+        ids: Tensor,
+        ctx: AggregationContext | None,
+        w64: Tensor,
+        record: dict[str, Any],
+    ) -> tuple[Tensor, Tensor]:
+        """Drop clients with softmax weight < ``filter_threshold``; aggregate the rest.
+
+        If every client would be dropped (possible only when ``filter_threshold > 1/m``), all are
+        kept. Returns the inner rule's update and its weights scattered back (0 when dropped).
+        """
+        assert self._inner is not None
+        m = G.shape[0]
+        kept = w64 >= self.filter_threshold
+        if not bool(kept.any()):
+            kept = torch.ones(m, dtype=torch.bool)
+        idx = kept.nonzero().flatten()
+        all_kept = idx.numel() == m
+        sub_G = G if all_kept else G.index_select(0, idx.to(G.device))
+        sub_ids = ids[idx]
+        if ctx is None:
+            sub_ctx = AggregationContext(client_ids=sub_ids, c_max=self.c_max, round=self.round)
+        else:
+            n = ctx.n_samples
+            if n is not None:
+                n = torch.as_tensor(n)
+                if n.dim() != 1 or n.shape[0] != m:
+                    raise UpdateError(f"ctx.n_samples must have length {m}, got {tuple(n.shape)}")
+                n = n[idx.to(n.device)]
+            sub_ctx = dataclasses.replace(ctx, client_ids=sub_ids, n_samples=n)
+        inner = self._inner.aggregate(sub_G, client_ids=sub_ids, ctx=sub_ctx)
+        weights = torch.zeros(m, dtype=G.dtype, device=G.device)
+        weights[idx.to(G.device)] = inner.weights.to(dtype=G.dtype, device=G.device)
+        record["softmax_weights"] = w64
+        record["kept"] = kept
+        record["inner"] = inner.record
+        return inner.update, weights
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume identically (like ``torch.optim``'s): copies of the state."""
+        inner_name = None if self._inner is None else self._inner.name
+        return {
+            "num_clients": self.num_clients,
+            "c_max": self.c_max,
+            "mu_d": self.mu_d,
+            "filter_threshold": self.filter_threshold,
+            "filter_then": inner_name,
+            "filter_then_state": None if self._inner is None else self._inner.state_dict(),
+            "reputation": self.reputation.clone(),
+            "s_g": None if self._s_g is None else self._s_g.clone(),
+            "round": self.round,
+            "fs_low": self._fs_low,
+            "fs_high": self._fs_high,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; hyper-parameters are restored too (as torch.optim).
+
+        Raises :class:`ConfigError` if ``num_clients`` or the ``filter_then`` rule differ, or the
+        state is malformed; nothing is changed then.
+        """
+        required = {"num_clients", "c_max", "mu_d", "reputation", "s_g", "round"}
+        missing = required - set(state)
+        if missing:
+            raise ConfigError(f"TESSERACT state is missing keys {sorted(missing)}")
+        num_clients = _as_int(state["num_clients"], "num_clients")
+        if num_clients != self.num_clients:
+            raise ConfigError(
+                f"state is for num_clients={num_clients}, this aggregator has {self.num_clients}"
+            )
+        c_max = _as_int(state["c_max"], "c_max")
+        mu_d = float(state["mu_d"])
+        threshold = float(state.get("filter_threshold", self.filter_threshold))
+        self._check_hyper(num_clients, c_max, mu_d, threshold)
+        inner_name = None if self._inner is None else self._inner.name
+        if state.get("filter_then", inner_name) != inner_name:
+            raise ConfigError(
+                f"state was saved with filter_then={state.get('filter_then')!r}, "
+                f"this aggregator has {inner_name!r}"
+            )
+        rep = torch.as_tensor(state["reputation"]).detach().to(device="cpu", dtype=torch.float64)
+        if rep.shape != (self.num_clients,) or not bool(torch.isfinite(rep).all()):
+            raise ConfigError(
+                f"state reputation must be finite with shape ({self.num_clients},), "
+                f"got {tuple(rep.shape)}"
+            )
+        s_g = state["s_g"]
+        if s_g is not None:
+            s_g = torch.as_tensor(s_g).detach()
+            if s_g.dim() != 1 or not torch.equal(s_g, torch.sign(s_g)):
+                raise ConfigError("state s_g must be a 1-D sign vector (entries -1, 0, +1)")
+            s_g = s_g.clone()
+        rnd = _as_int(state["round"], "round")
+        if self._inner is not None and state.get("filter_then_state") is not None:
+            self._inner.load_state_dict(state["filter_then_state"])
+        self.c_max, self.mu_d, self.filter_threshold = c_max, mu_d, threshold
+        self.reputation = rep.clone()
+        self._s_g = s_g
+        self.round = rnd
+        self._fs_low = float(state.get("fs_low", math.nan))
+        self._fs_high = float(state.get("fs_high", math.nan))
+
+    def __repr__(self) -> str:
+        inner = "" if self._inner is None else f", filter_then={self._inner.name!r}"
+        return (
+            f"Tesseract(num_clients={self.num_clients}, c_max={self.c_max}, mu_d={self.mu_d}"
+            f"{inner})"
+        )

@@ -1,0 +1,235 @@
+"""The ``tesseract-fl`` command: run experiments, manage datasets, list presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tesseract_fl.errors import TesseractFLError
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def _add_run_args(p: argparse.ArgumentParser, preset_required: bool) -> None:
+    p.add_argument("--preset", required=preset_required, help="bundled preset (see `presets`)")
+    p.add_argument("--config", help="TOML config file; its keys override the preset's")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key (repeatable), e.g. --set rounds=300 --set defense=fedsgd",
+    )
+    p.add_argument(
+        "--store", default=None, help="SQLite results store (default results/store.sqlite)"
+    )
+    p.add_argument("--data-dir", default=None, help="dataset directory (env TESSERACT_FL_DATA)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tesseract-fl",
+        description="Byzantine-robust federated learning: TESSERACT and baselines, simulated.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_args(sub.add_parser("run", help="run one experiment"), preset_required=False)
+    _add_run_args(sub.add_parser("demo", help="run the short demo experiment"), False)
+    ds = sub.add_parser("datasets", help="list, fetch or verify datasets")
+    ds.add_argument("action", choices=["list", "fetch", "verify"])
+    ds.add_argument("names", nargs="*", help="dataset names (default: all for list/verify)")
+    ds.add_argument("--data-dir", default=None)
+    pr = sub.add_parser("presets", help="list presets or show one as TOML-like keys")
+    pr.add_argument("name", nargs="?")
+    sh = sub.add_parser("show", help="list runs in a store, or one run's metrics")
+    sh.add_argument("run_id", nargs="?")
+    sh.add_argument("--store", default=None)
+    return parser
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"run {summary.get('run_id')}" + (" (from store)" if summary.get("cached") else "")
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("name", "dataset", "defense", "attack", "rounds"):
+        table.add_row(key, str(summary.get(key)))
+    acc = summary.get("final_accuracy")
+    table.add_row("final test accuracy", "-" if acc is None else f"{100 * acc:.2f}%")
+    loss = summary.get("final_loss")
+    table.add_row("final test loss", "-" if loss is None else f"{loss:.4f}")
+    rps = summary.get("rounds_per_second")
+    table.add_row("rounds / second", "-" if rps is None else f"{rps:.3f}")
+    table.add_row("backend / device", f"{summary.get('backend')} / {summary.get('device')}")
+    table.add_row("store", str(summary.get("store")))
+    return table
+
+
+def cmd_run(args: argparse.Namespace, default_preset: str | None = None) -> int:
+    from tesseract_fl.experiments.config import resolve_config
+    from tesseract_fl.experiments.runner import DEFAULT_STORE, run_experiment
+
+    preset = args.preset or default_preset
+    if preset is None and args.config is None:
+        raise TesseractFLError("give --preset NAME or --config FILE (see `tesseract-fl presets`)")
+    overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides.append(f"data_dir={json.dumps(args.data_dir)}")
+    cfg = resolve_config(preset, args.config, overrides)
+    store = args.store or DEFAULT_STORE
+    if args.quiet:
+        summary = run_experiment(cfg, store, force=args.force)
+    else:
+        with Progress(
+            TextColumn(f"[bold]{cfg.name}[/] {cfg.defense}/{cfg.attack}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("rounds", total=cfg.rounds, status="")
+
+            def progress(done: int, total: int, info: dict[str, Any]) -> None:
+                acc = info.get("acc")
+                status = f"loss {info['loss']:.3f}" + (
+                    "" if acc is None else f" acc {100 * acc:.1f}%"
+                )
+                bar.update(task, completed=done, status=status)
+
+            summary = run_experiment(cfg, store, force=args.force, progress=progress)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        out_console.print(_summary_table(summary))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from tesseract_fl.data import DATASETS, default_data_dir, fetch_dataset, verify_dataset
+
+    names = args.names or sorted(DATASETS)
+    for n in names:
+        if n not in DATASETS:
+            raise TesseractFLError(
+                f"unknown dataset {n!r}; allowed values: {', '.join(sorted(DATASETS))}"
+            )
+    if args.action == "fetch":
+        if not args.names:
+            raise TesseractFLError(
+                "name the datasets to fetch, e.g. `tesseract-fl datasets fetch mnist`"
+            )
+        for n in names:
+            path = fetch_dataset(n, args.data_dir, log=lambda msg: err_console.print(msg))
+            out_console.print(f"[green]{n}[/]: ready in {path}")
+        return 0
+    table = Table(title=f"datasets in {default_data_dir(args.data_dir)}")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("files")
+    bad = False
+    for n in names:
+        status = verify_dataset(n, args.data_dir)
+        ok = all(v == "ok" for v in status.values())
+        bad |= args.action == "verify" and not ok
+        files = "ok" if ok else "; ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
+        table.add_row(n, str(DATASETS[n]), files)
+    out_console.print(table)
+    return 1 if bad else 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from tesseract_fl.experiments.config import build_config, list_presets, load_preset
+
+    if args.name is None:
+        for n in list_presets():
+            out_console.print(n)
+        return 0
+    cfg = build_config(load_preset(args.name))
+    for key, value in cfg.to_dict().items():
+        out_console.print(f"{key} = {json.dumps(value)}", highlight=False)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tesseract_fl.experiments.runner import DEFAULT_STORE
+    from tesseract_fl.experiments.store import ResultsStore
+
+    with ResultsStore(args.store or DEFAULT_STORE) as store:
+        if args.run_id is None:
+            table = Table(title=str(store.path))
+            for col in ("run_id", "name", "defense", "attack", "status", "rounds", "final acc"):
+                table.add_column(col)
+            for run in store.list_runs():
+                cfg = run["config"]
+                acc = (run["summary"] or {}).get("final_accuracy")
+                table.add_row(
+                    run["run_id"],
+                    run["name"],
+                    cfg["defense"],
+                    cfg["attack"],
+                    run["status"],
+                    f"{run['rounds_done']}/{cfg['rounds']}",
+                    "-" if acc is None else f"{100 * acc:.2f}%",
+                )
+            out_console.print(table)
+            return 0
+        one = store.get_run(args.run_id)
+        if one is None:
+            raise TesseractFLError(f"no run {args.run_id!r} in {store.path}")
+        table = Table(title=f"{one['run_id']} ({one['status']})")
+        for col in ("round", "train loss", "test acc", "test loss"):
+            table.add_column(col, justify="right")
+        for m in store.metrics(args.run_id):
+            if m["test_accuracy"] is None:
+                continue
+            table.add_row(
+                str(m["round"] + 1),
+                f"{m['train_loss']:.4f}",
+                f"{100 * m['test_accuracy']:.2f}%",
+                f"{m['test_loss']:.4f}",
+            )
+        out_console.print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "demo":
+            return cmd_run(args, default_preset="demo")
+        if args.command == "datasets":
+            return cmd_datasets(args)
+        if args.command == "presets":
+            return cmd_presets(args)
+        if args.command == "show":
+            return cmd_show(args)
+    except TesseractFLError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted[/]: rounds written so far are kept in the store; "
+            "the run is marked failed and `run` restarts it"
+        )
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

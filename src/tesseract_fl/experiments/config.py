@@ -1,0 +1,280 @@
+"""Experiment configuration: flat keys (DESIGN.md section 3), TOML files, ``--set`` overrides.
+
+Validation happens up front, before any data is loaded, and every error names the bad key and
+the allowed values (scikit-learn style: fail early with a helpful message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tesseract_fl.errors import ConfigError
+
+PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "loop", "vmap")
+ATTACK_CHOICES: tuple[str, ...] = ("none",)
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment. Defaults are the paper's MNIST setting (Table 1)."""
+
+    name: str = "experiment"
+    dataset: str = "mnist"
+    model: str = "mnist_cnn"
+    partition: str = "bias"
+    bias: float = 0.5
+    alpha: float = 0.5
+    clients: int = 100
+    malicious: int = 20
+    c_max: int | None = None
+    rounds: int = 500
+    batch_size: int = 32
+    lr: float = 0.01
+    lr_schedule: str = "constant"
+    defense: str = "tesseract"
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    attack: str = "none"
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    eval_every: int = 10
+    record_every: int = 10
+    device: str = "auto"
+    backend: str = "auto"
+    vmap_chunk: int = 10
+    data_dir: str | None = None
+
+    @property
+    def resolved_c_max(self) -> int:
+        """``c_max`` defaults to the true number of malicious clients (paper: c_max = c)."""
+        return self.malicious if self.c_max is None else self.c_max
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """Stable id: hash of everything that changes the numbers (not data_dir/device/backend)."""
+        d = self.to_dict()
+        for k in ("name", "data_dir", "device", "backend", "vmap_chunk"):
+            d.pop(k)
+        d["c_max"] = self.resolved_c_max
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {
+    f.name: f for f in dataclasses.fields(ExperimentConfig)
+}
+# Keys a user writes; defense/attack parameters go under `defense.NAME` / `attack.NAME`.
+USER_KEYS: tuple[str, ...] = tuple(
+    k for k in FIELDS if k not in ("defense_params", "attack_params")
+)
+
+
+def _suggest(key: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check/convert a value to the field's type; bools are not accepted as numbers."""
+    f = FIELDS[key]
+    typ = str(f.type)
+    if key == "c_max" and value is None:
+        return None
+    if typ.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if typ.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if typ.startswith("str"):
+        if value is None and "None" in typ:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as a TOML literal (number, bool, string, array), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings onto a raw config mapping (nested ``a.b=v`` allowed)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        value = parse_value(text.strip())
+        if "." in key:
+            head, _, sub = key.partition(".")
+            table = out.get(head)
+            if isinstance(table, str):
+                table = {"name": table}
+            elif not isinstance(table, dict):
+                table = {}
+            table[sub] = value
+            out[head] = table
+        elif key in ("defense", "attack") and isinstance(out.get(key), dict):
+            # Switching the defense/attack drops the previous one's parameters.
+            out[key] = {"name": value}
+        else:
+            out[key] = value
+    return out
+
+
+def _split_component(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
+    """``defense = "tesseract"`` or ``[defense] name = "tesseract"  mu_d = 0.99``."""
+    if isinstance(raw, str):
+        return raw, {}
+    if isinstance(raw, dict):
+        params = dict(raw)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"[{key}] table needs a string 'name' (e.g. {key} = \"tesseract\")")
+        return name, params
+    raise ConfigError(f"{key} must be a name or a table with a 'name', got {raw!r}")
+
+
+def build_config(data: dict[str, Any]) -> ExperimentConfig:
+    """Validate a raw mapping (from TOML + overrides) and return a checked config."""
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("defense", "attack"):
+            name, params = _split_component(value, key)
+            kwargs[key] = name
+            kwargs[f"{key}_params"] = params
+            continue
+        if key not in USER_KEYS:
+            raise ConfigError(
+                f"unknown config key {key!r}{_suggest(key, USER_KEYS)}; "
+                f"allowed keys: {', '.join(USER_KEYS)}"
+            )
+        kwargs[key] = _coerce(key, value)
+    cfg = ExperimentConfig(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{key} = {value!r} is not allowed{_suggest(value, allowed)}; "
+            f"allowed values: {', '.join(allowed)}"
+        )
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check ranges and names; raise ConfigError naming the key and the allowed values."""
+    from tesseract_fl.aggregators import AGGREGATORS, make_aggregator
+    from tesseract_fl.data import DATASETS
+    from tesseract_fl.models import MODELS
+    from tesseract_fl.simulation.schedules import LR_SCHEDULES
+
+    _choice("dataset", cfg.dataset, sorted(DATASETS))
+    _choice("model", cfg.model, sorted(MODELS))
+    _choice("partition", cfg.partition, PARTITIONS)
+    _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    _choice("defense", cfg.defense, sorted(AGGREGATORS))
+    _choice("attack", cfg.attack, ATTACK_CHOICES)
+    _choice("device", cfg.device.split(":")[0], DEVICES)
+    _choice("backend", cfg.backend, BACKEND_CHOICES)
+    if cfg.clients < 1:
+        raise ConfigError(f"clients must be >= 1, got {cfg.clients}")
+    if not 0 <= cfg.malicious < cfg.clients:
+        raise ConfigError(
+            f"malicious must be in [0, clients) = [0, {cfg.clients}), got {cfg.malicious}"
+        )
+    c_max = cfg.resolved_c_max
+    if not 0 <= 2 * c_max < cfg.clients:
+        raise ConfigError(
+            f"c_max must satisfy 0 <= 2*c_max < clients (= {cfg.clients}), got c_max = {c_max}"
+        )
+    for key in ("rounds", "batch_size", "eval_every", "record_every", "vmap_chunk"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    if not 0.0 <= cfg.bias <= 1.0:
+        raise ConfigError(f"bias must be in [0, 1], got {cfg.bias}")
+    if not cfg.alpha > 0:
+        raise ConfigError(f"alpha must be > 0, got {cfg.alpha}")
+    if cfg.attack != "none" and cfg.malicious == 0:
+        raise ConfigError(f"attack = {cfg.attack!r} needs malicious >= 1")
+    # Defense parameters are checked by building the defense once (cheap, no data needed).
+    try:
+        make_aggregator(cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params)
+    except ConfigError as exc:
+        raise ConfigError(f"defense.{cfg.defense}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid parameters for defense {cfg.defense!r}: {exc}") from None
+    if cfg.attack == "none" and cfg.attack_params:
+        raise ConfigError(f"attack = 'none' takes no parameters, got {sorted(cfg.attack_params)}")
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (TOML files in ``experiments/presets``)."""
+    folder = resources.files("tesseract_fl.experiments") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Raw mapping of a bundled preset."""
+    names = list_presets()
+    if name not in names:
+        raise ConfigError(
+            f"unknown preset {name!r}{_suggest(name, names)}; allowed values: {', '.join(names)}"
+        )
+    text = (resources.files("tesseract_fl.experiments") / "presets" / f"{name}.toml").read_text()
+    data = tomllib.loads(text)
+    data.setdefault("name", name)
+    return data
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Raw mapping of a user's TOML config file, with a clear error for missing/invalid files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    data.setdefault("name", p.stem)
+    return data
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> ExperimentConfig:
+    """Preset, then config file (its keys win), then ``--set`` overrides; validated."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data.update(load_preset(preset))
+    if config_file is not None:
+        data.update(load_toml(config_file))
+    data = apply_overrides(data, overrides or [])
+    return build_config(data)

@@ -1,0 +1,200 @@
+"""Run one experiment from a validated config and write it to the results store."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import tesseract_fl
+from tesseract_fl.aggregators import make_aggregator
+from tesseract_fl.data import load_dataset, partition
+from tesseract_fl.experiments.config import ExperimentConfig
+from tesseract_fl.experiments.store import ResultsStore
+from tesseract_fl.models import make_model
+from tesseract_fl.simulation.engine import FedSGDSimulation, RoundResult
+from tesseract_fl.simulation.gradients import Backend, default_backend
+from tesseract_fl.simulation.schedules import make_schedule
+
+DEFAULT_STORE = Path("results") / "store.sqlite"
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA is an error."""
+    from tesseract_fl.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {name!r} but CUDA is not available; use device = 'cpu'")
+    return dev
+
+
+def versions() -> dict[str, str]:
+    """Software versions recorded with every run (numbers depend on them)."""
+    return {
+        "tesseract_fl": tesseract_fl.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def malicious_ids(num_clients: int, num_malicious: int, seed: int) -> list[int]:
+    """The attackers: the first ``c`` clients of a seeded shuffle (as in the authors' code)."""
+    rng = np.random.default_rng([seed, 1])
+    return sorted(int(i) for i in rng.permutation(num_clients)[:num_malicious])
+
+
+def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
+    """Load data, partition it, build model, defense and simulator, all seeded from ``cfg.seed``."""
+    device = resolve_device(cfg.device)
+    backend: Backend = default_backend(device) if cfg.backend == "auto" else cfg.backend  # type: ignore[assignment]
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    parts = partition(
+        ds.train_y.numpy(),
+        cfg.clients,
+        cfg.partition,
+        bias=cfg.bias,
+        alpha=cfg.alpha,
+        num_classes=ds.num_classes,
+        rng=np.random.default_rng([cfg.seed, 0]),
+    )
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg.model, num_classes=ds.num_classes)
+    c_max = cfg.resolved_c_max
+    aggregator = make_aggregator(
+        cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
+    )
+    return FedSGDSimulation(
+        model=model,
+        train_x=ds.train_x,
+        train_y=ds.train_y,
+        test_x=ds.test_x,
+        test_y=ds.test_y,
+        partitions=parts,
+        aggregator=aggregator,
+        malicious_ids=malicious_ids(cfg.clients, cfg.malicious, cfg.seed),
+        c_max=c_max,
+        batch_size=cfg.batch_size,
+        lr_fn=make_schedule(cfg.lr_schedule, cfg.lr, cfg.rounds),
+        backend=backend,
+        vmap_chunk=cfg.vmap_chunk,
+        device=device,
+        seed=cfg.seed,
+    )
+
+
+def _finite(x: Any) -> float | None:
+    if x is None:
+        return None
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _client_rows(sim: FedSGDSimulation, res: RoundResult) -> list[tuple[int, bool, Any, Any, Any]]:
+    rec = res.aggregate.record
+    fs = rec.get("flip_scores")
+    rs = rec.get("reputation")
+    w = res.aggregate.weights
+    rows = []
+    for i, cid in enumerate(sim.client_ids.tolist()):
+        rows.append(
+            (
+                cid,
+                bool(sim.malicious[cid]),
+                None if fs is None else float(fs[i]),
+                None if rs is None else float(rs[i]),
+                float(w[i]),
+            )
+        )
+    return rows
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    store_path: str | Path = DEFAULT_STORE,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg`` to completion, writing every round to the store; return the summary.
+
+    A run already finished in the store is not repeated (its stored summary is returned with
+    ``cached = True``) unless ``force``. An unfinished attempt of the same run is restarted. On
+    an exception or Ctrl-C the run is marked failed; the rounds written so far stay valid.
+    """
+    run_id = cfg.run_id()
+    store_path = Path(store_path)
+    with ResultsStore(store_path) as store:
+        existing = store.get_run(run_id)
+        if existing and existing["status"] == "finished" and not force:
+            summary = dict(existing["summary"] or {})
+            summary.update(cached=True, store=str(store_path))
+            return summary
+        sim = build_simulation(cfg)
+        store.start_run(run_id, cfg.name, cfg.to_dict(), versions())
+        acc: float | None = None
+        loss: float | None = None
+        t0 = time.perf_counter()
+        train_seconds = 0.0
+        try:
+            for r in range(cfg.rounds):
+                t_round = time.perf_counter()
+                res = sim.step()
+                train_seconds += time.perf_counter() - t_round
+                last = r == cfg.rounds - 1
+                if (r + 1) % cfg.eval_every == 0 or last:
+                    acc, loss = sim.evaluate()
+                    res.test_accuracy, res.test_loss = acc, loss
+                rec = res.aggregate.record
+                rows = _client_rows(sim, res) if (r % cfg.record_every == 0 or last) else []
+                store.write_round(
+                    run_id,
+                    r,
+                    {
+                        "lr": res.lr,
+                        "train_loss": _finite(res.train_loss),
+                        "test_accuracy": res.test_accuracy,
+                        "test_loss": _finite(res.test_loss),
+                        "fs_low": _finite(rec.get("fs_low")),
+                        "fs_high": _finite(rec.get("fs_high")),
+                    },
+                    rows,
+                )
+                if progress is not None:
+                    progress(r + 1, cfg.rounds, {"acc": acc, "loss": res.train_loss})
+        except BaseException as exc:
+            store.fail_run(
+                run_id, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            )
+            raise
+        wall = time.perf_counter() - t0
+        summary = {
+            "run_id": run_id,
+            "name": cfg.name,
+            "dataset": cfg.dataset,
+            "defense": cfg.defense,
+            "attack": cfg.attack,
+            "rounds": cfg.rounds,
+            "final_accuracy": acc,
+            "final_loss": loss,
+            "rounds_per_second": cfg.rounds / train_seconds if train_seconds > 0 else None,
+            "seconds": wall,
+            "backend": sim.backend,
+            "device": str(sim.device),
+            "store": str(store_path),
+            "cached": False,
+        }
+        store.finish_run(run_id, summary)
+        return summary

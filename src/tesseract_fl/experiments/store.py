@@ -1,0 +1,201 @@
+"""Results store: one SQLite file with runs, per-round metrics and per-client records (DESIGN.md 6).
+
+WAL mode, and every round is written in one transaction, so a run killed at any point leaves
+only whole rounds behind and every finished run stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tesseract_fl.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    config      TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    rounds_done INTEGER NOT NULL DEFAULT 0,
+    summary     TEXT,
+    versions    TEXT,
+    error       TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id        TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    round         INTEGER NOT NULL,
+    lr            REAL,
+    train_loss    REAL,
+    test_accuracy REAL,
+    test_loss     REAL,
+    fs_low        REAL,
+    fs_high       REAL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS clients (
+    run_id     TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    round      INTEGER NOT NULL,
+    client     INTEGER NOT NULL,
+    malicious  INTEGER NOT NULL,
+    flip_score REAL,
+    reputation REAL,
+    weight     REAL,
+    PRIMARY KEY (run_id, round, client)
+);
+"""
+
+
+class ResultsStore:
+    """Thin wrapper around a SQLite results file; safe to open from several processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=30.0)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(SCHEMA)
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                with self.conn:
+                    self.conn.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {row[0]}, this tesseract-fl writes "
+                    f"{SCHEMA_VERSION}; use a new --store path"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open results store {str(self.path)!r}: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All writes inside commit together or not at all."""
+        try:
+            with self.conn:
+                yield self.conn
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"write to {str(self.path)!r} failed: {exc}") from None
+
+    # -- runs -----------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        cur = self.conn.execute(
+            "SELECT run_id, name, config, status, created_at, updated_at, rounds_done, summary, "
+            "versions, error FROM runs WHERE run_id = ?",
+            (run_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        keys = [d[0] for d in cur.description]
+        out = dict(zip(keys, row, strict=True))
+        for k in ("config", "summary", "versions"):
+            out[k] = json.loads(out[k]) if out[k] else None
+        return out
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        ids = [r[0] for r in self.conn.execute("SELECT run_id FROM runs ORDER BY created_at")]
+        return [r for r in (self.get_run(i) for i in ids) if r is not None]
+
+    def start_run(
+        self, run_id: str, name: str, config: dict[str, Any], versions: dict[str, str]
+    ) -> None:
+        """Create (or restart from scratch) a run; rows of an unfinished attempt are dropped."""
+        now = time.time()
+        with self.transaction() as c:
+            c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM clients WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            c.execute(
+                "INSERT INTO runs (run_id, name, config, status, created_at, updated_at, versions) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, name, json.dumps(config, sort_keys=True), now, now, json.dumps(versions)),
+            )
+
+    def write_round(
+        self,
+        run_id: str,
+        round_: int,
+        metrics: dict[str, float | None],
+        clients: Iterable[tuple[int, bool, float | None, float | None, float | None]] = (),
+    ) -> None:
+        """One round's metrics and (optionally) per-client rows, atomically."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO metrics (run_id, round, lr, train_loss, test_accuracy, "
+                "test_loss, fs_low, fs_high) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    round_,
+                    metrics.get("lr"),
+                    metrics.get("train_loss"),
+                    metrics.get("test_accuracy"),
+                    metrics.get("test_loss"),
+                    metrics.get("fs_low"),
+                    metrics.get("fs_high"),
+                ),
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO clients (run_id, round, client, malicious, flip_score, "
+                "reputation, weight) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, round_, cid, int(mal), fs, rs, w) for cid, mal, fs, rs, w in clients],
+            )
+            c.execute(
+                "UPDATE runs SET rounds_done = ?, updated_at = ? WHERE run_id = ?",
+                (round_ + 1, time.time(), run_id),
+            )
+
+    def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE runs SET status = 'finished', summary = ?, updated_at = ? WHERE run_id = ?",
+                (json.dumps(summary, sort_keys=True), time.time(), run_id),
+            )
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE runs SET status = 'failed', error = ?, updated_at = ? WHERE run_id = ?",
+                (error, time.time(), run_id),
+            )
+
+    # -- reads ------------------------------------------------------------------------------
+    def metrics(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT round, lr, train_loss, test_accuracy, test_loss, fs_low, fs_high FROM metrics "
+            "WHERE run_id = ? ORDER BY round",
+            (run_id,),
+        )
+        keys = [d[0] for d in cur.description]
+        return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+
+    def client_records(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT round, client, malicious, flip_score, reputation, weight FROM clients "
+            "WHERE run_id = ? ORDER BY round, client",
+            (run_id,),
+        )
+        keys = [d[0] for d in cur.description]
+        return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]

@@ -1,0 +1,142 @@
+"""End to end on a tiny IDX dataset: determinism, the store, the CLI, interruption."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tesseract_fl.cli import main
+from tesseract_fl.experiments.config import resolve_config
+from tesseract_fl.experiments.runner import run_experiment
+from tesseract_fl.experiments.store import ResultsStore
+
+
+def _metrics(store: Path, run_id: str) -> list[dict]:
+    with ResultsStore(store) as s:
+        return s.metrics(run_id)
+
+
+@pytest.mark.parametrize("defense", ["tesseract", "fedsgd"])
+def test_same_seed_same_numbers(tmp_path: Path, tiny_overrides: list[str], defense: str) -> None:
+    cfg = resolve_config("mnist", overrides=[*tiny_overrides, f"defense={defense}"])
+    s1 = run_experiment(cfg, tmp_path / "a.sqlite")
+    s2 = run_experiment(cfg, tmp_path / "b.sqlite")
+    assert s1["final_accuracy"] == s2["final_accuracy"]
+    assert s1["final_loss"] == s2["final_loss"]
+    assert _metrics(tmp_path / "a.sqlite", s1["run_id"]) == _metrics(
+        tmp_path / "b.sqlite", s2["run_id"]
+    )
+    other = resolve_config("mnist", overrides=[*tiny_overrides, f"defense={defense}", "seed=7"])
+    s3 = run_experiment(other, tmp_path / "a.sqlite")
+    assert _metrics(tmp_path / "a.sqlite", s3["run_id"]) != _metrics(
+        tmp_path / "a.sqlite", s1["run_id"]
+    )
+
+
+def test_backends_give_same_run(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    loop = run_experiment(
+        resolve_config("mnist", overrides=[*tiny_overrides, "backend=loop"]), tmp_path / "l.sqlite"
+    )
+    vmap = run_experiment(
+        resolve_config("mnist", overrides=[*tiny_overrides, "backend=vmap"]), tmp_path / "v.sqlite"
+    )
+    assert loop["final_accuracy"] == pytest.approx(vmap["final_accuracy"], abs=0.02)
+    assert loop["final_loss"] == pytest.approx(vmap["final_loss"], rel=1e-3)
+
+
+def test_store_contents_and_cache(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    cfg = resolve_config("mnist", overrides=tiny_overrides)
+    store = tmp_path / "s.sqlite"
+    summary = run_experiment(cfg, store)
+    with ResultsStore(store) as s:
+        run = s.get_run(summary["run_id"])
+        assert run is not None and run["status"] == "finished" and run["rounds_done"] == 6
+        metrics = s.metrics(summary["run_id"])
+        assert [m["round"] for m in metrics] == list(range(6))
+        assert [m["round"] for m in metrics if m["test_accuracy"] is not None] == [2, 5]
+        assert all(m["fs_high"] >= m["fs_low"] for m in metrics)
+        recs = s.client_records(summary["run_id"])
+        assert sorted({r["round"] for r in recs}) == [0, 2, 4, 5]
+        last = [r for r in recs if r["round"] == 5]
+        assert len(last) == 10 and sum(r["malicious"] for r in last) == 2
+        assert sum(r["weight"] for r in last) == pytest.approx(1.0, abs=1e-5)
+        assert all(r["flip_score"] is not None and r["reputation"] is not None for r in last)
+    again = run_experiment(cfg, store)
+    assert again["cached"] is True and again["final_accuracy"] == summary["final_accuracy"]
+
+
+def test_interrupted_run_keeps_whole_rounds(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    cfg = resolve_config("mnist", overrides=tiny_overrides)
+    store = tmp_path / "s.sqlite"
+
+    def stop(done: int, total: int, info: dict) -> None:
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, store, progress=stop)
+    with ResultsStore(store) as s:
+        run = s.get_run(cfg.run_id())
+        assert run is not None and run["status"] == "failed" and run["rounds_done"] == 4
+        assert len(s.metrics(cfg.run_id())) == 4
+    # Restarting the same run replaces the partial attempt and finishes it.
+    summary = run_experiment(cfg, store)
+    assert summary["cached"] is False
+    assert len(_metrics(store, cfg.run_id())) == 6
+
+
+def test_cli_run_json(
+    tmp_path: Path, tiny_overrides: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["run", "--preset", "mnist", "--store", str(tmp_path / "c.sqlite"), "--json", "--quiet"]
+    for o in tiny_overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("final_accuracy", "final_loss", "rounds", "rounds_per_second", "run_id", "store"):
+        assert key in out
+    assert 0.0 <= out["final_accuracy"] <= 1.0 and out["rounds"] == 6
+    assert sqlite3.connect(out["store"]).execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--preset", "mnist", "--set", "roundz=3", "--quiet"]) == 2
+    assert "roundz" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(
+        [
+            "run",
+            "--preset",
+            "mnist",
+            "--data-dir",
+            str(empty),
+            "--quiet",
+            "--store",
+            str(tmp_path / "x.sqlite"),
+        ]
+    )
+    assert rc == 2
+    assert "datasets fetch mnist" in capsys.readouterr().err
+
+
+def test_learning_happens(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """On the separable tiny dataset a short FedSGD run must beat chance by far."""
+    cfg = resolve_config(
+        "mnist",
+        overrides=[
+            f'data_dir="{tiny_data_dir}"',
+            "clients=10",
+            "malicious=0",
+            "rounds=40",
+            "batch_size=16",
+            "lr=0.1",
+            "eval_every=40",
+            "defense=fedsgd",
+            "partition=iid",
+        ],
+    )
+    assert run_experiment(cfg, tmp_path / "s.sqlite")["final_accuracy"] > 0.6
