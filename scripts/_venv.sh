@@ -12,6 +12,8 @@ fi
 if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff' 2>/dev/null \
     || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> installing tesseract-fl and its dependencies into .venv"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    # (grep drops this machine's pip warnings about absent local index folders)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     touch .venv/.installed
 fi

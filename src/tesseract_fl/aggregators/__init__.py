@@ -11,23 +11,45 @@ import inspect
 from typing import Any
 
 from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, check_matrix
+from tesseract_fl.aggregators.bulyan import Bulyan, bulyan
+from tesseract_fl.aggregators.faba import FABA, faba
 from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
+from tesseract_fl.aggregators.fltrust import FLTrust, fltrust
+from tesseract_fl.aggregators.foolsgold import FoolsGold
+from tesseract_fl.aggregators.krum import Krum, krum, krum_scores, pairwise_sq_distances
+from tesseract_fl.aggregators.median import Median, median
 from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
+from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean
 from tesseract_fl.errors import ConfigError
 
 __all__ = [
     "AGGREGATORS",
+    "FABA",
     "Aggregate",
     "AggregationContext",
     "Aggregator",
+    "Bulyan",
+    "FLTrust",
     "FedSGD",
+    "FoolsGold",
+    "Krum",
+    "Median",
     "Tesseract",
+    "TrimmedMean",
+    "bulyan",
     "check_matrix",
+    "faba",
     "fedsgd",
     "flip_scores",
+    "fltrust",
+    "krum",
+    "krum_scores",
     "make_aggregator",
+    "median",
+    "pairwise_sq_distances",
     "penalty_mask",
     "register_aggregator",
+    "trimmed_mean",
 ]
 
 #: Aggregator classes by name. Constructors may take ``num_clients`` and/or ``c_max`` (passed by
@@ -35,6 +57,13 @@ __all__ = [
 AGGREGATORS: dict[str, type] = {
     FedSGD.name: FedSGD,
     Tesseract.name: Tesseract,
+    TrimmedMean.name: TrimmedMean,
+    Median.name: Median,
+    Krum.name: Krum,
+    Bulyan.name: Bulyan,
+    FABA.name: FABA,
+    FoolsGold.name: FoolsGold,
+    FLTrust.name: FLTrust,
 }
 
 # Filled by make_aggregator: the round's sizes, not user-tunable parameters.

@@ -15,6 +15,7 @@ import torch
 import tesseract_fl
 from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.data import load_dataset, partition
+from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.models import make_model
@@ -29,8 +30,6 @@ ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA is an error."""
-    from tesseract_fl.errors import ConfigError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -61,21 +60,35 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     device = resolve_device(cfg.device)
     backend: Backend = default_backend(device) if cfg.backend == "auto" else cfg.backend  # type: ignore[assignment]
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    parts = partition(
-        ds.train_y.numpy(),
-        cfg.clients,
-        cfg.partition,
-        bias=cfg.bias,
-        alpha=cfg.alpha,
-        num_classes=ds.num_classes,
-        rng=np.random.default_rng([cfg.seed, 0]),
-    )
-    torch.manual_seed(cfg.seed)
-    model = make_model(cfg.model, num_classes=ds.num_classes)
     c_max = cfg.resolved_c_max
     aggregator = make_aggregator(
         cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
     )
+    labels = ds.train_y.numpy()
+    pool = np.arange(len(labels))
+    root: np.ndarray | None = None
+    if getattr(aggregator, "needs_root_gradient", False):
+        # FLTrust: a clean root set drawn uniformly from the training data, disjoint from clients.
+        root_size = int(getattr(aggregator, "root_size", 100))
+        if not 0 < root_size < len(labels) - cfg.clients:
+            limit = len(labels) - cfg.clients
+            raise ConfigError(f"defense.root_size must be in [1, {limit}), got {root_size}")
+        root = np.random.default_rng([cfg.seed, 2]).choice(len(labels), root_size, replace=False)
+        pool = np.setdiff1d(pool, root)
+    parts = [
+        pool[p]
+        for p in partition(
+            labels[pool],
+            cfg.clients,
+            cfg.partition,
+            bias=cfg.bias,
+            alpha=cfg.alpha,
+            num_classes=ds.num_classes,
+            rng=np.random.default_rng([cfg.seed, 0]),
+        )
+    ]
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg.model, num_classes=ds.num_classes)
     return FedSGDSimulation(
         model=model,
         train_x=ds.train_x,
@@ -92,6 +105,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
         vmap_chunk=cfg.vmap_chunk,
         device=device,
         seed=cfg.seed,
+        root_indices=root,
     )
 
 

@@ -99,6 +99,7 @@ class FedSGDSimulation:
         attack: Attack | None = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
         seed: int = 0,
+        root_indices: np.ndarray | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -124,6 +125,21 @@ class FedSGDSimulation:
         self.n_samples = torch.as_tensor(self.sampler.n_samples, dtype=torch.float32)
         self.rng = torch.Generator().manual_seed(seed)
         self._G = torch.empty(self.num_clients, self.num_params, device=self.device)
+        # FLTrust's clean root set on the server (kept out of the clients' partitions).
+        self.root_sampler: RoundRobinSampler | None = None
+        if getattr(aggregator, "needs_root_gradient", False):
+            if root_indices is None or len(root_indices) == 0:
+                raise UpdateError(f"defense {aggregator.name!r} needs a server root set")
+            self.root_sampler = RoundRobinSampler([root_indices], batch_size)
+
+    def root_gradient(self) -> Tensor:
+        """Server gradient g_0 on the next root batch at the current global model (FLTrust)."""
+        assert self.root_sampler is not None
+        idx = torch.from_numpy(self.root_sampler.next_batches()).to(self.device)
+        G0, _ = client_gradients(
+            self.model, self.train_x[idx], self.train_y[idx], self.loss_fn, backend="loop"
+        )
+        return G0[0]
 
     def compute_gradients(self) -> tuple[Tensor, Tensor]:
         """Every client's gradient at the current global model on its next local batch."""
@@ -160,6 +176,8 @@ class FedSGDSimulation:
             c_max=self.c_max,
             round=self.round,
         )
+        if self.root_sampler is not None:
+            ctx_agg.extra["root_gradient"] = self.root_gradient()
         agg = self.aggregator.aggregate(G, self.client_ids, ctx_agg)
         if not bool(torch.isfinite(agg.update).all()):
             raise UpdateError(f"round {self.round}: aggregated update is not finite")
@@ -182,6 +200,7 @@ class FedSGDSimulation:
             "round": self.round,
             "model": self.model.state_dict(),
             "sampler": self.sampler.state_dict(),
+            "root_sampler": None if self.root_sampler is None else self.root_sampler.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "rng": self.rng.get_state(),
         }
@@ -190,5 +209,7 @@ class FedSGDSimulation:
         self.round = int(state["round"])
         self.model.load_state_dict(state["model"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.root_sampler is not None and state.get("root_sampler") is not None:
+            self.root_sampler.load_state_dict(state["root_sampler"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.rng.set_state(state["rng"])

@@ -1,0 +1,237 @@
+"""Bulyan (El Mhamdi et al. 2018, "The Hidden Vulnerability of Distributed Learning in
+Byzantium", ICML; DESIGN.md section 4).
+
+1. Selection: ``theta = m - 2 c_max`` gradients are chosen by applying Krum (Blanchard et al.
+   2017) to the remaining set and removing the winner, theta times. The set shrinks, so Krum's
+   neighbour count is ``max(1, n - c_max - 2)`` for the current size n (as Flower does). One
+   pairwise distance matrix is computed and masked, never recomputed.
+2. Aggregation: per coordinate, the ``beta = theta - 2 c_max`` selected values closest to the
+   coordinate median of the selected values are averaged.
+
+Requires ``m > 4 c_max``; the paper's guarantee needs ``m >= 4 c_max + 3`` and a warning says so
+otherwise (the TESSERACT paper's m=10, c=2 runs are in that regime: theta = 6, beta = 2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np
+from tesseract_fl.aggregators.trimmed_mean import (
+    WEIGHT_SAMPLE,
+    as_count,
+    check_client_ids,
+    sampled_columns_t,
+    sorted_column_chunks,
+)
+from tesseract_fl.errors import ConfigError
+
+__all__ = ["Bulyan", "bulyan", "bulyan_select"]
+
+
+def _check_bulyan(m: int, c_max: Any, warn: bool) -> int:
+    c = as_count(c_max, "c_max")
+    if m <= 4 * c:
+        raise ConfigError(
+            f"Bulyan needs m > 4*c_max clients, got m={m} and c_max={c} "
+            f"(use c_max <= {(m - 1) // 4})"
+        )
+    if warn and m < 4 * c + 3:
+        warnings.warn(
+            f"Bulyan with m={m} < 4*c_max+3={4 * c + 3}: its robustness guarantee does not hold "
+            f"(theta={m - 2 * c}, beta={m - 4 * c})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return c
+
+
+def bulyan_select(D: Tensor, c_max: int) -> Tensor:
+    """Bulyan's selection phase on a squared-distance matrix ``D`` [m, m] -> Tensor[theta].
+
+    Repeated Krum on the remaining rows, neighbour count ``max(1, n - c_max - 2)`` (capped at
+    ``n - 1``), ties to the lowest row index; returns the winners in selection order.
+    """
+    Dn = torch.as_tensor(D, dtype=torch.float64).cpu().numpy()
+    m = Dn.shape[0]
+    c = as_count(c_max, "c_max")
+    theta = m - 2 * c
+    remaining = list(range(m))
+    chosen: list[int] = []
+    for _ in range(theta):
+        n = len(remaining)
+        idx = np.asarray(remaining)
+        scores = _scores_np(Dn[np.ix_(idx, idx)], max(1, n - c - 2))
+        win = int(np.argmin(scores))  # first minimum: lowest remaining index
+        chosen.append(remaining.pop(win))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def _window_start(S: list[np.ndarray], med: np.ndarray, theta: int, beta: int) -> np.ndarray:
+    """Per column, the first start s of the sorted window ``S[s:s+beta]`` nearest to ``med``.
+
+    The beta values closest to the median form a contiguous window of the sorted values, the one
+    whose farthest member is nearest; among equally good windows the lowest s (lower values) wins.
+    """
+    best_s = np.zeros(med.shape[0], dtype=np.int64)
+    best = np.maximum(med - S[0], S[beta - 1] - med)
+    for s in range(1, theta - beta + 1):
+        cost = np.maximum(med - S[s], S[s + beta - 1] - med)
+        better = cost < best
+        best_s[better] = s
+        np.copyto(best, cost, where=better)
+    return best_s
+
+
+def _window_mean(S: list[np.ndarray], theta: int, beta: int) -> np.ndarray:
+    """Mean of the beta sorted values nearest the (NumPy) median, per column."""
+    lo_pos, hi_pos = (theta - 1) // 2, theta // 2
+    med = S[lo_pos] if lo_pos == hi_pos else S[lo_pos] * 0.5 + S[hi_pos] * 0.5
+    if beta == theta:
+        acc = S[0] + 0
+        for k in range(1, theta):
+            acc += S[k]
+        return acc / beta
+    s0 = _window_start(S, med, theta, beta)
+    stack = np.stack(S)
+    idx = s0[None, :] + np.arange(beta)[:, None]
+    return np.take_along_axis(stack, idx, axis=0).sum(axis=0) / beta
+
+
+def _bulyan_coordinates(
+    G: Tensor,
+    sel: Tensor,
+    beta: int,
+    *,
+    chunk_size: int | None,
+    method: str,
+) -> Tensor:
+    theta = sel.numel()
+    P = G.shape[1]
+    out = torch.empty(P, dtype=G.dtype, device=G.device)
+    for start, stop, S in sorted_column_chunks(
+        G, rows=sel.tolist(), chunk_size=chunk_size, method=method
+    ):
+        Sn = [x.cpu().numpy() if isinstance(x, Tensor) else x for x in S]
+        val = _window_mean(Sn, theta, beta)
+        out[start:stop] = torch.from_numpy(val).to(device=G.device, dtype=G.dtype)
+    return out
+
+
+def _bulyan(
+    G: Tensor,
+    c_max: int,
+    *,
+    warn: bool = True,
+    chunk_size: int | None = None,
+    method: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    check_matrix(G)
+    m = G.shape[0]
+    c = _check_bulyan(m, c_max, warn)
+    sel = bulyan_select(_pairwise_sq_distances(G), c)
+    beta = sel.numel() - 2 * c
+    return _bulyan_coordinates(G, sel, beta, chunk_size=chunk_size, method=method), sel
+
+
+def bulyan(
+    G: Tensor,
+    c_max: int,
+    *,
+    warn: bool = True,
+    chunk_size: int | None = None,
+    method: str = "auto",
+) -> Tensor:
+    """Bulyan of ``G`` [m, P] -> Tensor[P] (El Mhamdi et al. 2018, Sec. 4).
+
+    ``theta = m - 2 c_max`` rows are selected by repeated Krum (:func:`bulyan_select`); per
+    coordinate the ``beta = theta - 2 c_max`` selected values nearest the coordinate median of the
+    selected rows (NumPy semantics for even theta) are averaged; equidistant candidates are
+    resolved towards the lower values. Requires ``m > 4 c_max`` (:class:`ConfigError`); warns
+    (``RuntimeWarning``, if ``warn``) when ``m < 4 c_max + 3``. With ``c_max = 0`` it is the mean.
+    """
+    return _bulyan(G, c_max, warn=warn, chunk_size=chunk_size, method=method)[0]
+
+
+def bulyan_weights(G: Tensor, sel: Tensor, beta: int, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
+    """Row weights: share of (sampled) coordinates in which a selected row is among the beta
+    values nearest the median; normalized to sum 1, 0 for unselected rows.
+
+    Uses at most ``sample`` coordinates (fixed seed; all when ``P <= sample`` or ``None``) and
+    the same window rule as :func:`bulyan` (rows ranked by ``np.argsort``).
+    """
+    m = G.shape[0]
+    theta = sel.numel()
+    A = sampled_columns_t(G, sel, sample)  # [cols, theta]
+    order = np.argsort(A, axis=1)
+    srt = np.take_along_axis(A, order, axis=1)
+    S = list(np.ascontiguousarray(srt.T))
+    lo_pos, hi_pos = (theta - 1) // 2, theta // 2
+    med = S[lo_pos] if lo_pos == hi_pos else S[lo_pos] * 0.5 + S[hi_pos] * 0.5
+    if beta == theta:
+        s0 = np.zeros(A.shape[0], dtype=np.int64)
+    else:
+        s0 = _window_start(S, med, theta, beta)
+    pos = s0[:, None] + np.arange(beta)[None, :]
+    rows_in = np.take_along_axis(order, pos, axis=1)  # positions within sel
+    counts = np.bincount(rows_in.ravel(), minlength=theta).astype(np.float64)
+    w = torch.zeros(m, dtype=torch.float64)
+    if counts.sum() > 0:
+        w[sel] = torch.from_numpy(counts / counts.sum())
+    return w.to(dtype=G.dtype, device=G.device)
+
+
+class Bulyan:
+    """Bulyan aggregator (El Mhamdi et al. 2018); stateless apart from a warn-once flag.
+
+    ``c_max``: clients assumed malicious (needs ``m > 4 c_max`` each round; a ``RuntimeWarning``
+    is issued once per instance when ``m < 4 c_max + 3``). ``weight_sample``: coordinates (fixed
+    seed) used for the weights, ``None`` = all. ``weights``: selected rows share 1 by how often
+    they are among the beta values averaged; others 0. ``record["selected"]``: Krum picks in
+    order. ``ctx.c_max`` is ignored.
+    """
+
+    name = "bulyan"
+
+    def __init__(self, c_max: int, weight_sample: int | None = WEIGHT_SAMPLE) -> None:
+        self.c_max = as_count(c_max, "c_max")
+        self.weight_sample = (
+            None if weight_sample is None else as_count(weight_sample, "weight_sample", minimum=1)
+        )
+        self._warned = False
+
+    def aggregate(
+        self,
+        G: Tensor,
+        client_ids: Tensor | Sequence[int] | None = None,
+        ctx: AggregationContext | None = None,
+    ) -> Aggregate:
+        """Return the Bulyan update, its weights and the selected rows."""
+        warn = not self._warned
+        update, sel = _bulyan(G, self.c_max, warn=warn)  # validates G
+        m = G.shape[0]
+        check_client_ids(client_ids, m)
+        if warn and m < 4 * self.c_max + 3:
+            self._warned = True
+        beta = sel.numel() - 2 * self.c_max
+        weights = bulyan_weights(G, sel, beta, self.weight_sample)
+        return Aggregate(update=update, weights=weights, record={"selected": sel})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stateless: an empty dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept the (empty) state of :meth:`state_dict`."""
+        if state:
+            raise ConfigError(f"Bulyan is stateless; unexpected state keys {sorted(state)}")
+
+    def __repr__(self) -> str:
+        return f"Bulyan(c_max={self.c_max})"

@@ -1,0 +1,221 @@
+"""FABA: Fast Aggregation against Byzantine Attacks (Xia et al., IJCAI 2019; DESIGN.md section 4).
+
+``c_max`` times, remove the gradient farthest (L2) from the mean of the gradients that remain
+(the mean includes the candidate itself); the update is the mean of the ``m - c_max`` survivors.
+
+Fast form (DESIGN.md section 7): everything after one Gram matrix ``K = G G^T`` is O(m^2). With
+``S`` the remaining rows, ``n = |S|``, ``s_i = sum_{j in S} K_ij`` and ``T = sum_{j,l in S} K_jl``,
+the squared distance of row ``i`` to the mean of ``S`` is ``K_ii - 2 s_i / n + T / n^2``; removing
+row ``r`` updates ``s <- s - K[:, r]`` and ``T <- T - 2 s_r + K_rr`` (with the old ``s_r``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.errors import ConfigError, UpdateError
+
+__all__ = ["FABA", "check_layout", "faba", "faba_removed", "faba_select", "gram64"]
+
+# Column block of the blocked Gram matrix: each block's [m, m] product is accumulated by BLAS in
+# the input dtype over at most this many columns, the blocks are summed in float64.
+_GRAM_BLOCK = 4096
+# Largest [blocks, m, m] float32 intermediate of one batched product (64 MiB).
+_GRAM_MAX_ELEMENTS = 1 << 24
+
+
+def check_layout(G: Tensor) -> None:
+    """The cheap part of :func:`~tesseract_fl.aggregators.base.check_matrix`: a 2-D floating
+    point Tensor with at least one row (its error messages). Finiteness is left to the caller,
+    which sees NaN/Inf propagate into its Gram matrix or dot products and then calls
+    ``check_matrix`` for the exact diagnosis; this saves one pass over G (~5 ms on
+    [100, 270000], ~70 ms on [10, 11_000_000] here)."""
+    if not isinstance(G, Tensor) or G.dim() != 2 or not G.is_floating_point() or G.shape[0] < 1:
+        check_matrix(G)
+
+
+def _gram_blocks(G: Tensor) -> Tensor:
+    m, P = G.shape
+    K = torch.zeros(m, m, dtype=torch.float64, device=G.device)
+    if m == 0 or P == 0:
+        return K
+    L = _GRAM_BLOCK
+    B = P // L
+    if B > 0:
+        per_chunk = max(1, _GRAM_MAX_ELEMENTS // (m * m))
+        X = G[:, : B * L].reshape(m, B, L).transpose(0, 1)  # [B, m, L], a view
+        for b0 in range(0, B, per_chunk):
+            x = X[b0 : b0 + per_chunk]
+            K += torch.bmm(x, x.transpose(1, 2)).sum(0, dtype=torch.float64)
+    if B * L < P:
+        r = G[:, B * L :]
+        K += (r @ r.T).to(torch.float64)
+    return K
+
+
+def gram64(G: Tensor) -> Tensor:
+    """The Gram matrix ``G G^T`` of a [m, P] matrix as float64 Tensor[m, m].
+
+    Computed blockwise: the columns are cut into blocks of 4096, one batched ``bmm`` (on strided
+    views, no copy of G) forms every block's product in G's dtype, and the block products are
+    summed in float64. Measured here (1 thread, float32): on ``[100, 270000]`` as fast as
+    ``G @ G.T`` (~90 ms) with a max relative error of ~3e-8 instead of ~1e-6; on
+    ``[10, 11_000_000]`` about 2x faster (~130 ms vs ~250 ms) with ~2e-8 instead of ~2e-3 (one
+    float32 dot product over 11M terms). A float64 G gives a float64 Gram matrix.
+
+    Validation: raises :class:`UpdateError` (via ``check_matrix``) when G has NaN/Inf entries,
+    detected through the result (a NaN/Inf entry makes its row's Gram entries non-finite); when
+    finite entries overflow the float32 products, the Gram matrix is recomputed in float64.
+    """
+    check_layout(G)
+    K = _gram_blocks(G)
+    if not bool(torch.isfinite(K).all()):
+        check_matrix(G)  # raises for NaN/Inf entries
+        K = _gram_blocks(G.double())  # huge finite entries overflowed: redo in float64 (slow)
+        if not bool(torch.isfinite(K).all()):
+            raise UpdateError("gradient entries are too large: their Gram matrix overflows float64")
+    return K
+
+
+def _check_c_max(c_max: Any, m: int | None = None) -> int:
+    try:
+        c = int(c_max)
+        ok = c == c_max and not isinstance(c_max, bool)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or c < 0:
+        raise ConfigError(f"c_max must be a non-negative integer, got {c_max!r}")
+    if m is not None and 2 * c >= m:
+        raise ConfigError(
+            f"FABA needs c_max < m/2 (Xia et al. 2019), got c_max={c} with m={m} clients"
+        )
+    return c
+
+
+def _removal_order(K: Tensor, c: int) -> list[int]:
+    """Rows removed by FABA, in removal order, from the float64 Gram matrix ``K`` (O(c m))."""
+    m = K.shape[0]
+    diag = K.diagonal().clone()
+    s = K.sum(dim=1)  # s_i = sum_{j in S} K_ij
+    T = float(s.sum())  # sum_{j,l in S} K_jl
+    alive = torch.ones(m, dtype=torch.bool, device=K.device)
+    neg_inf = torch.tensor(float("-inf"), dtype=K.dtype, device=K.device)
+    removed: list[int] = []
+    n = m
+    for _ in range(c):
+        d = diag - (2.0 / n) * s + T / (n * n)
+        r = int(torch.where(alive, d, neg_inf).argmax())  # first index on ties
+        removed.append(r)
+        T -= 2.0 * float(s[r]) - float(diag[r])
+        s -= K[:, r]
+        alive[r] = False
+        n -= 1
+    return removed
+
+
+def faba_removed(G: Tensor, c_max: int) -> list[int]:
+    """Row indices FABA removes from ``G`` [m, P], in the order it removes them.
+
+    Ties (equal distances) go to the lowest row index. Raises :class:`UpdateError` for a bad
+    matrix and :class:`ConfigError` unless ``0 <= c_max < m/2``.
+    """
+    check_layout(G)
+    c = _check_c_max(c_max, G.shape[0])
+    if c == 0:
+        check_matrix(G)
+        return []
+    return _removal_order(gram64(G), c)  # gram64 rejects NaN/Inf
+
+
+def faba_select(G: Tensor, c_max: int) -> Tensor:
+    """Which rows of ``G`` [m, P] FABA keeps: bool Tensor[m] (on G's device), ``m - c_max`` True."""
+    removed = faba_removed(G, c_max)
+    kept = torch.ones(G.shape[0], dtype=torch.bool, device=G.device)
+    if removed:
+        kept[torch.tensor(removed, device=G.device)] = False
+    return kept
+
+
+def _faba_weights(G: Tensor, c: int) -> tuple[Tensor, list[int]]:
+    """Weights and removal order; validates G's entries (through gram64, or check_matrix)."""
+    m = G.shape[0]
+    if c > 0:
+        removed = _removal_order(gram64(G), c)  # gram64 rejects NaN/Inf
+    else:
+        check_matrix(G)
+        removed = []
+    w = torch.full((m,), 1.0 / (m - c), dtype=G.dtype, device=G.device)
+    if removed:
+        w[torch.tensor(removed, device=G.device)] = 0.0
+    return w, removed
+
+
+def faba(G: Tensor, c_max: int) -> Tensor:
+    """FABA (Xia et al. 2019) on ``G`` [m, P] -> Tensor[P]: the mean of the rows it keeps.
+
+    ``c_max`` times the row farthest from the mean of the remaining rows is removed (see the
+    module docstring for the O(m^2) Gram-matrix form). Requires ``0 <= c_max < m/2``
+    (:class:`ConfigError`); ``c_max = 0`` is the plain mean.
+    """
+    check_layout(G)
+    c = _check_c_max(c_max, G.shape[0])
+    w, _ = _faba_weights(G, c)
+    return w @ G
+
+
+class FABA:
+    """The FABA aggregator (Xia et al. 2019); stateless.
+
+    ``c_max`` is the number of rows removed each round (``0 <= c_max < m/2`` for the round's
+    ``m``, else :class:`ConfigError`). ``weights`` are ``1/(m - c_max)`` on kept rows and 0 on
+    removed ones; ``record`` holds ``kept`` (bool Tensor[m]), ``removed`` (row indices in removal
+    order) and ``removed_clients`` (their client ids when given).
+    """
+
+    name = "faba"
+
+    def __init__(self, c_max: int) -> None:
+        self.c_max = _check_c_max(c_max)
+
+    def aggregate(
+        self,
+        G: Tensor,
+        client_ids: Tensor | Sequence[int] | None = None,
+        ctx: AggregationContext | None = None,
+    ) -> Aggregate:
+        """One FABA round on ``G`` [m, P]; ``ctx.c_max`` is ignored (the constructor's is used)."""
+        check_layout(G)
+        m = G.shape[0]
+        ids: Any = client_ids
+        if ids is None and ctx is not None:
+            ids = ctx.client_ids
+        if ids is not None and len(ids) != m:
+            raise UpdateError(f"client_ids has {len(ids)} entries but G has {m} rows")
+        c = _check_c_max(self.c_max, m)
+        w, removed = _faba_weights(G, c)
+        kept = w.detach().cpu() > 0
+        record: dict[str, Any] = {"kept": kept, "removed": removed}
+        if ids is not None:
+            id_list = torch.as_tensor(ids).detach().cpu().tolist()
+            record["removed_clients"] = [id_list[r] for r in removed]
+        return Aggregate(update=w @ G, weights=w, record=record)
+
+    def state_dict(self) -> dict[str, Any]:
+        """FABA keeps no state between rounds; its only setting is ``c_max``."""
+        return {"c_max": self.c_max}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (``c_max``)."""
+        unknown = set(state) - {"c_max"}
+        if unknown:
+            raise ConfigError(f"FABA state has unexpected keys {sorted(unknown)}")
+        if "c_max" in state:
+            self.c_max = _check_c_max(state["c_max"])
+
+    def __repr__(self) -> str:
+        return f"FABA(c_max={self.c_max})"

@@ -1,0 +1,174 @@
+"""Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine
+Tolerant Gradient Descent", NeurIPS; DESIGN.md section 4).
+
+``score_i`` = sum of the squared L2 distances from g_i to its ``m - c_max - 2`` nearest other
+gradients; Krum returns the gradient with the smallest score, Multi-Krum(k) the mean of the k
+best. All pairwise distances come from one Gram matrix ``G @ G.T`` (one BLAS call; DESIGN.md 7:
+121 ms on [100, 270000] against 222 ms for ``cdist``), combined in float64:
+``d_ij = n_i + n_j - 2 g_ij`` clamped at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.trimmed_mean import as_count, check_client_ids
+from tesseract_fl.errors import ConfigError, UpdateError
+
+__all__ = ["Krum", "krum", "krum_scores", "krum_select", "pairwise_sq_distances"]
+
+
+def pairwise_sq_distances(G: Tensor) -> Tensor:
+    """Squared L2 distances between the rows of ``G`` [m, P] -> float64 Tensor[m, m] (CPU).
+
+    Via the Gram matrix: ``d_ij = n_i + n_j - 2 g_ij`` with ``g = G @ G.T`` computed by BLAS in
+    G's dtype and the combination done in float64, clamped at 0; the diagonal is exactly 0 and the
+    matrix exactly symmetric. The absolute error is about ``eps(dtype) * (n_i + n_j)``, so the
+    distance between two nearly identical rows of large norm is resolved only to that level.
+    """
+    check_matrix(G)
+    return _pairwise_sq_distances(G)
+
+
+def _pairwise_sq_distances(G: Tensor) -> Tensor:
+    """:func:`pairwise_sq_distances` without validating ``G`` (callers have checked it)."""
+    X = G.detach()
+    gram = (X @ X.T).to(device="cpu", dtype=torch.float64)
+    gram = (gram + gram.T) * 0.5
+    norms = gram.diagonal().clone()
+    D = norms[:, None] + norms[None, :] - 2.0 * gram
+    D.clamp_(min=0.0)
+    D.fill_diagonal_(0.0)
+    return D
+
+
+def _check_neighbours(m: int, c_max: Any) -> int:
+    c = as_count(c_max, "c_max")
+    if m - c - 2 < 1:
+        raise ConfigError(
+            f"Krum needs m - c_max - 2 >= 1 (at least one neighbour), got m={m} and c_max={c} "
+            f"(use c_max <= {m - 3} or more clients)"
+        )
+    return c
+
+
+def _scores_np(D: np.ndarray, n_neighbours: int) -> np.ndarray:
+    """Sum of each row's ``n_neighbours`` smallest off-diagonal entries of ``D`` (float64).
+
+    NumPy on purpose: these [m, m] matrices are tiny, and tiny torch ops were measured to stall
+    for milliseconds each in torch's thread pool on a loaded 2-core machine.
+    """
+    m = D.shape[0]
+    k = min(n_neighbours, m - 1)
+    if k <= 0:
+        return np.zeros(m, dtype=np.float64)
+    off = np.array(D, dtype=np.float64, copy=True)
+    np.fill_diagonal(off, np.inf)
+    return np.partition(off, k - 1, axis=1)[:, :k].sum(axis=1)
+
+
+def _scores(D: Tensor, n_neighbours: int) -> Tensor:
+    """Tensor wrapper of :func:`_scores_np` (float64, CPU)."""
+    return torch.from_numpy(_scores_np(D.detach().cpu().double().numpy(), n_neighbours))
+
+
+def krum_scores(D: Tensor, c_max: int) -> Tensor:
+    """Krum scores from a squared-distance matrix ``D`` [m, m] -> float64 Tensor[m].
+
+    ``score_i = sum of the m - c_max - 2 smallest d_ij, j != i`` (Blanchard et al. 2017, Sec. 4).
+    Requires ``m - c_max - 2 >= 1`` (:class:`ConfigError`).
+    """
+    D = torch.as_tensor(D, dtype=torch.float64)
+    if D.dim() != 2 or D.shape[0] != D.shape[1]:
+        raise UpdateError(f"distance matrix must be square, got shape {tuple(D.shape)}")
+    m = D.shape[0]
+    c = _check_neighbours(m, c_max)
+    return _scores(D, m - c - 2)
+
+
+def krum_select(scores: Tensor, k: int = 1) -> Tensor:
+    """Indices of the ``k`` smallest scores, ascending by (score, index): ties go to lower index."""
+    s = torch.as_tensor(scores, dtype=torch.float64).cpu().numpy()
+    return torch.from_numpy(np.argsort(s, kind="stable")[:k].copy())
+
+
+def _check_k(m: int, k: Any) -> int:
+    kk = as_count(k, "k", minimum=1)
+    if kk > m:
+        raise ConfigError(f"Multi-Krum k must be between 1 and m={m}, got k={kk}")
+    return kk
+
+
+def _krum(G: Tensor, c_max: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(update, selected indices, scores) for Krum / Multi-Krum."""
+    check_matrix(G)
+    m = G.shape[0]
+    c = _check_neighbours(m, c_max)
+    kk = _check_k(m, k)
+    scores = _scores(_pairwise_sq_distances(G), m - c - 2)
+    sel = krum_select(scores, kk)
+    if kk == 1:
+        update = G[int(sel[0])].detach().clone()
+    else:
+        w = torch.zeros(m, dtype=G.dtype, device=G.device)
+        w[sel.to(G.device)] = 1.0 / kk
+        update = w @ G.detach()
+    return update, sel, scores
+
+
+def krum(G: Tensor, c_max: int, k: int = 1) -> Tensor:
+    """Krum (``k = 1``) or Multi-Krum (``k > 1``) of ``G`` [m, P] -> Tensor[P].
+
+    Krum returns the row with the smallest score (a copy of an input row); Multi-Krum the mean of
+    the k rows with the smallest scores (Blanchard et al. 2017; El Mhamdi et al. 2018 for the
+    name). Ties are broken by the lowest row index. Requires ``m - c_max - 2 >= 1`` and
+    ``1 <= k <= m`` (:class:`ConfigError`).
+    """
+    return _krum(G, c_max, k)[0]
+
+
+class Krum:
+    """Krum / Multi-Krum aggregator (Blanchard et al. 2017); stateless.
+
+    ``c_max``: clients assumed malicious; ``k``: rows averaged (1 = Krum). ``weights`` are
+    one-hot on the selected row (``1/k`` on each of the k selected for Multi-Krum); ``record``
+    holds the float64 ``scores`` and the ``selected`` row indices. ``ctx.c_max`` is ignored.
+    """
+
+    name = "krum"
+
+    def __init__(self, c_max: int, k: int = 1) -> None:
+        self.c_max = as_count(c_max, "c_max")
+        self.k = as_count(k, "k", minimum=1)
+
+    def aggregate(
+        self,
+        G: Tensor,
+        client_ids: Tensor | Sequence[int] | None = None,
+        ctx: AggregationContext | None = None,
+    ) -> Aggregate:
+        """Return the Krum / Multi-Krum update with its selection weights."""
+        update, sel, scores = _krum(G, self.c_max, self.k)
+        m = G.shape[0]
+        check_client_ids(client_ids, m)
+        weights = torch.zeros(m, dtype=G.dtype, device=G.device)
+        weights[sel.to(G.device)] = 1.0 / sel.numel()
+        return Aggregate(update=update, weights=weights, record={"scores": scores, "selected": sel})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stateless: an empty dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept the (empty) state of :meth:`state_dict`."""
+        if state:
+            raise ConfigError(f"Krum is stateless; unexpected state keys {sorted(state)}")
+
+    def __repr__(self) -> str:
+        return f"Krum(c_max={self.c_max}, k={self.k})"
