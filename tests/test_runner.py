@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from tesseract_fl.cli import main
 from tesseract_fl.experiments.config import resolve_config
-from tesseract_fl.experiments.runner import run_experiment
+from tesseract_fl.experiments.runner import build_simulation, run_experiment
 from tesseract_fl.experiments.store import ResultsStore
 
 
@@ -140,3 +143,49 @@ def test_learning_happens(tmp_path: Path, tiny_data_dir: Path) -> None:
         ],
     )
     assert run_experiment(cfg, tmp_path / "s.sqlite")["final_accuracy"] > 0.6
+
+
+@pytest.mark.parametrize(
+    "defense",
+    [
+        "fedsgd",
+        "tesseract",
+        "trimmed_mean",
+        "median",
+        "krum",
+        "bulyan",
+        "faba",
+        "foolsgold",
+        "fltrust",
+    ],
+)
+def test_every_defense_runs_in_the_simulator(
+    tmp_path: Path, tiny_overrides: list[str], defense: str
+) -> None:
+    cfg = resolve_config("mnist", overrides=[*tiny_overrides, f"defense={defense}", "rounds=3"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Bulyan warns at m=10, c=2 (m < 4c+3)
+        summary = run_experiment(cfg, tmp_path / "s.sqlite")
+    assert summary["rounds"] == 3 and 0.0 <= summary["final_accuracy"] <= 1.0
+    with ResultsStore(tmp_path / "s.sqlite") as s:
+        rows = [r for r in s.client_records(summary["run_id"]) if r["round"] == 2]
+    assert len(rows) == 10
+    total = sum(r["weight"] for r in rows)
+    if defense != "fltrust":  # FLTrust's effective weights include the norm rescaling
+        assert total == pytest.approx(1.0, abs=1e-4) or total == 0.0
+    assert all(r["weight"] >= 0 for r in rows)
+
+
+def test_fltrust_root_set_is_disjoint_from_clients(tiny_overrides: list[str]) -> None:
+    cfg = resolve_config(
+        "mnist", overrides=[*tiny_overrides, "defense=fltrust", "defense.root_size=50"]
+    )
+    sim = build_simulation(cfg)
+    assert sim.root_sampler is not None
+    root = set(sim.root_sampler.partitions[0].tolist())
+    assert len(root) == 50
+    clients = set(np.concatenate(sim.sampler.partitions).tolist())
+    assert not root & clients
+    assert len(root) + len(clients) == 600  # every training sample is used exactly once
+    g0 = sim.root_gradient()
+    assert g0.shape == (sim.num_params,) and bool(torch.isfinite(g0).all())
