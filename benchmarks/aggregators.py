@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import inspect
 import json
 import platform
@@ -102,10 +101,30 @@ def build(name: str, m: int, c: int) -> tuple[Any | None, str]:
     return None, "not registered"
 
 
+def _import_byzfl_aggregators() -> Any:
+    """ByzFL's aggregators module without running ``byzfl/__init__.py`` (it imports torchvision).
+
+    A bare package object with the right ``__path__`` stands in for ``byzfl`` so that the
+    submodules (``aggregators.aggregators``, ``utils.misc``) import normally.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    if "byzfl" not in sys.modules:
+        spec = importlib.util.find_spec("byzfl")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("byzfl is not installed")
+        pkg = types.ModuleType("byzfl")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["byzfl"] = pkg
+    return importlib.import_module("byzfl.aggregators.aggregators")
+
+
 def time_byzfl(G: torch.Tensor, c: int, repeats: int) -> dict[str, Any]:
     """ByzFL's TrMean/Median/Krum/MultiKrum on numpy and torch input; the best of the two."""
     try:
-        mod = importlib.import_module("byzfl.aggregators.aggregators")
+        mod = _import_byzfl_aggregators()
     except Exception as exc:  # not installed, or its imports fail
         return {"available": False, "error": f"{type(exc).__name__}: {exc}"}
     version = "unknown"

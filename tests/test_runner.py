@@ -189,3 +189,17 @@ def test_fltrust_root_set_is_disjoint_from_clients(tiny_overrides: list[str]) ->
     assert len(root) + len(clients) == 600  # every training sample is used exactly once
     g0 = sim.root_gradient()
     assert g0.shape == (sim.num_params,) and bool(torch.isfinite(g0).all())
+
+
+def test_shorter_run_is_prefix_of_longer_run(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """With a constant lr, `rounds=N` reproduces the first N rounds of a longer run exactly."""
+    long = run_experiment(
+        resolve_config("mnist", overrides=[*tiny_overrides, "rounds=6"]), tmp_path / "s.sqlite"
+    )
+    short = run_experiment(
+        resolve_config("mnist", overrides=[*tiny_overrides, "rounds=3"]), tmp_path / "s.sqlite"
+    )
+    m_long = _metrics(tmp_path / "s.sqlite", long["run_id"])[:3]
+    m_short = _metrics(tmp_path / "s.sqlite", short["run_id"])
+    assert [m["train_loss"] for m in m_long] == [m["train_loss"] for m in m_short]
+    assert m_long[2]["test_accuracy"] == m_short[2]["test_accuracy"]
