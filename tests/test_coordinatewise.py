@@ -191,3 +191,23 @@ def test_bounded_by_honest_rows(case: tuple[int, int, list[list[float]], list[fl
     lo, hi = honest.min(0).values, honest.max(0).values
     for out in (trimmed_mean(G, c), median(G)):
         assert bool((out >= lo - 1e-4).all()) and bool((out <= hi + 1e-4).all())
+
+
+def test_thread_split_over_columns_gives_identical_results() -> None:
+    """Wide matrices are split into column ranges on threads; values must not change."""
+    from tesseract_fl.aggregators.trimmed_mean import PARALLEL_MIN_COLUMNS
+
+    gen = torch.Generator().manual_seed(3)
+    G = torch.randn(9, 2 * PARALLEL_MIN_COLUMNS + 17, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        tm2, md2 = trimmed_mean(G, 2), median(G)
+        torch.set_num_threads(1)
+        tm1, md1 = trimmed_mean(G, 2), median(G)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(tm1, tm2) and torch.equal(md1, md2)
+    ref = torch.sort(G, dim=0).values
+    torch.testing.assert_close(tm2, ref[2:7].mean(0))
+    torch.testing.assert_close(md2, ref[4])

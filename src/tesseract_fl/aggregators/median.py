@@ -21,6 +21,7 @@ from tesseract_fl.aggregators.trimmed_mean import (
     WEIGHT_SAMPLE,
     as_count,
     check_client_ids,
+    map_column_ranges,
     position_weights,
     rank_rows,
     sorted_column_chunks,
@@ -39,19 +40,23 @@ def median(G: Tensor, *, chunk_size: int | None = None, method: str = "auto") ->
     ``chunk_size``/``method`` as in :func:`~.trimmed_mean.sorted_column_chunks`.
     """
     check_matrix(G)
-    m, P = G.shape
+    m, _ = G.shape
     lo_pos, hi_pos = (m - 1) // 2, m // 2
     groups = [0 if k < lo_pos else (1 if k <= hi_pos else 2) for k in range(m)]
-    out = torch.empty(P, dtype=G.dtype, device=G.device)
-    for start, stop, S in sorted_column_chunks(
-        G, groups=groups, chunk_size=chunk_size, method=method
-    ):
-        if lo_pos == hi_pos:
-            val = S[lo_pos]
-        else:
-            val = S[lo_pos] * 0.5 + S[hi_pos] * 0.5
-        out[start:stop] = torch.as_tensor(val).to(device=G.device, dtype=G.dtype)
-    return out
+
+    def block(X: Tensor) -> Tensor:
+        out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
+        for start, stop, S in sorted_column_chunks(
+            X, groups=groups, chunk_size=chunk_size, method=method
+        ):
+            if lo_pos == hi_pos:
+                val = S[lo_pos]
+            else:
+                val = S[lo_pos] * 0.5 + S[hi_pos] * 0.5
+            out[start:stop] = torch.as_tensor(val).to(device=X.device, dtype=X.dtype)
+        return out
+
+    return map_column_ranges(block, G)
 
 
 def median_weights(G: Tensor, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
