@@ -94,3 +94,22 @@ def test_run_id_depends_on_numbers_not_paths() -> None:
     b = resolve_config("mnist", overrides=['data_dir="/elsewhere"', "backend=vmap"])
     c = resolve_config("mnist", overrides=["seed=1"])
     assert a.run_id() == b.run_id() != c.run_id()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["defense=bulyan", "clients=10", "malicious=3"], ["bulyan", "4*c_max"]),
+        (["defense=krum", "clients=3", "malicious=1"], ["krum", "c_max"]),
+        (["defense=faba", "clients=10", "malicious=2", "c_max=5"], ["c_max"]),
+        (["defense=fltrust", "defense.root_size=0"], ["root_size"]),
+        (["defense=foolsgold", "defense.kappa=-1"], ["kappa"]),
+    ],
+)
+def test_defense_size_checks_fire_at_config_time(
+    overrides: list[str], fragments: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config("mnist", overrides=overrides)
+    for frag in fragments:
+        assert frag in str(info.value), (frag, str(info.value))

@@ -222,15 +222,40 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"alpha must be > 0, got {cfg.alpha}")
     if cfg.attack != "none" and cfg.malicious == 0:
         raise ConfigError(f"attack = {cfg.attack!r} needs malicious >= 1")
-    # Defense parameters are checked by building the defense once (cheap, no data needed).
+    # Defense parameters are checked by building the defense once and aggregating a tiny random
+    # [clients, 8] matrix: the rule's own m-versus-c_max checks fire here, before data loads.
     try:
-        make_aggregator(cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params)
+        agg = make_aggregator(
+            cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
+        )
+        _dry_run(agg, cfg.clients, c_max)
     except ConfigError as exc:
-        raise ConfigError(f"defense.{cfg.defense}: {exc}") from None
+        raise ConfigError(f"defense {cfg.defense!r}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid parameters for defense {cfg.defense!r}: {exc}") from None
     if cfg.attack == "none" and cfg.attack_params:
         raise ConfigError(f"attack = 'none' takes no parameters, got {sorted(cfg.attack_params)}")
+
+
+def _dry_run(agg: Any, clients: int, c_max: int) -> None:
+    """Aggregate a small seeded random matrix so that size checks fail at config time."""
+    import warnings
+
+    import torch
+
+    from tesseract_fl.aggregators import AggregationContext
+
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(clients, 8, generator=gen)
+    ctx = AggregationContext(
+        client_ids=torch.arange(clients),
+        n_samples=torch.ones(clients),
+        c_max=c_max,
+        extra={"root_gradient": torch.randn(8, generator=gen)},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # warnings are shown when the real run builds it
+        agg.aggregate(G, ctx.client_ids, ctx)
 
 
 def list_presets() -> list[str]:
