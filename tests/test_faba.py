@@ -108,9 +108,9 @@ def test_class_weights_and_record() -> None:
     assert out.record["removed"] == [3]
     assert out.record["removed_clients"] == [13]
     assert out.record["kept"].tolist() == [True, True, True, False, True]
-    agg2 = FABA(c_max=0)
-    agg2.load_state_dict(agg.state_dict())
-    assert agg2.c_max == 1
+    assert agg.state_dict() == {}  # stateless between rounds
+    with pytest.raises(ConfigError, match="stateless"):
+        agg.load_state_dict({"c_max": 1})
 
 
 def test_bad_inputs() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from tesseract_fl.errors import UpdateError
+from tesseract_fl.errors import ConfigError, UpdateError
 
 
 @dataclass
@@ -87,3 +88,57 @@ def all_finite(G: Tensor) -> bool:
     if bool(torch.isfinite(col_sums).all()):
         return True
     return bool(torch.isfinite(G).all())
+
+
+class Stateless:
+    """Mixin for rules without state between rounds: ``state_dict()`` is ``{}``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stateless: an empty dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept the (empty) state of :meth:`state_dict`; anything else is a mistake."""
+        if state:
+            raise ConfigError(
+                f"{type(self).__name__} is stateless; unexpected state keys {sorted(state)}"
+            )
+
+
+def resolve_client_ids(
+    client_ids: Tensor | Sequence[int] | None,
+    ctx: AggregationContext | None,
+    m: int,
+    num_clients: int,
+) -> Tensor:
+    """Ids of G's rows (CPU long): the argument, else ``ctx.client_ids``, else ``0..m-1``.
+
+    Stateful defenses key their state by these ids, so they must be integers, one per row,
+    unique, and within ``[0, num_clients)``; a mismatch between the argument and the context is
+    an error rather than a silent choice.
+    """
+    ids: Any = client_ids
+    if ctx is not None and ctx.client_ids is not None:
+        if ids is None:
+            ids = ctx.client_ids
+        elif not torch.equal(
+            torch.as_tensor(ids).detach().cpu(), torch.as_tensor(ctx.client_ids).detach().cpu()
+        ):
+            raise UpdateError("client_ids and ctx.client_ids disagree")
+    if ids is None:
+        ids = torch.arange(m)
+    t = torch.as_tensor(ids).detach().cpu()
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise UpdateError(f"client ids must be integers, got dtype {t.dtype}")
+    t = t.to(torch.long)
+    if t.dim() != 1 or t.shape[0] != m:
+        raise UpdateError(
+            f"client ids must be 1-D with one id per row of G ({m}), got shape {tuple(t.shape)}"
+        )
+    if t.unique().numel() != m:
+        raise UpdateError(f"client ids must be unique, got {t.tolist()[:20]}")
+    if m and (int(t.min()) < 0 or int(t.max()) >= num_clients):
+        raise UpdateError(
+            f"client ids must lie in [0, {num_clients}), got range [{int(t.min())}, {int(t.max())}]"
+        )
+    return t

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
 from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np
 from tesseract_fl.aggregators.trimmed_mean import (
     WEIGHT_SAMPLE,
@@ -188,7 +188,7 @@ def bulyan_weights(G: Tensor, sel: Tensor, beta: int, sample: int | None = WEIGH
     return w.to(dtype=G.dtype, device=G.device)
 
 
-class Bulyan:
+class Bulyan(Stateless):
     """Bulyan aggregator (El Mhamdi et al. 2018); stateless apart from a warn-once flag.
 
     ``c_max``: clients assumed malicious (needs ``m > 4 c_max`` each round; a ``RuntimeWarning``
@@ -223,15 +223,6 @@ class Bulyan:
         beta = sel.numel() - 2 * self.c_max
         weights = bulyan_weights(G, sel, beta, self.weight_sample)
         return Aggregate(update=update, weights=weights, record={"selected": sel})
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stateless: an empty dict."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept the (empty) state of :meth:`state_dict`."""
-        if state:
-            raise ConfigError(f"Bulyan is stateless; unexpected state keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return f"Bulyan(c_max={self.c_max})"

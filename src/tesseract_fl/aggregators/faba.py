@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["FABA", "check_layout", "faba", "faba_removed", "faba_select", "gram64"]
@@ -168,7 +168,7 @@ def faba(G: Tensor, c_max: int) -> Tensor:
     return w @ G
 
 
-class FABA:
+class FABA(Stateless):
     """The FABA aggregator (Xia et al. 2019); stateless.
 
     ``c_max`` is the number of rows removed each round (``0 <= c_max < m/2`` for the round's
@@ -204,18 +204,6 @@ class FABA:
             id_list = torch.as_tensor(ids).detach().cpu().tolist()
             record["removed_clients"] = [id_list[r] for r in removed]
         return Aggregate(update=w @ G, weights=w, record=record)
-
-    def state_dict(self) -> dict[str, Any]:
-        """FABA keeps no state between rounds; its only setting is ``c_max``."""
-        return {"c_max": self.c_max}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (``c_max``)."""
-        unknown = set(state) - {"c_max"}
-        if unknown:
-            raise ConfigError(f"FABA state has unexpected keys {sorted(unknown)}")
-        if "c_max" in state:
-            self.c_max = _check_c_max(state["c_max"])
 
     def __repr__(self) -> str:
         return f"FABA(c_max={self.c_max})"

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
-from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
+from tesseract_fl.errors import UpdateError
 
 __all__ = ["FedSGD", "fedsgd", "sample_weights"]
 
@@ -64,7 +63,7 @@ def fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None = None) -> Tens
     return w @ G
 
 
-class FedSGD:
+class FedSGD(Stateless):
     """The FedSGD aggregator (sample-weighted mean); stateless.
 
     Sample counts come from ``ctx.n_samples`` when given, otherwise the weights are uniform.
@@ -87,15 +86,6 @@ class FedSGD:
         n = ctx.n_samples if ctx is not None else None
         w = sample_weights(n, m, dtype=G.dtype, device=G.device)
         return Aggregate(update=w @ G, weights=w, record={})
-
-    def state_dict(self) -> dict[str, Any]:
-        """FedSGD has no state: an empty dict."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept the (empty) state of :meth:`state_dict`; nothing to restore."""
-        if state:
-            raise ConfigError(f"FedSGD is stateless; unexpected state keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return "FedSGD()"

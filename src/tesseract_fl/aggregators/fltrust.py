@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
 from tesseract_fl.aggregators.faba import check_layout
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -99,7 +99,7 @@ def fltrust(G: Tensor, g0: Tensor) -> Tensor:
     return fltrust_weights(G, g0) @ G
 
 
-class FLTrust:
+class FLTrust(Stateless):
     """The FLTrust aggregator (Cao et al. 2021); stateless on the aggregation side.
 
     ``root_size`` is the number of clean root samples the server holds (paper default 100); the
@@ -150,18 +150,6 @@ class FLTrust:
             "all_zero": not bool((ts > 0).any()),
         }
         return Aggregate(update=w @ G, weights=w, record=record)
-
-    def state_dict(self) -> dict[str, Any]:
-        """No state between rounds; only the ``root_size`` setting."""
-        return {"root_size": self.root_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (``root_size``)."""
-        unknown = set(state) - {"root_size"}
-        if unknown:
-            raise ConfigError(f"FLTrust state has unexpected keys {sorted(unknown)}")
-        if "root_size" in state:
-            self.root_size = FLTrust(state["root_size"]).root_size
 
     def __repr__(self) -> str:
         return f"FLTrust(root_size={self.root_size})"

@@ -29,6 +29,7 @@ from tesseract_fl.aggregators.base import (
     AggregationContext,
     all_finite,
     check_matrix,
+    resolve_client_ids,
 )
 from tesseract_fl.aggregators.faba import check_layout, gram64
 from tesseract_fl.errors import ConfigError, UpdateError
@@ -141,27 +142,7 @@ class FoolsGold:
     def _resolve_ids(
         self, client_ids: Tensor | Sequence[int] | None, ctx: AggregationContext | None, m: int
     ) -> Tensor:
-        ids: Any = client_ids
-        if ids is None and ctx is not None:
-            ids = ctx.client_ids
-        if ids is None:
-            ids = torch.arange(m)
-        t = torch.as_tensor(ids).detach().cpu()
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise UpdateError(f"client ids must be integers, got dtype {t.dtype}")
-        t = t.to(torch.long)
-        if t.dim() != 1 or t.shape[0] != m:
-            raise UpdateError(
-                f"client ids must be 1-D with one id per row of G ({m}), got shape {tuple(t.shape)}"
-            )
-        if t.unique().numel() != m:
-            raise UpdateError(f"client ids must be unique, got {t.tolist()[:20]}")
-        if m and (int(t.min()) < 0 or int(t.max()) >= self.num_clients):
-            raise UpdateError(
-                f"client ids must lie in [0, {self.num_clients}), got range "
-                f"[{int(t.min())}, {int(t.max())}]"
-            )
-        return t
+        return resolve_client_ids(client_ids, ctx, m, self.num_clients)
 
     def aggregate(
         self,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
 from tesseract_fl.aggregators.trimmed_mean import as_count, check_client_ids
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -133,7 +133,7 @@ def krum(G: Tensor, c_max: int, k: int = 1) -> Tensor:
     return _krum(G, c_max, k)[0]
 
 
-class Krum:
+class Krum(Stateless):
     """Krum / Multi-Krum aggregator (Blanchard et al. 2017); stateless.
 
     ``c_max``: clients assumed malicious; ``k``: rows averaged (1 = Krum). ``weights`` are
@@ -160,15 +160,6 @@ class Krum:
         weights = torch.zeros(m, dtype=G.dtype, device=G.device)
         weights[sel.to(G.device)] = 1.0 / sel.numel()
         return Aggregate(update=update, weights=weights, record={"scores": scores, "selected": sel})
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stateless: an empty dict."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept the (empty) state of :meth:`state_dict`."""
-        if state:
-            raise ConfigError(f"Krum is stateless; unexpected state keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return f"Krum(c_max={self.c_max}, k={self.k})"

@@ -10,13 +10,12 @@ orders what decides the middle value(s).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
 from tesseract_fl.aggregators.trimmed_mean import (
     WEIGHT_SAMPLE,
     as_count,
@@ -26,7 +25,6 @@ from tesseract_fl.aggregators.trimmed_mean import (
     rank_rows,
     sorted_column_chunks,
 )
-from tesseract_fl.errors import ConfigError
 
 __all__ = ["Median", "median", "median_weights"]
 
@@ -73,7 +71,7 @@ def median_weights(G: Tensor, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
     return torch.from_numpy(position_weights(order, pw, m)).to(dtype=G.dtype, device=G.device)
 
 
-class Median:
+class Median(Stateless):
     """Coordinate-wise median aggregator (Yin et al. 2018); stateless, no parameters besides
     ``weight_sample`` (coordinates used for the reported weights, ``None`` = all).
 
@@ -99,15 +97,6 @@ class Median:
         check_client_ids(client_ids, G.shape[0])
         weights = median_weights(G, self.weight_sample)
         return Aggregate(update=update, weights=weights, record={})
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stateless: an empty dict."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept the (empty) state of :meth:`state_dict`."""
-        if state:
-            raise ConfigError(f"Median is stateless; unexpected state keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return "Median()"

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, check_matrix
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Aggregator,
+    check_matrix,
+    resolve_client_ids,
+)
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = [
@@ -258,32 +264,7 @@ class Tesseract:
     def _resolve_ids(
         self, client_ids: Tensor | Sequence[int] | None, ctx: AggregationContext | None, m: int
     ) -> Tensor:
-        ids: Any = client_ids
-        if ctx is not None and ctx.client_ids is not None:
-            if ids is None:
-                ids = ctx.client_ids
-            elif not torch.equal(
-                torch.as_tensor(ids).detach().cpu(), torch.as_tensor(ctx.client_ids).detach().cpu()
-            ):
-                raise UpdateError("client_ids and ctx.client_ids disagree")
-        if ids is None:
-            ids = torch.arange(m)
-        t = torch.as_tensor(ids).detach().cpu()
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise UpdateError(f"client ids must be integers, got dtype {t.dtype}")
-        t = t.to(torch.long)
-        if t.dim() != 1 or t.shape[0] != m:
-            raise UpdateError(
-                f"client ids must be 1-D with one id per row of G ({m}), got shape {tuple(t.shape)}"
-            )
-        if t.unique().numel() != m:
-            raise UpdateError(f"client ids must be unique, got {t.tolist()[:20]}")
-        if m and (int(t.min()) < 0 or int(t.max()) >= self.num_clients):
-            raise UpdateError(
-                f"client ids must lie in [0, {self.num_clients}), got range "
-                f"[{int(t.min())}, {int(t.max())}]"
-            )
-        return t
+        return resolve_client_ids(client_ids, ctx, m, self.num_clients)
 
     def aggregate(
         self,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, check_matrix
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = [
@@ -370,7 +370,7 @@ def trimmed_mean_weights(G: Tensor, c_max: int, sample: int | None = WEIGHT_SAMP
     return torch.from_numpy(position_weights(order, pw, m)).to(dtype=G.dtype, device=G.device)
 
 
-class TrimmedMean:
+class TrimmedMean(Stateless):
     """Coordinate-wise trimmed mean aggregator (Yin et al. 2018); stateless.
 
     ``c_max``: values dropped at each end per coordinate (needs ``m > 2 c_max`` each round).
@@ -398,15 +398,6 @@ class TrimmedMean:
         check_client_ids(client_ids, G.shape[0])
         weights = trimmed_mean_weights(G, self.c_max, self.weight_sample)
         return Aggregate(update=update, weights=weights, record={})
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stateless: an empty dict."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept the (empty) state of :meth:`state_dict`."""
-        if state:
-            raise ConfigError(f"TrimmedMean is stateless; unexpected state keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return f"TrimmedMean(c_max={self.c_max})"
