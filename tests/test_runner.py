@@ -203,3 +203,31 @@ def test_shorter_run_is_prefix_of_longer_run(tmp_path: Path, tiny_overrides: lis
     m_short = _metrics(tmp_path / "s.sqlite", short["run_id"])
     assert [m["train_loss"] for m in m_long] == [m["train_loss"] for m in m_short]
     assert m_long[2]["test_accuracy"] == m_short[2]["test_accuracy"]
+
+
+def test_cli_presets_datasets_and_show(
+    tmp_path: Path,
+    tiny_data_dir: Path,
+    tiny_overrides: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["presets"]) == 0
+    assert "mnist" in capsys.readouterr().out
+    assert main(["presets", "mnist"]) == 0
+    assert "rounds = 500" in capsys.readouterr().out
+    # verify: the tiny fixture is not the real MNIST (hashes differ) -> non-zero exit, says why
+    assert main(["datasets", "verify", "mnist", "--data-dir", str(tiny_data_dir)]) == 1
+    assert main(["datasets", "list", "--data-dir", str(tmp_path)]) == 0
+    assert main(["datasets", "fetch", "nosuch"]) == 2
+    store = tmp_path / "s.sqlite"
+    args = ["run", "--preset", "mnist", "--store", str(store), "--quiet"]
+    for o in tiny_overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "final test accuracy" in out
+    assert main(["show", "--store", str(store)]) == 0
+    assert "finished" in capsys.readouterr().out
+    run_id = resolve_config("mnist", overrides=tiny_overrides).run_id()
+    assert main(["show", run_id, "--store", str(store)]) == 0
+    assert main(["show", "nosuchrun", "--store", str(store)]) == 2
