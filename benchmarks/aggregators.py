@@ -21,10 +21,8 @@ import gc
 import inspect
 import json
 import platform
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _timing import timeit  # benchmarks/ is on sys.path when run as a script
 from tesseract_fl.aggregators import AGGREGATORS, AggregationContext, make_aggregator
 
 #: (m, P, c_max): the MNIST DNN with 100 clients, and the CIFAR-10 ResNet-18 scale with 10.
@@ -62,22 +61,6 @@ BYZFL_CLASSES = {
     "krum": "Krum",
     "multi_krum": "MultiKrum",
 }
-
-
-def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {
-        "min_ms": 1000 * min(times),
-        "median_ms": 1000 * statistics.median(times),
-        "max_ms": 1000 * max(times),
-    }
 
 
 def _accepts(cls: type, param: str) -> bool:

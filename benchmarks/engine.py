@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _timing import timeit  # benchmarks/ is on sys.path when run as a script
 from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.errors import DatasetError
 from tesseract_fl.experiments.config import resolve_config
 from tesseract_fl.experiments.runner import build_simulation
 from tesseract_fl.models import make_model
 from tesseract_fl.simulation.gradients import client_gradients
-
-
-def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def main() -> None:
@@ -108,13 +95,13 @@ def main() -> None:
             res[f"round_{name}_loop"] = timeit(whole, args.repeats)
 
     bound = min(
-        res["memory_bound_matmul_sum"]["median_s"], res["memory_bound_numpy_sum"]["median_s"]
+        res["memory_bound_matmul_sum"]["median_ms"], res["memory_bound_numpy_sum"]["median_ms"]
     )
     ratios = {
-        "vmap_over_loop": res["grad_vmap"]["median_s"] / res["grad_loop"]["median_s"],
-        "tesseract_aggregate_over_memory_bound": res["aggregate_tesseract"]["median_s"] / bound,
-        "tesseract_aggregate_share_of_round": res["aggregate_tesseract"]["median_s"]
-        / res["round_tesseract_loop"]["median_s"],
+        "vmap_over_loop": res["grad_vmap"]["median_ms"] / res["grad_loop"]["median_ms"],
+        "tesseract_aggregate_over_memory_bound": res["aggregate_tesseract"]["median_ms"] / bound,
+        "tesseract_aggregate_share_of_round": res["aggregate_tesseract"]["median_ms"]
+        / res["round_tesseract_loop"]["median_ms"],
     }
     report = {
         "benchmark": "engine",
@@ -134,7 +121,7 @@ def main() -> None:
     }
     print(f"data: {data}; m={m}, b={b}, P={P}, torch threads={torch.get_num_threads()}")
     for k, v in res.items():
-        print(f"  {k:36s} {1000 * v['median_s']:9.1f} ms  (min {1000 * v['min_s']:.1f})")
+        print(f"  {k:36s} {v['median_ms']:9.1f} ms  (min {v['min_ms']:.1f})")
     for k, v in ratios.items():
         print(f"  {k:36s} {v:9.3f}")
     path = Path(args.out)

@@ -139,11 +139,6 @@ class FoolsGold:
         self.rounds_seen = torch.zeros(self.num_clients, dtype=torch.long)
         self.round = 0
 
-    def _resolve_ids(
-        self, client_ids: Tensor | Sequence[int] | None, ctx: AggregationContext | None, m: int
-    ) -> Tensor:
-        return resolve_client_ids(client_ids, ctx, m, self.num_clients)
-
     def aggregate(
         self,
         G: Tensor,
@@ -154,7 +149,7 @@ class FoolsGold:
         rows by the histories' similarity, return the weighted mean of the rows of G."""
         check_layout(G)  # entries: checked by _add_to_history / gram64
         m, P = G.shape
-        ids = self._resolve_ids(client_ids, ctx, m)
+        ids = resolve_client_ids(client_ids, ctx, m, self.num_clients)
         if self.history is not None and self.history.shape[1] != P:
             raise UpdateError(
                 f"G has P={P} columns but earlier rounds had P={self.history.shape[1]}"

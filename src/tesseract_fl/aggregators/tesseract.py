@@ -261,11 +261,6 @@ class Tesseract:
 
     # ------------------------------------------------------------------ aggregation
 
-    def _resolve_ids(
-        self, client_ids: Tensor | Sequence[int] | None, ctx: AggregationContext | None, m: int
-    ) -> Tensor:
-        return resolve_client_ids(client_ids, ctx, m, self.num_clients)
-
     def aggregate(
         self,
         G: Tensor,
@@ -283,7 +278,7 @@ class Tesseract:
         """
         check_matrix(G)
         m, P = G.shape
-        ids = self._resolve_ids(client_ids, ctx, m)
+        ids = resolve_client_ids(client_ids, ctx, m, self.num_clients)
         c = self.c_max
         if m <= 2 * c:
             raise UpdateError(
