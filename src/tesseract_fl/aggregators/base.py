@@ -142,3 +142,34 @@ def resolve_client_ids(
             f"client ids must lie in [0, {num_clients}), got range [{int(t.min())}, {int(t.max())}]"
         )
     return t
+
+
+def as_count(value: Any, what: str, *, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum``; :class:`ConfigError` otherwise (bools are refused)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    try:
+        ivalue = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be an integer, got {value!r}") from exc
+    if ivalue != value:
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if ivalue < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {ivalue}")
+    return ivalue
+
+
+def check_client_ids(client_ids: Tensor | Sequence[int] | None, m: int) -> None:
+    """Raise :class:`UpdateError` when ``client_ids`` is given with a length other than ``m``."""
+    if client_ids is not None and len(client_ids) != m:
+        raise UpdateError(f"client_ids has {len(client_ids)} entries but G has {m} rows")
+
+
+def check_layout(G: Tensor) -> None:
+    """The cheap part of :func:`~tesseract_fl.aggregators.base.check_matrix`: a 2-D floating
+    point Tensor with at least one row (its error messages). Finiteness is left to the caller,
+    which sees NaN/Inf propagate into its Gram matrix or dot products and then calls
+    ``check_matrix`` for the exact diagnosis; this saves one pass over G (~5 ms on
+    [100, 270000], ~70 ms on [10, 11_000_000] here)."""
+    if not isinstance(G, Tensor) or G.dim() != 2 or not G.is_floating_point() or G.shape[0] < 1:
+        check_matrix(G)

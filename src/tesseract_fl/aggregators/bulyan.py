@@ -22,12 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Stateless,
+    as_count,
+    check_client_ids,
+    check_matrix,
+)
 from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np
 from tesseract_fl.aggregators.trimmed_mean import (
     WEIGHT_SAMPLE,
-    as_count,
-    check_client_ids,
     sampled_columns_t,
     sorted_column_chunks,
 )

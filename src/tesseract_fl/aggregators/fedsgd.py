@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Stateless,
+    check_client_ids,
+    check_matrix,
+)
 from tesseract_fl.errors import UpdateError
 
 __all__ = ["FedSGD", "fedsgd", "sample_weights"]
@@ -81,8 +87,7 @@ class FedSGD(Stateless):
         """Return ``Aggregate(update=w @ G, weights=w)`` with ``w_i = n_i / sum_j n_j``."""
         check_matrix(G)
         m = G.shape[0]
-        if client_ids is not None and len(client_ids) != m:
-            raise UpdateError(f"client_ids has {len(client_ids)} entries but G has {m} rows")
+        check_client_ids(client_ids, m)
         n = ctx.n_samples if ctx is not None else None
         w = sample_weights(n, m, dtype=G.dtype, device=G.device)
         return Aggregate(update=w @ G, weights=w, record={})

@@ -15,8 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
-from tesseract_fl.aggregators.faba import check_layout
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Stateless,
+    check_client_ids,
+    check_layout,
+    check_matrix,
+)
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["ROOT_GRADIENT_KEY", "FLTrust", "fltrust", "fltrust_weights"]
@@ -131,8 +137,7 @@ class FLTrust(Stateless):
         it is missing or not a finite vector of length P)."""
         check_layout(G)
         m = G.shape[0]
-        if client_ids is not None and len(client_ids) != m:
-            raise UpdateError(f"client_ids has {len(client_ids)} entries but G has {m} rows")
+        check_client_ids(client_ids, m)
         if ctx is None or ROOT_GRADIENT_KEY not in ctx.extra:
             raise UpdateError(
                 "FLTrust needs the server's root gradient: pass "

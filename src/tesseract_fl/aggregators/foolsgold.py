@@ -28,10 +28,11 @@ from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
     all_finite,
+    check_layout,
     check_matrix,
     resolve_client_ids,
 )
-from tesseract_fl.aggregators.faba import check_layout, gram64
+from tesseract_fl.aggregators.faba import gram64
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["FoolsGold", "foolsgold_weights", "foolsgold_weights_from_gram"]

@@ -17,8 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
-from tesseract_fl.aggregators.trimmed_mean import as_count, check_client_ids
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Stateless,
+    as_count,
+    check_client_ids,
+    check_matrix,
+)
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["Krum", "krum", "krum_scores", "krum_select", "pairwise_sq_distances"]

@@ -15,11 +15,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
-from tesseract_fl.aggregators.trimmed_mean import (
-    WEIGHT_SAMPLE,
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Stateless,
     as_count,
     check_client_ids,
+    check_matrix,
+)
+from tesseract_fl.aggregators.trimmed_mean import (
+    WEIGHT_SAMPLE,
     map_column_ranges,
     position_weights,
     rank_rows,

@@ -33,13 +33,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Stateless, check_matrix
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Stateless,
+    as_count,
+    check_client_ids,
+    check_matrix,
+)
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = [
     "TrimmedMean",
-    "as_count",
-    "check_client_ids",
     "sample_columns",
     "sorted_column_chunks",
     "trimmed_mean",
@@ -57,27 +62,6 @@ _WEIGHT_SEED = 0
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def as_count(value: Any, what: str, *, minimum: int = 0) -> int:
-    """``value`` as an int >= ``minimum``; :class:`ConfigError` otherwise (bools are refused)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    try:
-        ivalue = int(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what} must be an integer, got {value!r}") from exc
-    if ivalue != value:
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    if ivalue < minimum:
-        raise ConfigError(f"{what} must be >= {minimum}, got {ivalue}")
-    return ivalue
-
-
-def check_client_ids(client_ids: Tensor | Sequence[int] | None, m: int) -> None:
-    """Raise :class:`UpdateError` when ``client_ids`` is given with a length other than ``m``."""
-    if client_ids is not None and len(client_ids) != m:
-        raise UpdateError(f"client_ids has {len(client_ids)} entries but G has {m} rows")
 
 
 # --------------------------------------------------------------------------- sorting network
