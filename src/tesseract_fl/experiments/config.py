@@ -21,7 +21,7 @@ from tesseract_fl.errors import ConfigError
 PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "loop", "vmap")
-ATTACK_CHOICES: tuple[str, ...] = ("none",)
+AGGREGATE_ONLY: tuple[str, ...] = ("all", "benign", "malicious")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class ExperimentConfig:
     defense_params: dict[str, Any] = field(default_factory=dict)
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
+    malicious_ids: list[int] | None = None
+    aggregate_only: str = "all"
     seed: int = 0
     eval_every: int = 10
     record_every: int = 10
@@ -66,10 +68,17 @@ class ExperimentConfig:
         d = self.to_dict()
         for k in ("name", "data_dir", "device", "backend", "vmap_chunk"):
             d.pop(k)
+        # Keys added after results were first stored count only when set, so that the ids of
+        # earlier runs (and the cache lookups against them) stay valid.
+        for k, default in _OPTIONAL_DEFAULTS.items():
+            if d.get(k) == default:
+                d.pop(k)
         d["c_max"] = self.resolved_c_max
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"malicious_ids": None, "aggregate_only": "all"}
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {
     f.name: f for f in dataclasses.fields(ExperimentConfig)
@@ -91,6 +100,14 @@ def _coerce(key: str, value: Any) -> Any:
     typ = str(f.type)
     if key == "c_max" and value is None:
         return None
+    if key == "malicious_ids":
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"malicious_ids must be a list of client ids, got {value!r}")
+        return sorted(value)
     if typ.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -188,6 +205,7 @@ def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
 def validate(cfg: ExperimentConfig) -> None:
     """Check ranges and names; raise ConfigError naming the key and the allowed values."""
     from tesseract_fl.aggregators import AGGREGATORS, make_aggregator
+    from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE, make_attack
     from tesseract_fl.data import DATASETS
     from tesseract_fl.models import MODELS
     from tesseract_fl.simulation.schedules import LR_SCHEDULES
@@ -197,7 +215,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice("partition", cfg.partition, PARTITIONS)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("defense", cfg.defense, sorted(AGGREGATORS))
-    _choice("attack", cfg.attack, ATTACK_CHOICES)
+    _choice("attack", cfg.attack, ["none", *sorted(ATTACKS)])
+    _choice("aggregate_only", cfg.aggregate_only, AGGREGATE_ONLY)
     _choice("device", cfg.device.split(":")[0], DEVICES)
     _choice("backend", cfg.backend, BACKEND_CHOICES)
     if cfg.clients < 1:
@@ -222,19 +241,51 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"alpha must be > 0, got {cfg.alpha}")
     if cfg.attack != "none" and cfg.malicious == 0:
         raise ConfigError(f"attack = {cfg.attack!r} needs malicious >= 1")
+    if cfg.malicious_ids is not None:
+        ids = cfg.malicious_ids
+        if len(set(ids)) != len(ids) or any(not 0 <= i < cfg.clients for i in ids):
+            raise ConfigError(
+                f"malicious_ids must be distinct client ids in [0, {cfg.clients}), got {ids}"
+            )
+        if len(ids) != cfg.malicious:
+            raise ConfigError(
+                f"malicious_ids names {len(ids)} clients but malicious = {cfg.malicious}"
+            )
+    # Figure 2 modes aggregate one group only: the defense sees that group's size.
+    rows = {"all": cfg.clients, "benign": cfg.clients - cfg.malicious, "malicious": cfg.malicious}
+    agg_rows = rows[cfg.aggregate_only]
+    if agg_rows < 1:
+        raise ConfigError(f"aggregate_only = {cfg.aggregate_only!r} needs malicious >= 1")
     # Defense parameters are checked by building the defense once and aggregating a tiny random
-    # [clients, 8] matrix: the rule's own m-versus-c_max checks fire here, before data loads.
+    # [rows, 8] matrix: the rule's own m-versus-c_max checks fire here, before data loads.
     try:
         agg = make_aggregator(
             cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
         )
-        _dry_run(agg, cfg.clients, c_max)
+        _dry_run(agg, agg_rows, c_max)
     except ConfigError as exc:
         raise ConfigError(f"defense {cfg.defense!r}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid parameters for defense {cfg.defense!r}: {exc}") from None
-    if cfg.attack == "none" and cfg.attack_params:
-        raise ConfigError(f"attack = 'none' takes no parameters, got {sorted(cfg.attack_params)}")
+    if cfg.attack == "none":
+        if cfg.attack_params:
+            raise ConfigError(
+                f"attack = 'none' takes no parameters, got {sorted(cfg.attack_params)}"
+            )
+        return
+    make_attack(cfg.attack, **cfg.attack_params)
+    if cfg.attack in NEEDS_DEFENSE_STATE and not callable(getattr(agg, "public_state", None)):
+        raise ConfigError(
+            f"attack {cfg.attack!r} adapts to TESSERACT's flip-score cut-offs; defense "
+            f"{cfg.defense!r} publishes none (use defense = 'tesseract')"
+        )
+    if cfg.attack in ("full_krum", "adaptive_krum") and cfg.clients - 2 * cfg.malicious - 1 < 1:
+        raise ConfigError(
+            f"attack {cfg.attack!r} needs clients - 2*malicious - 1 >= 1 (Fang et al.'s bound), "
+            f"got clients={cfg.clients}, malicious={cfg.malicious}"
+        )
+    if cfg.attack in ("full_krum", "adaptive_krum") and cfg.clients - c_max - 2 < 1:
+        raise ConfigError(f"attack {cfg.attack!r} tests Krum, which needs clients - c_max - 2 >= 1")
 
 
 def _dry_run(agg: Any, clients: int, c_max: int) -> None:

@@ -14,6 +14,7 @@ import torch
 
 import tesseract_fl
 from tesseract_fl.aggregators import make_aggregator
+from tesseract_fl.attacks import make_attack
 from tesseract_fl.data import load_dataset, partition
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.config import ExperimentConfig
@@ -55,6 +56,13 @@ def malicious_ids(num_clients: int, num_malicious: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.permutation(num_clients)[:num_malicious])
 
 
+def resolved_malicious_ids(cfg: ExperimentConfig) -> list[int]:
+    """The config's explicit ``malicious_ids``, else the seeded choice of ``malicious`` clients."""
+    if cfg.malicious_ids is not None:
+        return sorted(cfg.malicious_ids)
+    return malicious_ids(cfg.clients, cfg.malicious, cfg.seed)
+
+
 def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     """Load data, partition it, build model, defense and simulator, all seeded from ``cfg.seed``."""
     device = resolve_device(cfg.device)
@@ -89,6 +97,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     ]
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, num_classes=ds.num_classes)
+    attack = None if cfg.attack == "none" else make_attack(cfg.attack, **cfg.attack_params)
     return FedSGDSimulation(
         model=model,
         train_x=ds.train_x,
@@ -97,7 +106,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
         test_y=ds.test_y,
         partitions=parts,
         aggregator=aggregator,
-        malicious_ids=malicious_ids(cfg.clients, cfg.malicious, cfg.seed),
+        malicious_ids=resolved_malicious_ids(cfg),
         c_max=c_max,
         batch_size=cfg.batch_size,
         lr_fn=make_schedule(cfg.lr_schedule, cfg.lr, cfg.rounds),
@@ -106,6 +115,9 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
         device=device,
         seed=cfg.seed,
         root_indices=root,
+        attack=attack,
+        num_classes=ds.num_classes,
+        aggregate_only=None if cfg.aggregate_only == "all" else cfg.aggregate_only,  # type: ignore[arg-type]
     )
 
 
@@ -118,7 +130,7 @@ def _finite(x: Any) -> float | None:
 
 def _client_rows(sim: FedSGDSimulation, res: RoundResult) -> list[tuple[int, bool, Any, Any, Any]]:
     rec = res.aggregate.record
-    fs = rec.get("flip_scores")
+    fs = res.flip_scores
     rs = rec.get("reputation")
     w = res.aggregate.weights
     rows = []
@@ -157,7 +169,12 @@ def run_experiment(
             summary.update(cached=True, store=str(store_path))
             return summary
         sim = build_simulation(cfg)
-        store.start_run(run_id, cfg.name, cfg.to_dict(), versions())
+        stored_cfg = cfg.to_dict()
+        stored_cfg["resolved"] = {
+            "c_max": cfg.resolved_c_max,
+            "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
+        }
+        store.start_run(run_id, cfg.name, stored_cfg, versions())
         acc: float | None = None
         loss: float | None = None
         t0 = time.perf_counter()
@@ -165,14 +182,15 @@ def run_experiment(
         try:
             for r in range(cfg.rounds):
                 t_round = time.perf_counter()
-                res = sim.step()
-                train_seconds += time.perf_counter() - t_round
                 last = r == cfg.rounds - 1
+                recording = r % cfg.record_every == 0 or last
+                res = sim.step(want_flip_scores=recording)
+                train_seconds += time.perf_counter() - t_round
                 if (r + 1) % cfg.eval_every == 0 or last:
                     acc, loss = sim.evaluate()
                     res.test_accuracy, res.test_loss = acc, loss
                 rec = res.aggregate.record
-                rows = _client_rows(sim, res) if (r % cfg.record_every == 0 or last) else []
+                rows = _client_rows(sim, res) if recording else []
                 store.write_round(
                     run_id,
                     r,
@@ -185,6 +203,7 @@ def run_experiment(
                         "fs_high": _finite(rec.get("fs_high")),
                     },
                     rows,
+                    attack=res.attack,
                 )
                 if progress is not None:
                     progress(r + 1, cfg.rounds, {"acc": acc, "loss": res.train_loss})
@@ -200,6 +219,7 @@ def run_experiment(
             "dataset": cfg.dataset,
             "defense": cfg.defense,
             "attack": cfg.attack,
+            "malicious": cfg.malicious,
             "rounds": cfg.rounds,
             "final_accuracy": acc,
             "final_loss": loss,

@@ -7,6 +7,7 @@ only whole rounds behind and every finished run stays readable.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -53,7 +54,23 @@ CREATE TABLE IF NOT EXISTS clients (
     weight     REAL,
     PRIMARY KEY (run_id, round, client)
 );
+CREATE TABLE IF NOT EXISTS attack_records (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    round  INTEGER NOT NULL,
+    key    TEXT NOT NULL,
+    value  REAL,
+    PRIMARY KEY (run_id, round, key)
+);
 """
+
+
+def _real(v: Any) -> float | None:
+    """A finite float, or None (NaN/Inf are stored as NULL rather than failing the round)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 class ResultsStore:
@@ -127,6 +144,7 @@ class ResultsStore:
         with self.transaction() as c:
             c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             c.execute("DELETE FROM clients WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM attack_records WHERE run_id = ?", (run_id,))
             c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             c.execute(
                 "INSERT INTO runs (run_id, name, config, status, created_at, updated_at, versions) "
@@ -140,8 +158,10 @@ class ResultsStore:
         round_: int,
         metrics: dict[str, float | None],
         clients: Iterable[tuple[int, bool, float | None, float | None, float | None]] = (),
+        attack: dict[str, float] | None = None,
     ) -> None:
-        """One round's metrics and (optionally) per-client rows, atomically."""
+        """One round's metrics, (optionally) per-client rows and what the attack did (e.g.
+        Full-Krum's ``lambda``), atomically."""
         with self.transaction() as c:
             c.execute(
                 "INSERT OR REPLACE INTO metrics (run_id, round, lr, train_loss, test_accuracy, "
@@ -161,6 +181,11 @@ class ResultsStore:
                 "INSERT OR REPLACE INTO clients (run_id, round, client, malicious, flip_score, "
                 "reputation, weight) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, round_, cid, int(mal), fs, rs, w) for cid, mal, fs, rs, w in clients],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO attack_records (run_id, round, key, value) "
+                "VALUES (?, ?, ?, ?)",
+                [(run_id, round_, k, _real(v)) for k, v in (attack or {}).items()],
             )
             c.execute(
                 "UPDATE runs SET rounds_done = ?, updated_at = ? WHERE run_id = ?",
@@ -190,6 +215,16 @@ class ResultsStore:
         )
         keys = [d[0] for d in cur.description]
         return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+
+    def attack_records(self, run_id: str) -> dict[int, dict[str, float | None]]:
+        """What the attack did per round: ``{round: {key: value}}`` (empty without an attack)."""
+        out: dict[int, dict[str, float | None]] = {}
+        for rnd, key, value in self.conn.execute(
+            "SELECT round, key, value FROM attack_records WHERE run_id = ? ORDER BY round, key",
+            (run_id,),
+        ):
+            out.setdefault(int(rnd), {})[key] = value
+        return out
 
     def client_records(self, run_id: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(

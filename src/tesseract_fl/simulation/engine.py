@@ -1,15 +1,17 @@
 """Synchronous FedSGD rounds (DESIGN.md sections 3-4, paper Sec. 2 and Algorithm 1).
 
-One round: every client draws its next round-robin batch, computes its gradient at the global
-model, the attack (if any) replaces the malicious rows, the defense aggregates the ``[m, P]``
-matrix, and the server takes one SGD step ``theta <- theta - lr_t * update``.
+One round: every client draws its next round-robin batch (a data-poisoning attack relabels the
+malicious clients' batches), computes its gradient at the global model, a model-poisoning attack
+(if any) replaces the malicious rows, the defense aggregates the ``[m, P]`` matrix, and the server
+takes one SGD step ``theta <- theta - lr_t * update``. With ``aggregate_only`` (paper Figure 2)
+only the benign or only the malicious rows are aggregated, while everyone's flip-score is kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,15 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator
-from tesseract_fl.errors import UpdateError
+from tesseract_fl.aggregators.tesseract import flip_scores
+from tesseract_fl.attacks.base import AttackContext, DefenseView, Poison
+from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params
 from tesseract_fl.simulation.sampler import RoundRobinSampler
 
-
-class Attack(Protocol):
-    """Model-poisoning attack: rows for the malicious clients from full knowledge of the round."""
-
-    def poison(self, G_benign: Tensor, ctx: dict[str, Any]) -> Tensor: ...
+AggregateOnly = Literal["benign", "malicious"]
 
 
 @dataclass
@@ -38,7 +38,8 @@ class RoundResult:
     aggregate: Aggregate
     test_accuracy: float | None = None
     test_loss: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    attack: dict[str, float] = field(default_factory=dict)
+    flip_scores: Tensor | None = None
 
 
 def apply_update(model: nn.Module, update: Tensor, lr: float) -> None:
@@ -100,10 +101,12 @@ class FedSGDSimulation:
         backend: Backend = "loop",
         vmap_chunk: int = 10,
         device: torch.device | str = "cpu",
-        attack: Attack | None = None,
+        attack: Any = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
         seed: int = 0,
         root_indices: np.ndarray | None = None,
+        num_classes: int | None = None,
+        aggregate_only: AggregateOnly | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -122,6 +125,22 @@ class FedSGDSimulation:
         self.backend: Backend = backend
         self.vmap_chunk = vmap_chunk
         self.attack = attack
+        self.data_attack = callable(getattr(attack, "poison_labels", None))
+        if (
+            attack is not None
+            and not self.data_attack
+            and not callable(getattr(attack, "poison", None))
+        ):
+            raise ConfigError(f"attack {attack!r} has neither poison() nor poison_labels()")
+        self.num_classes = int(num_classes) if num_classes is not None else int(train_y.max()) + 1
+        if aggregate_only not in (None, "benign", "malicious"):
+            raise ConfigError(
+                f"aggregate_only must be 'benign', 'malicious' or None, got {aggregate_only!r}"
+            )
+        self.aggregate_only = aggregate_only
+        self.defense_view = DefenseView(aggregator)
+        # Sign of the last global update (the flip-score reference s_g); None before round 1.
+        self.s_g: Tensor | None = None
         self.loss_fn = loss_fn
         self.round = 0
         self.num_params = num_params(self.model)
@@ -150,6 +169,9 @@ class FedSGDSimulation:
         idx = torch.from_numpy(self.sampler.next_batches()).to(self.device)
         x = self.train_x[idx]
         y = self.train_y[idx]
+        if self.data_attack and bool(self.malicious.any()):
+            mal = self.malicious.to(self.device)
+            y[mal] = self.attack.poison_labels(y[mal], self.num_classes)
         self.model.train()
         return client_gradients(
             self.model,
@@ -161,38 +183,93 @@ class FedSGDSimulation:
             out=self._G,
         )
 
-    def step(self) -> RoundResult:
-        """Run one synchronous FedSGD round and return its record."""
+    def poison(self, G: Tensor) -> dict[str, float]:
+        """Replace the malicious rows of ``G`` in place with the model-poisoning attack's rows."""
+        ctx = AttackContext(
+            malicious=self.malicious.clone(),
+            c_max=self.c_max,
+            round=self.round,
+            generator=self.rng,
+            defense=self.defense_view,
+        )
+        out = self.attack.poison(G, ctx)
+        rows = out.rows if isinstance(out, Poison) else out
+        c = int(self.malicious.sum())
+        if not isinstance(rows, Tensor) or tuple(rows.shape) != (c, self.num_params):
+            shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+            raise UpdateError(
+                f"round {self.round}: attack {self.attack!r} returned {shape}, "
+                f"expected ({c}, {self.num_params})"
+            )
+        if not bool(torch.isfinite(rows).all()):
+            raise UpdateError(f"round {self.round}: attack {self.attack!r} returned NaN/Inf rows")
+        G[self.malicious.to(G.device)] = rows.to(device=G.device, dtype=G.dtype)
+        return dict(out.record) if isinstance(out, Poison) else {}
+
+    def step(self, *, want_flip_scores: bool = False) -> RoundResult:
+        """Run one synchronous FedSGD round and return its record.
+
+        ``want_flip_scores``: also compute every client's flip-score against the previous global
+        update's sign when the defense does not report them (always done with ``aggregate_only``).
+        """
         G, losses = self.compute_gradients()
-        if self.attack is not None and bool(self.malicious.any()):
-            benign = ~self.malicious
-            ctx = {
-                "malicious_ids": self.client_ids[self.malicious],
-                "c_max": self.c_max,
-                "defense": self.aggregator,
-                "round": self.round,
-                "rng": self.rng,
-            }
-            G[self.malicious] = self.attack.poison(G[benign], ctx)
+        attack_record: dict[str, float] = {}
+        if self.attack is not None and not self.data_attack and bool(self.malicious.any()):
+            attack_record = self.poison(G)
+        rows = None
+        if self.aggregate_only is not None:
+            rows = self.malicious if self.aggregate_only == "malicious" else ~self.malicious
+            if not bool(rows.any()):
+                raise ConfigError(
+                    f"aggregate_only = {self.aggregate_only!r} but that group is empty"
+                )
+        all_fs = None
+        if rows is not None or want_flip_scores:
+            s_g = self.s_g if self.s_g is not None else torch.zeros(self.num_params)
+            all_fs = flip_scores(G, s_g.to(G.device)).cpu()
+        sel = slice(None) if rows is None else rows.to(G.device)
+        ids = self.client_ids if rows is None else self.client_ids[rows]
         ctx_agg = AggregationContext(
-            client_ids=self.client_ids,
-            n_samples=self.n_samples,
+            client_ids=ids,
+            n_samples=self.n_samples if rows is None else self.n_samples[rows],
             c_max=self.c_max,
             round=self.round,
         )
         if self.root_sampler is not None:
             ctx_agg.extra["root_gradient"] = self.root_gradient()
-        agg = self.aggregator.aggregate(G, self.client_ids, ctx_agg)
+        agg = self.aggregator.aggregate(G if rows is None else G[sel], ids, ctx_agg)
         if not bool(torch.isfinite(agg.update).all()):
             raise UpdateError(f"round {self.round}: aggregated update is not finite")
+        if rows is not None:
+            agg = self._widen(agg, rows)
         lr = float(self.lr_fn(self.round))
         apply_update(self.model, agg.update, lr)
+        self.s_g = torch.sign(agg.update.detach()).cpu()
+        fs = agg.record.get("flip_scores")
+        if rows is not None or fs is None:
+            fs = all_fs
         benign_loss = losses[~self.malicious] if bool((~self.malicious).any()) else losses
         result = RoundResult(
-            round=self.round, lr=lr, train_loss=float(benign_loss.mean()), aggregate=agg
+            round=self.round,
+            lr=lr,
+            train_loss=float(benign_loss.mean()),
+            aggregate=agg,
+            attack=attack_record,
+            flip_scores=fs,
         )
         self.round += 1
         return result
+
+    def _widen(self, agg: Aggregate, rows: Tensor) -> Aggregate:
+        """An aggregate over a subset of clients, with weights (0 for the others) and the
+        defense's reputations (when it keeps them) over all clients."""
+        weights = torch.zeros(self.num_clients, dtype=agg.weights.dtype)
+        weights[rows] = agg.weights.detach().cpu()
+        record = {k: v for k, v in agg.record.items() if k in ("fs_low", "fs_high")}
+        rep = self.defense_view.public_state().get("reputation")
+        if isinstance(rep, Tensor) and rep.numel() == self.num_clients:
+            record["reputation"] = rep
+        return Aggregate(update=agg.update, weights=weights, record=record)
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the current global model."""
@@ -207,6 +284,7 @@ class FedSGDSimulation:
             "root_sampler": None if self.root_sampler is None else self.root_sampler.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "rng": self.rng.get_state(),
+            "s_g": self.s_g,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,3 +295,4 @@ class FedSGDSimulation:
             self.root_sampler.load_state_dict(state["root_sampler"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.rng.set_state(state["rng"])
+        self.s_g = state.get("s_g")

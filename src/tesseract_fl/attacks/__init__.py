@@ -1,0 +1,117 @@
+"""Poisoning attacks (DESIGN.md sections 3-4) and a registry to build them by name.
+
+Model poisoning (``poison(G_honest, ctx) -> Poison``): :class:`FullTrim`, :class:`FullKrum`,
+:class:`AdaptiveKrum`, :class:`AdaptiveTrim`. Data poisoning (``poison_labels``):
+:class:`LabelFlip`, :class:`TargetedLabelFlip`. Functional API (stable): :func:`full_trim`,
+:func:`full_krum`, :func:`adaptive_krum`, :func:`adaptive_trim`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tesseract_fl.attacks.adaptive import (
+    AdaptiveKrum,
+    AdaptiveTrim,
+    adaptive_krum,
+    adaptive_trim,
+    dilute,
+    vector_flip_score,
+)
+from tesseract_fl.attacks.base import (
+    AttackContext,
+    DataAttack,
+    DefenseView,
+    ModelAttack,
+    Poison,
+    malicious_mask,
+)
+from tesseract_fl.attacks.full_krum import FullKrum, full_krum, full_krum_search, lambda_upper_bound
+from tesseract_fl.attacks.full_trim import FullTrim, full_trim
+from tesseract_fl.attacks.label_flip import LabelFlip, TargetedLabelFlip, flip_labels, relabel
+from tesseract_fl.errors import ConfigError
+
+__all__ = [
+    "ATTACKS",
+    "AdaptiveKrum",
+    "AdaptiveTrim",
+    "AttackContext",
+    "DataAttack",
+    "DefenseView",
+    "FullKrum",
+    "FullTrim",
+    "LabelFlip",
+    "ModelAttack",
+    "Poison",
+    "TargetedLabelFlip",
+    "adaptive_krum",
+    "adaptive_trim",
+    "dilute",
+    "flip_labels",
+    "full_krum",
+    "full_krum_search",
+    "full_trim",
+    "is_data_attack",
+    "lambda_upper_bound",
+    "make_attack",
+    "malicious_mask",
+    "register_attack",
+    "relabel",
+    "vector_flip_score",
+]
+
+#: Attack classes by name; constructors take keyword parameters (the ``[attack]`` table).
+ATTACKS: dict[str, type] = {
+    cls.name: cls
+    for cls in (
+        FullTrim,
+        FullKrum,
+        AdaptiveKrum,
+        AdaptiveTrim,
+        LabelFlip,
+        TargetedLabelFlip,
+    )
+}
+
+#: Attacks that read the defense's public state (TESSERACT's cut-offs): need defense.public_state.
+NEEDS_DEFENSE_STATE: frozenset[str] = frozenset({"adaptive_krum", "adaptive_trim"})
+
+
+def register_attack(name: str, cls: type, *, replace: bool = False) -> None:
+    """Add ``cls`` to :data:`ATTACKS` under ``name`` (``replace=True`` to overwrite)."""
+    key = name.strip().lower()
+    if not key:
+        raise ConfigError("attack name must be non-empty")
+    if key in ATTACKS and ATTACKS[key] is not cls and not replace:
+        raise ConfigError(f"attack {key!r} is already registered ({ATTACKS[key].__name__})")
+    ATTACKS[key] = cls
+
+
+def is_data_attack(attack: Any) -> bool:
+    """True for label-poisoning attacks (they act before the gradients are computed)."""
+    return callable(getattr(attack, "poison_labels", None))
+
+
+def make_attack(name: str, **params: Any) -> Any:
+    """Build the attack registered as ``name`` with its parameters; clear errors for unknown
+    names (listing the allowed ones) and unknown or invalid parameters."""
+    key = str(name).strip().lower()
+    cls = ATTACKS.get(key)
+    if cls is None:
+        raise ConfigError(f"unknown attack {name!r}; allowed: none, {', '.join(sorted(ATTACKS))}")
+    accepted = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"attack {key!r} does not accept parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) if accepted else '(none)'}"
+        )
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"invalid parameters for attack {key!r}: {exc}") from None

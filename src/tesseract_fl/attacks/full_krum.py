@@ -1,0 +1,182 @@
+"""Full-Krum: the full-knowledge directed-deviation attack on Krum (Fang et al. 2020, USENIX
+Security, Sec. 4.2 "Attacking Krum"; DESIGN.md section 4).
+
+Attacker 0 sends ``-lambda * s`` with ``s = sign(sum of the honest gradients)``; lambda starts at
+the paper's upper bound (Fang et al., Theorem 1 / Eq. 5)::
+
+    1/((m - 2c - 1) sqrt(P)) * min_{i benign} sum_{l in the m-c-2 benign nearest to i} ||g_l - g_i||
+      + 1/sqrt(P) * max_{i benign} ||g_i||
+
+and is halved until Krum, run on the round's matrix with the attackers' rows replaced, selects a
+malicious row; below ``1e-5`` the attack gives up for the round and the attackers send their honest
+gradients. The other ``c - 1`` attackers send the same vector plus U(-eps, eps) noise,
+``eps = 1e-4 / P``, so that the rows are distinct yet close. We follow the paper, not the authors'
+code, which places the square root differently and tests the selection with an off-by-one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np, krum_select
+from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask, uniform
+from tesseract_fl.errors import ConfigError
+
+__all__ = ["FullKrum", "full_krum", "full_krum_search", "lambda_upper_bound"]
+
+#: Below this lambda the attack gives up for the round (Fang et al.'s threshold).
+LAMBDA_MIN = 1e-5
+
+
+def lambda_upper_bound(G_benign_only: Tensor, num_clients: int, num_malicious: int) -> float:
+    """Fang et al.'s upper bound on lambda from the benign rows [m - c, P] (module docstring)."""
+    D = _pairwise_sq_distances(G_benign_only).numpy()
+    norms = G_benign_only.double().norm(dim=1).cpu().numpy()
+    return _bound_from_gram(D, norms, G_benign_only.shape[1], num_clients, num_malicious)
+
+
+def _bound_from_gram(D: np.ndarray, norms: np.ndarray, P: int, m: int, c: int) -> float:
+    """The bound from the benign squared distances ``D`` and norms; with fewer than
+    ``m - c - 2`` other benign rows the sum runs over all of them."""
+    if m - 2 * c - 1 < 1:
+        raise ConfigError(f"Full-Krum needs m - 2c - 1 >= 1, got m={m} and c={c}")
+    n = D.shape[0]
+    dist = np.sqrt(np.maximum(D, 0.0))
+    np.fill_diagonal(dist, np.inf)
+    k = max(0, min(m - c - 2, n - 1))
+    near = np.sort(dist, axis=1)[:, :k].sum(axis=1) if k > 0 else np.zeros(n)
+    return float(near.min()) / ((m - 2 * c - 1) * math.sqrt(P)) + float(norms.max()) / math.sqrt(P)
+
+
+def _krum_winner(G: Tensor, c_max: int) -> int:
+    """Row Krum selects on ``G`` (same distances, scores and tie-break as the aggregator)."""
+    m = G.shape[0]
+    scores = _scores_np(_pairwise_sq_distances(G).numpy(), m - c_max - 2)
+    return int(krum_select(torch.from_numpy(scores), 1)[0])
+
+
+class _AttackedGram:
+    """Squared distances of the attacked matrix for any lambda from one float64 Gram matrix.
+
+    The attacked rows are ``noise_k - lambda * s``, so every inner product of the attacked matrix
+    is a quadratic in lambda of inner products among the benign rows, ``s`` and the noise rows:
+    the halving search costs one ``[m + 1, P]`` Gram product instead of one per lambda.
+    """
+
+    def __init__(self, G: Tensor, mask: Tensor, s: Tensor, noise: Tensor) -> None:
+        # Products in G's dtype by BLAS without copying G (as the aggregator computes its Gram),
+        # combined in float64.
+        ben = (~mask).cpu().numpy()
+        Y = torch.cat([s.unsqueeze(0), noise]).to(G.dtype)
+        Kgg = (G @ G.T).double().cpu().numpy()
+        Kyg = (Y @ G.T).double().cpu().numpy()
+        Kyy = (Y @ Y.T).double().cpu().numpy()
+        nb = int(ben.sum())
+        self.Kbb = Kgg[np.ix_(ben, ben)]
+        self.kbs = Kyg[0, ben]
+        self.Knb = Kyg[1:, ben]
+        self.ss = Kyy[0, 0]
+        self.sn = Kyy[0, 1:]
+        self.Knn = Kyy[1:, 1:]
+        mal = mask.cpu().numpy()
+        self.order = np.empty(mask.numel(), dtype=np.int64)  # original row -> stacked row
+        self.order[~mal] = np.arange(nb)
+        self.order[mal] = nb + np.arange(noise.shape[0])
+
+    @staticmethod
+    def _distances(F: np.ndarray) -> np.ndarray:
+        norms = np.diag(F).copy()
+        D = norms[:, None] + norms[None, :] - 2.0 * F
+        np.maximum(D, 0.0, out=D)
+        np.fill_diagonal(D, 0.0)
+        return D
+
+    def benign_distances(self) -> np.ndarray:
+        return self._distances(self.Kbb)
+
+    def distances(self, lam: float) -> np.ndarray:
+        MM = self.Knn - lam * (self.sn[:, None] + self.sn[None, :]) + lam * lam * self.ss
+        MB = self.Knb - lam * self.kbs[None, :]
+        F = np.block([[self.Kbb, MB.T], [MB, MM]])
+        return self._distances(F[np.ix_(self.order, self.order)])
+
+
+def full_krum_search(
+    G_benign: Tensor,
+    num_malicious: int,
+    c_max: int,
+    generator: torch.Generator | None = None,
+    *,
+    malicious_rows: Any = None,
+) -> tuple[Tensor, float]:
+    """Full-Krum rows ``[c, P]`` and the lambda used (0.0 when the attack gave up).
+
+    ``G_benign`` [m, P] holds every client's honest gradient for the round; ``malicious_rows``
+    (indices or a bool mask; default the first ``num_malicious`` rows) says which rows the attack
+    replaces, so the selection test runs Krum on exactly the matrix the server will see. Each
+    lambda is first tested on distances from :class:`_AttackedGram`; a hit is confirmed with the
+    aggregator's own computation, and after a disagreement (a near-tie) every lambda is.
+    """
+    check_honest(G_benign, num_malicious, min_benign=1)
+    m, P = G_benign.shape
+    mask = malicious_mask(m, num_malicious, malicious_rows).to(G_benign.device)
+    c, cm = num_malicious, int(c_max)
+    if m - cm - 2 < 1:
+        raise ConfigError(f"Krum needs m - c_max - 2 >= 1, got m={m} and c_max={cm}")
+    s = torch.sign(G_benign.sum(dim=0))
+    eps = 1e-4 / P
+    noise = uniform((c, P), -eps, eps, generator, G_benign)
+    noise[0].zero_()
+    gram = _AttackedGram(G_benign, mask, s, noise)
+    benign_norms = np.sqrt(np.maximum(np.diag(gram.Kbb), 0.0))
+    lam = _bound_from_gram(gram.benign_distances(), benign_norms, P, m, c)
+    mal = mask.cpu().numpy()
+    exact = False
+    while lam >= LAMBDA_MIN:
+        if (
+            exact
+            or mal[int(np.argsort(_scores_np(gram.distances(lam), m - cm - 2), kind="stable")[0])]
+        ):
+            rows = noise - lam * s
+            attacked = G_benign.clone()
+            attacked[mask] = rows
+            if bool(mal[_krum_winner(attacked, cm)]):
+                return rows, lam
+            exact = True  # float64 shortcut and the aggregator's float32 Gram disagreed
+        lam /= 2.0
+    return G_benign[mask].clone(), 0.0
+
+
+def full_krum(
+    G_benign: Tensor,
+    num_malicious: int,
+    c_max: int,
+    generator: torch.Generator | None = None,
+    *,
+    malicious_rows: Any = None,
+) -> Tensor:
+    """Full-Krum rows ``[num_malicious, P]`` (see :func:`full_krum_search`; lambda dropped)."""
+    return full_krum_search(
+        G_benign, num_malicious, c_max, generator, malicious_rows=malicious_rows
+    )[0]
+
+
+class FullKrum:
+    """Full-Krum attack (Fang et al. 2020); records the round's ``lambda`` (0 = gave up)."""
+
+    name = "full_krum"
+
+    def poison(self, G_honest: Tensor, ctx: AttackContext) -> Poison:
+        """Lambda search against Krum with the server's ``c_max`` on the round's full matrix."""
+        rows, lam = full_krum_search(
+            G_honest, ctx.num_malicious, ctx.c_max, ctx.generator, malicious_rows=ctx.malicious
+        )
+        return Poison(rows, {"lambda": lam, "gave_up": float(lam == 0.0)})
+
+    def __repr__(self) -> str:
+        return "FullKrum()"

@@ -1,0 +1,65 @@
+"""Inner Product Manipulation (Xie, Koyejo and Gupta 2020, "Fall of Empires: Breaking
+Byzantine-tolerant SGD by Inner Product Manipulation", UAI; DESIGN.md section 4, "Beyond the
+paper").
+
+Every attacker sends ``-eps * mu``, ``mu`` the mean of the benign gradients. A small ``eps``
+(default 0.1, the paper's setting against Krum) keeps the malicious rows close to the benign
+ones so that robust aggregators accept them, while the aggregate's inner product with the true
+gradient shrinks or turns negative; a large ``eps`` amounts to sign flipping of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from tesseract_fl.aggregators.base import as_count
+from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.errors import ConfigError
+
+__all__ = ["IPM", "ipm"]
+
+
+def _check_eps(eps: Any) -> float:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ConfigError(f"IPM eps must be a positive finite number, got {eps!r}") from None
+    if isinstance(eps, bool) or not (math.isfinite(e) and e > 0.0):
+        raise ConfigError(f"IPM eps must be a positive finite number, got {eps!r}")
+    return e
+
+
+def _ipm(G_benign: Tensor, num_malicious: int, eps: float) -> Tensor:
+    """Rows without validation: ``-eps * mean(G_benign)`` repeated ``num_malicious`` times."""
+    row = G_benign.detach().mean(dim=0) * (-eps)
+    return row.expand(num_malicious, -1).clone()
+
+
+def ipm(G_benign: Tensor, num_malicious: int, eps: float = 0.1) -> Tensor:
+    """IPM rows ``[num_malicious, P]``, each ``-eps * mean of the benign rows G_benign [k, P]``."""
+    c = as_count(num_malicious, "num_malicious", minimum=1)
+    check_honest(G_benign, 0, min_benign=1)
+    return _ipm(G_benign, c, _check_eps(eps))
+
+
+class IPM:
+    """Inner Product Manipulation (Xie et al. 2020): every attacker sends ``-eps`` times the
+    mean of the benign rows ``G_honest[~ctx.malicious]``. Records ``eps``."""
+
+    name = "ipm"
+
+    def __init__(self, *, eps: float = 0.1) -> None:
+        self.eps = _check_eps(eps)
+
+    def poison(self, G_honest: Tensor, ctx: AttackContext) -> Poison:
+        """Every attacker sends ``-eps * mu`` of the benign rows."""
+        c = ctx.num_malicious
+        check_honest(G_honest, c, min_benign=1)
+        mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
+        return Poison(_ipm(G_honest[~mask], c, self.eps), {"eps": self.eps})
+
+    def __repr__(self) -> str:
+        return f"IPM(eps={self.eps:g})"
