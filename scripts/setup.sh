@@ -11,5 +11,5 @@ echo "==> fetching Fashion-MNIST (Debian package dataset-fashion-mnist; optional
 if ! .venv/bin/tesseract-fl datasets fetch fmnist; then
     echo "warning: Fashion-MNIST not available (see the message above); the demo uses MNIST only" >&2
 fi
-echo "==> demo experiment (real MNIST, TESSERACT, 100 clients)"
+echo "==> demo: FedSGD vs TESSERACT under the Full-Trim attack (real MNIST, 100 clients, 20 malicious)"
 .venv/bin/tesseract-fl demo "$@"

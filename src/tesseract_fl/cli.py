@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("run", help="run one experiment"), preset_required=False)
-    _add_run_args(sub.add_parser("demo", help="run the short demo experiment"), False)
+    _add_run_args(
+        sub.add_parser(
+            "demo", help="FedSGD vs TESSERACT under Full-Trim on MNIST (the short demo preset)"
+        ),
+        False,
+    )
     ds = sub.add_parser("datasets", help="list, fetch or verify datasets")
     ds.add_argument("action", choices=["list", "fetch", "verify"])
     ds.add_argument("names", nargs="*", help="dataset names (default: all for list/verify)")
@@ -77,44 +82,97 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def cmd_run(args: argparse.Namespace, default_preset: str | None = None) -> int:
-    from tesseract_fl.experiments.config import resolve_config
-    from tesseract_fl.experiments.runner import DEFAULT_STORE, run_experiment
-
-    preset = args.preset or default_preset
-    if preset is None and args.config is None:
-        raise TesseractFLError("give --preset NAME or --config FILE (see `tesseract-fl presets`)")
+def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f"data_dir={json.dumps(args.data_dir)}")
-    cfg = resolve_config(preset, args.config, overrides)
+    return overrides
+
+
+def _run_with_progress(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one config into ``--store`` with a progress bar on stderr (unless ``--quiet``)."""
+    from tesseract_fl.experiments.runner import DEFAULT_STORE, run_experiment
+
     store = args.store or DEFAULT_STORE
     if args.quiet:
-        summary = run_experiment(cfg, store, force=args.force)
-    else:
-        with Progress(
-            TextColumn(f"[bold]{cfg.name}[/] {cfg.defense}/{cfg.attack}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        ) as bar:
-            task = bar.add_task("rounds", total=cfg.rounds, status="")
+        return run_experiment(cfg, store, force=args.force)
+    with Progress(
+        TextColumn(f"[bold]{cfg.name}[/] {cfg.defense}/{cfg.attack}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("rounds", total=cfg.rounds, status="")
 
-            def progress(done: int, total: int, info: dict[str, Any]) -> None:
-                acc = info.get("acc")
-                status = f"loss {info['loss']:.3f}" + (
-                    "" if acc is None else f" acc {100 * acc:.1f}%"
-                )
-                bar.update(task, completed=done, status=status)
+        def progress(done: int, total: int, info: dict[str, Any]) -> None:
+            acc = info.get("acc")
+            status = f"loss {info['loss']:.3f}" + ("" if acc is None else f" acc {100 * acc:.1f}%")
+            bar.update(task, completed=done, status=status)
 
-            summary = run_experiment(cfg, store, force=args.force, progress=progress)
+        return run_experiment(cfg, store, force=args.force, progress=progress)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tesseract_fl.experiments.config import resolve_config
+
+    if args.preset is None and args.config is None:
+        raise TesseractFLError("give --preset NAME or --config FILE (see `tesseract-fl presets`)")
+    cfg = resolve_config(args.preset, args.config, _overrides(args))
+    summary = _run_with_progress(cfg, args)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
         out_console.print(_summary_table(summary))
+    return 0
+
+
+#: The demo's side-by-side comparison: the same attacked run under each of these defenses.
+DEMO_DEFENSES: tuple[str, ...] = ("fedsgd", "tesseract")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """FedSGD and TESSERACT side by side under the demo preset's attack (Full-Trim on MNIST)."""
+    from tesseract_fl.experiments.config import resolve_config
+
+    preset = args.preset or "demo"
+    # Validate every variant before the first one starts, so a bad --set fails fast.
+    cfgs = [
+        resolve_config(preset, args.config, [f"defense={d}", *_overrides(args)])
+        for d in DEMO_DEFENSES
+    ]
+    summaries = [_run_with_progress(cfg, args) for cfg in cfgs]
+    if args.json:
+        print(json.dumps({"runs": summaries}, sort_keys=True))
+        return 0
+    first = cfgs[0]
+    table = Table(
+        title=f"{first.dataset}: {first.clients} clients, {first.malicious} malicious, "
+        f"attack {first.attack}, {first.rounds} rounds"
+    )
+    for col, justify in (
+        ("defense", "left"),
+        ("test accuracy", "right"),
+        ("test loss", "right"),
+        ("rounds / s", "right"),
+        ("run id", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for cfg, summary in zip(cfgs, summaries, strict=True):
+        acc, loss, rps = (
+            summary.get(k) for k in ("final_accuracy", "final_loss", "rounds_per_second")
+        )
+        table.add_row(
+            cfg.defense,
+            "-" if acc is None else f"{100 * acc:.2f}%",
+            "-" if loss is None else f"{loss:.4f}",
+            "-" if rps is None else f"{rps:.2f}",
+            str(summary.get("run_id")) + (" (cached)" if summary.get("cached") else ""),
+        )
+    out_console.print(table)
+    out_console.print(f"results store: {summaries[-1].get('store')}")
     return 0
 
 
@@ -212,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "demo":
-            return cmd_run(args, default_preset="demo")
+            return cmd_demo(args)
         if args.command == "datasets":
             return cmd_datasets(args)
         if args.command == "presets":

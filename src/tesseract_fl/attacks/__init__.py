@@ -2,8 +2,11 @@
 
 Model poisoning (``poison(G_honest, ctx) -> Poison``): :class:`FullTrim`, :class:`FullKrum`,
 :class:`AdaptiveKrum`, :class:`AdaptiveTrim`. Data poisoning (``poison_labels``):
-:class:`LabelFlip`, :class:`TargetedLabelFlip`. Functional API (stable): :func:`full_trim`,
-:func:`full_krum`, :func:`adaptive_krum`, :func:`adaptive_trim`.
+:class:`LabelFlip`, :class:`TargetedLabelFlip`. Beyond the paper: :class:`ALIE`, :class:`IPM`,
+:class:`MinMax`, :class:`MinSum`, :class:`SignFlip`, :class:`GaussianNoise`. Functional API
+(stable): :func:`full_trim`, :func:`full_krum`, :func:`adaptive_krum`, :func:`adaptive_trim`,
+:func:`alie`, :func:`ipm`, :func:`min_max`, :func:`min_sum`, :func:`sign_flip`,
+:func:`gaussian_noise`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tesseract_fl.attacks.adaptive import (
     dilute,
     vector_flip_score,
 )
+from tesseract_fl.attacks.alie import ALIE, alie, alie_z_max
 from tesseract_fl.attacks.base import (
     AttackContext,
     DataAttack,
@@ -29,11 +33,17 @@ from tesseract_fl.attacks.base import (
 )
 from tesseract_fl.attacks.full_krum import FullKrum, full_krum, full_krum_search, lambda_upper_bound
 from tesseract_fl.attacks.full_trim import FullTrim, full_trim
+from tesseract_fl.attacks.gaussian import GaussianNoise, gaussian_noise
+from tesseract_fl.attacks.ipm import IPM, ipm
 from tesseract_fl.attacks.label_flip import LabelFlip, TargetedLabelFlip, flip_labels, relabel
+from tesseract_fl.attacks.min_max import MinMax, MinSum, min_max, min_sum
+from tesseract_fl.attacks.sign_flip import SignFlip, sign_flip
 from tesseract_fl.errors import ConfigError
 
 __all__ = [
+    "ALIE",
     "ATTACKS",
+    "IPM",
     "AdaptiveKrum",
     "AdaptiveTrim",
     "AttackContext",
@@ -41,23 +51,34 @@ __all__ = [
     "DefenseView",
     "FullKrum",
     "FullTrim",
+    "GaussianNoise",
     "LabelFlip",
+    "MinMax",
+    "MinSum",
     "ModelAttack",
     "Poison",
+    "SignFlip",
     "TargetedLabelFlip",
     "adaptive_krum",
     "adaptive_trim",
+    "alie",
+    "alie_z_max",
     "dilute",
     "flip_labels",
     "full_krum",
     "full_krum_search",
     "full_trim",
+    "gaussian_noise",
+    "ipm",
     "is_data_attack",
     "lambda_upper_bound",
     "make_attack",
     "malicious_mask",
+    "min_max",
+    "min_sum",
     "register_attack",
     "relabel",
+    "sign_flip",
     "vector_flip_score",
 ]
 
@@ -71,6 +92,12 @@ ATTACKS: dict[str, type] = {
         AdaptiveTrim,
         LabelFlip,
         TargetedLabelFlip,
+        ALIE,
+        IPM,
+        MinMax,
+        MinSum,
+        SignFlip,
+        GaussianNoise,
     )
 }
 

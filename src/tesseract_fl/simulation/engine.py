@@ -223,10 +223,6 @@ class FedSGDSimulation:
                 raise ConfigError(
                     f"aggregate_only = {self.aggregate_only!r} but that group is empty"
                 )
-        all_fs = None
-        if rows is not None or want_flip_scores:
-            s_g = self.s_g if self.s_g is not None else torch.zeros(self.num_params)
-            all_fs = flip_scores(G, s_g.to(G.device)).cpu()
         sel = slice(None) if rows is None else rows.to(G.device)
         ids = self.client_ids if rows is None else self.client_ids[rows]
         ctx_agg = AggregationContext(
@@ -242,12 +238,14 @@ class FedSGDSimulation:
             raise UpdateError(f"round {self.round}: aggregated update is not finite")
         if rows is not None:
             agg = self._widen(agg, rows)
+        fs = agg.record.get("flip_scores") if rows is None else None
+        if fs is None and (rows is not None or want_flip_scores):
+            # Everyone's flip-score against the previous global update's sign (Alg. 1 line 3).
+            s_g = self.s_g if self.s_g is not None else torch.zeros(self.num_params)
+            fs = flip_scores(G, s_g.to(G.device)).cpu()
         lr = float(self.lr_fn(self.round))
         apply_update(self.model, agg.update, lr)
         self.s_g = torch.sign(agg.update.detach()).cpu()
-        fs = agg.record.get("flip_scores")
-        if rows is not None or fs is None:
-            fs = all_fs
         benign_loss = losses[~self.malicious] if bool((~self.malicious).any()) else losses
         result = RoundResult(
             round=self.round,
