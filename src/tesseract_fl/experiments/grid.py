@@ -1,0 +1,163 @@
+"""Experiment grids: one TOML file expands into many runs (issue 5).
+
+A grid names the datasets it covers (each with its preset), overrides applied to every run, the
+seeds, and one or more ``[[cells]]`` blocks. In a block every list-valued key is an axis and the
+block expands into the product of its axes, for every dataset and seed::
+
+    name = "table2-mnist"
+    seeds = [0]
+    [datasets]
+    mnist = "mnist"               # dataset -> preset (paper Table 1 settings)
+    [set]
+    rounds = 500                  # applied to every run (optional)
+    [[cells]]
+    attack = "full_krum"
+    defense = ["fedsgd", "krum", "tesseract"]
+    malicious_fraction = [0.2]    # c = round(fraction * clients); optional
+
+Every run's config is built exactly as ``tesseract-fl run --preset P --set k=v ...`` builds it,
+so a run done by hand and the same run in a grid share one run id (and one stored result).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tesseract_fl.errors import ConfigError
+from tesseract_fl.experiments.config import (
+    ExperimentConfig,
+    apply_overrides,
+    build_config,
+    load_preset,
+)
+
+__all__ = ["Grid", "RunSpec", "expand_grid", "load_grid"]
+
+_TOP_KEYS = ("name", "description", "seeds", "datasets", "set", "cells")
+#: Keys a block may use besides config keys (handled by the grid itself).
+_BLOCK_KEYS = ("dataset", "seed", "malicious_fraction")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: its labels (the cell it fills) and its validated config."""
+
+    labels: dict[str, Any]
+    config: ExperimentConfig
+    run_id: str
+
+
+@dataclass
+class Grid:
+    """An expanded grid: its name, description and runs (unique by run id, in file order)."""
+
+    name: str
+    description: str
+    runs: list[RunSpec] = field(default_factory=list)
+    path: Path | None = None
+
+
+def _literal(value: Any) -> str:
+    """A TOML literal for ``--set``-style overrides (strings quoted, lists/numbers as JSON)."""
+    return json.dumps(value)
+
+
+def _axis(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _resolve_malicious(data: dict[str, Any], fraction: float, where: str) -> None:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 <= fraction < 1
+    ):
+        raise ConfigError(f"{where}: malicious_fraction must be in [0, 1), got {fraction!r}")
+    clients = data.get("clients", ExperimentConfig.clients)
+    data["malicious"] = round(fraction * int(clients))
+    data.pop("c_max", None)  # c_max = c, as in the paper
+
+
+def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
+    """Expand a parsed grid mapping into validated runs (errors name the block and the key)."""
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"grid {name!r}: unknown top-level keys {unknown}; allowed: {_TOP_KEYS}")
+    gname = str(raw.get("name", name))
+    datasets = raw.get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        raise ConfigError(f"grid {gname!r}: needs a [datasets] table mapping dataset -> preset")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"grid {gname!r}: seeds must be a non-empty list of integers")
+    common = raw.get("set", {})
+    if not isinstance(common, dict):
+        raise ConfigError(f"grid {gname!r}: [set] must be a table of config keys")
+    cells = raw.get("cells")
+    if not isinstance(cells, list) or not cells:
+        raise ConfigError(f"grid {gname!r}: needs at least one [[cells]] block")
+    grid = Grid(name=gname, description=str(raw.get("description", "")))
+    seen: set[str] = set()
+    for b, block in enumerate(cells):
+        where = f"grid {gname!r} [[cells]] #{b + 1}"
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where}: must be a table")
+        block_datasets = _axis(block.get("dataset", list(datasets)))
+        for ds in block_datasets:
+            if ds not in datasets:
+                raise ConfigError(
+                    f"{where}: dataset {ds!r} is not in [datasets] ({list(datasets)})"
+                )
+        block_seeds = _axis(block.get("seed", seeds))
+        axes = {k: _axis(v) for k, v in block.items() if k not in ("dataset", "seed")}
+        keys = list(axes)
+        for ds, seed, combo in itertools.product(
+            block_datasets, block_seeds, itertools.product(*(axes[k] for k in keys))
+        ):
+            values = dict(zip(keys, combo, strict=True))
+            data = load_preset(str(datasets[ds]))
+            data = apply_overrides(data, [f"{k}={_literal(v)}" for k, v in common.items()])
+            fraction = values.pop("malicious_fraction", None)
+            data = apply_overrides(data, [f"{k}={_literal(v)}" for k, v in values.items()])
+            data["seed"] = seed
+            if fraction is not None:
+                _resolve_malicious(data, fraction, where)
+            try:
+                cfg = build_config(data)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} ({ds}, {values}, seed {seed}): {exc}") from None
+            labels: dict[str, Any] = {
+                "dataset": ds,
+                "preset": str(datasets[ds]),
+                "attack": cfg.attack,
+                "defense": cfg.defense,
+                "seed": seed,
+                "malicious_fraction": cfg.malicious / cfg.clients,
+                **{k: v for k, v in values.items() if k not in ("attack", "defense")},
+            }
+            cfg.name = f"{gname}/{ds}/{cfg.attack}/{cfg.defense}/s{seed}"
+            rid = cfg.run_id()
+            if rid in seen:
+                continue
+            seen.add(rid)
+            grid.runs.append(RunSpec(labels=labels, config=cfg, run_id=rid))
+    return grid
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and expand a grid TOML file (clear errors for a missing or invalid file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"grid file {str(p)!r} does not exist")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"grid file {str(p)!r} is not valid TOML: {exc}") from None
+    grid = expand_grid(raw, name=p.stem)
+    grid.path = p
+    return grid
