@@ -1,0 +1,132 @@
+"""Attack benchmark: every registered model-poisoning attack on the MNIST round shape, and the
+Full-Krum lambda search against a naive search that reruns Krum from scratch for every lambda.
+
+Times each attack in :data:`tesseract_fl.attacks.ATTACKS` (label flipping acts on labels, not on
+gradients, and is skipped) on a ``[100, 266060]`` float32 matrix shaped like one MNIST round
+(rows: a shared mean direction plus client noise; 20 attackers; the adaptive attacks get a
+TESSERACT defense after one round). The Full-Krum comparison runs the same halving search both
+ways on the same matrix and checks that they pick the same lambda (equal up to the float32
+rounding of the bound's Gram products, which BLAS blocks differently for [m, P] and [m - c, P]).
+
+    .venv/bin/python benchmarks/attacks.py [--repeats 3] [--out results/benchmarks/attacks.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from _timing import timeit  # benchmarks/ is on sys.path when run as a script
+from tesseract_fl.aggregators import Tesseract
+from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np, krum_select
+from tesseract_fl.attacks import ATTACKS, AttackContext, DefenseView, make_attack
+from tesseract_fl.attacks.base import malicious_mask, uniform
+from tesseract_fl.attacks.full_krum import LAMBDA_MIN, full_krum_search, lambda_upper_bound
+
+
+def round_matrix(m: int, P: int, seed: int = 0) -> torch.Tensor:
+    """Rows like one round's gradients: a shared direction (cosine ~0.5 between rows) + noise."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(P, generator=g) * 1e-3
+    return mean + torch.randn(m, P, generator=g) * 1e-3
+
+
+def naive_full_krum(G: torch.Tensor, c: int, c_max: int, gen: torch.Generator) -> float:
+    """The textbook search: build the attacked matrix and run Krum on it for every lambda."""
+    m, P = G.shape
+    mask = malicious_mask(m, c)
+    s = torch.sign(G.sum(0))
+    noise = uniform((c, P), -1e-4 / P, 1e-4 / P, gen, G)
+    noise[0].zero_()
+    lam = lambda_upper_bound(G[~mask], m, c)
+    while lam >= LAMBDA_MIN:
+        A = G.clone()
+        A[mask] = noise - lam * s
+        scores = _scores_np(_pairwise_sq_distances(A).numpy(), m - c_max - 2)
+        if bool(mask[int(krum_select(torch.from_numpy(scores), 1)[0])]):
+            return lam
+        lam /= 2.0
+    return 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--m", type=int, default=100)
+    ap.add_argument("--P", type=int, default=266_060)
+    ap.add_argument("--c", type=int, default=20)
+    ap.add_argument("--out", default="results/benchmarks/attacks.json")
+    args = ap.parse_args(argv)
+    m, P, c = args.m, args.P, args.c
+    G = round_matrix(m, P)
+    mask = malicious_mask(m, c)
+    defense = Tesseract(num_clients=m, c_max=c)
+    defense.aggregate(round_matrix(m, P, seed=1))
+    ctx = AttackContext(
+        malicious=mask,
+        c_max=c,
+        generator=torch.Generator().manual_seed(0),
+        defense=DefenseView(defense),
+    )
+    results: dict[str, Any] = {
+        "shape": [m, P],
+        "c": c,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "attacks": {},
+    }
+    table = Table(
+        title=f"attacks on [{m}, {P}] float32, c = {c} ({torch.get_num_threads()} threads)"
+    )
+    for col in ("attack", "min ms", "median ms", "record"):
+        table.add_column(col, justify="left" if col in ("attack", "record") else "right")
+    for name in sorted(ATTACKS):
+        attack = make_attack(name)
+        if not callable(getattr(attack, "poison", None)):
+            continue
+        out = attack.poison(G, ctx)
+        t = timeit(lambda a=attack: a.poison(G, ctx), args.repeats)
+        results["attacks"][name] = {**t, "record": out.record}
+        rec = ", ".join(f"{k}={v:.3g}" for k, v in out.record.items())
+        table.add_row(name, f"{t['min_ms']:.1f}", f"{t['median_ms']:.1f}", rec)
+    Console().print(table)
+
+    fast_lam = full_krum_search(G, c, c, torch.Generator().manual_seed(0))[1]
+    naive_lam = naive_full_krum(G, c, c, torch.Generator().manual_seed(0))
+    fast = timeit(lambda: full_krum_search(G, c, c, torch.Generator().manual_seed(0)), args.repeats)
+    naive = timeit(lambda: naive_full_krum(G, c, c, torch.Generator().manual_seed(0)), args.repeats)
+
+    halvings = (
+        0 if naive_lam == 0 else round(math.log2(lambda_upper_bound(G[~mask], m, c) / naive_lam))
+    )
+    ratio = naive["min_ms"] / fast["min_ms"]
+    results["full_krum_search"] = {
+        "fast": fast,
+        "naive": naive,
+        "speedup": ratio,
+        "lambda_fast": fast_lam,
+        "lambda_naive": naive_lam,
+        "halvings": halvings,
+    }
+    Console().print(
+        f"Full-Krum lambda search: one Gram {fast['min_ms']:.0f} ms vs Krum per lambda "
+        f"{naive['min_ms']:.0f} ms ({halvings} halvings): {ratio:.1f}x; same lambda (to float32 "
+        f"rounding of the bound): {math.isclose(fast_lam, naive_lam, rel_tol=1e-6)}"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=True))
+    Console().print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
