@@ -229,3 +229,20 @@ def test_cli_demo_compares_fedsgd_and_tesseract(
     assert main(args[:2] + args[3:]) == 0  # the table; both runs come from the store
     out = capsys.readouterr().out
     assert "fedsgd" in out and "tesseract" in out and "cached" in out
+
+
+def test_parameters_at_their_defaults_do_not_change_the_run_id(tiny_overrides: list[str]) -> None:
+    plain = resolve_config("mnist", overrides=[*tiny_overrides, "defense=tesseract"])
+    explicit = resolve_config("mnist", overrides=[*tiny_overrides, "defense.mu_d=0.99"])
+    assert plain.defense_params == {} and explicit.defense_params == {"mu_d": 0.99}
+    assert plain.run_id() == explicit.run_id()
+    changed = resolve_config("mnist", overrides=[*tiny_overrides, "defense.mu_d=0.9"])
+    assert changed.run_id() != plain.run_id()
+    a = resolve_config("mnist", overrides=[*tiny_overrides, "attack=targeted_label_flip"])
+    b = resolve_config(
+        "mnist", overrides=[*tiny_overrides, "attack=targeted_label_flip", "attack.source=7"]
+    )
+    c = resolve_config(
+        "mnist", overrides=[*tiny_overrides, "attack=targeted_label_flip", "attack.source=3"]
+    )
+    assert a.run_id() == b.run_id() != c.run_id()

@@ -74,11 +74,38 @@ class ExperimentConfig:
             if d.get(k) == default:
                 d.pop(k)
         d["c_max"] = self.resolved_c_max
+        # Parameters given at their default value do not change the numbers, so they do not
+        # change the id: `defense = "tesseract"` and `[defense] mu_d = 0.99` are one run.
+        d["defense_params"] = _non_default_params("defense", self.defense, self.defense_params)
+        d["attack_params"] = _non_default_params("attack", self.attack, self.attack_params)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 _OPTIONAL_DEFAULTS: dict[str, Any] = {"malicious_ids": None, "aggregate_only": "all"}
+
+
+def _non_default_params(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the entries equal to the constructor's default for ``name``."""
+    import inspect
+
+    if kind == "defense":
+        from tesseract_fl.aggregators import AGGREGATORS as registry
+    else:
+        from tesseract_fl.attacks import ATTACKS as registry
+    cls = registry.get(name)
+    if cls is None:
+        return dict(params)
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(cls).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in defaults or type(v) is not type(defaults[k]) or v != defaults[k]
+    }
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {
     f.name: f for f in dataclasses.fields(ExperimentConfig)
