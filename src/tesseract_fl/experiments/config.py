@@ -156,6 +156,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 table = {}
             table[sub] = value
             out[head] = table
+        elif key in ("defense", "attack") and isinstance(value, dict):
+            out[key] = dict(value)  # a whole table: `defense={name="tesseract", mu_d=0.9}`
         elif key in ("defense", "attack") and isinstance(out.get(key), dict):
             # Switching the defense/attack drops the previous one's parameters.
             out[key] = {"name": value}
