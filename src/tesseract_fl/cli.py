@@ -1,4 +1,4 @@
-"""The ``tesseract-fl`` command: run experiments, manage datasets, list presets."""
+"""The ``tesseract-fl`` command: run experiments and grids, manage datasets, list presets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -51,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         False,
     )
+    gr = sub.add_parser(
+        "grid",
+        help="run a grid file: skip finished runs, resume interrupted ones, run N in parallel",
+    )
+    gr.add_argument("grid_file", help="grid TOML file (e.g. experiments/table2-mnist.toml)")
+    gr.add_argument(
+        "--jobs", "-j", type=int, default=1, help="runs at once, one process each (default 1)"
+    )
+    gr.add_argument(
+        "--store", default=None, help="SQLite results store (default results/store.sqlite)"
+    )
+    gr.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their state; run nothing"
+    )
+    gr.add_argument("--data-dir", default=None, help="dataset directory for every run")
+    gr.add_argument("--force", action="store_true", help="rerun finished runs too")
     ds = sub.add_parser("datasets", help="list, fetch or verify datasets")
     ds.add_argument("action", choices=["list", "fetch", "verify"])
     ds.add_argument("names", nargs="*", help="dataset names (default: all for list/verify)")
@@ -176,6 +193,116 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _grid_dry_run(grid: Any, store: Any) -> int:
+    """Print the grid's runs and their state in the store (finished / partial / new)."""
+    from tesseract_fl.experiments.grid_runner import grid_status
+
+    table = Table(
+        title=f"grid {grid.name}: {len(grid.runs)} runs (store {store})",
+        box=box.SIMPLE,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for col in ("dataset", "attack", "defense", "c/m", "seed", "run id", "status"):
+        table.add_column(col, no_wrap=True)
+    counts: dict[str, int] = {}
+    states = grid_status(grid, store)
+    for st in states:
+        spec, cfg = st["spec"], st["spec"].config
+        counts[st["status"]] = counts.get(st["status"], 0) + 1
+        status = st["status"]
+        if status == "partial":
+            status = f"partial {st['rounds_done']}/{cfg.rounds}" + ("*" if st["checkpoint"] else "")
+        table.add_row(
+            str(spec.labels["dataset"]),
+            cfg.attack,
+            cfg.defense,
+            f"{cfg.malicious}/{cfg.clients}",
+            str(cfg.seed),
+            spec.run_id,
+            status,
+        )
+    out_console.print(table)
+    out_console.print(
+        ", ".join(f"{counts.get(k, 0)} {k}" for k in ("finished", "partial", "new"))
+        + ("; * = resumes from a checkpoint" if any(st["checkpoint"] for st in states) else ""),
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    """Run (or with --dry-run list) a grid file's runs into one store."""
+    from tesseract_fl.experiments.grid import load_grid
+    from tesseract_fl.experiments.grid_runner import GridEvent, run_grid
+    from tesseract_fl.experiments.runner import DEFAULT_STORE
+
+    grid = load_grid(args.grid_file)
+    store = args.store or DEFAULT_STORE
+    if args.jobs < 1:
+        raise TesseractFLError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.dry_run:
+        return _grid_dry_run(grid, store)
+    with Progress(
+        TextColumn(f"[bold]{grid.name}[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TextColumn("{task.fields[runs]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("rounds", total=None, runs="")
+
+        def progress(ev: GridEvent) -> None:
+            bar.update(
+                task,
+                completed=ev.rounds_done,
+                total=ev.rounds_total,
+                runs=f"runs {ev.runs_done}/{ev.runs_total}",
+            )
+            res = ev.result
+            if ev.kind != "done" or res is None:
+                return
+            if res["status"] == "finished":
+                resumed = res["resumed_from"]
+                bar.console.print(
+                    f"[green]done[/] {res['name']}: accuracy {_pct(res['final_accuracy'])}, "
+                    f"{res['seconds']:.1f} s"
+                    + ("" if resumed is None else f" (resumed at round {resumed})"),
+                    highlight=False,
+                )
+            else:
+                bar.console.print(f"[red]failed[/] {res['name']}: {res['error']}", highlight=False)
+
+        results = run_grid(
+            grid, store, jobs=args.jobs, force=args.force, data_dir=args.data_dir, progress=progress
+        )
+    table = Table(title=f"grid {grid.name} (store {store})")
+    for col, justify in (
+        ("run", "left"),
+        ("run id", "left"),
+        ("status", "left"),
+        ("final accuracy", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for res in results:
+        status = "finished (before)" if res["status"] == "skipped" else res["status"]
+        table.add_row(res["name"], res["run_id"], status, _pct(res["final_accuracy"]))
+    out_console.print(table)
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} run(s) failed:[/]")
+        for r in failed:
+            err_console.print(f"  {r['name']} ({r['run_id']}): {r['error']}", highlight=False)
+        return 1
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from tesseract_fl.data import DATASETS, default_data_dir, fetch_dataset, verify_dataset
 
@@ -271,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "grid":
+            return cmd_grid(args)
         if args.command == "datasets":
             return cmd_datasets(args)
         if args.command == "presets":
@@ -281,9 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:
+        again = "`grid`" if args.command == "grid" else "`run`"
         err_console.print(
-            "[yellow]interrupted[/]: rounds written so far are kept in the store; "
-            "the run is marked failed and `run` restarts it"
+            "[yellow]interrupted[/]: rounds written so far are kept in the store; the run is "
+            f"marked failed and {again} resumes it from its last checkpoint"
         )
         return 130
     return 2

@@ -54,6 +54,8 @@ class ExperimentConfig:
     backend: str = "auto"
     vmap_chunk: int = 10
     data_dir: str | None = None
+    # Save a resumable checkpoint every this many rounds (0: never); not part of the run id.
+    checkpoint_every: int = 25
 
     @property
     def resolved_c_max(self) -> int:
@@ -64,9 +66,10 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
-        """Stable id: hash of everything that changes the numbers (not data_dir/device/backend)."""
+        """Stable id: hash of everything that changes the numbers (not data_dir, device, backend,
+        checkpointing)."""
         d = self.to_dict()
-        for k in ("name", "data_dir", "device", "backend", "vmap_chunk"):
+        for k in ("name", "data_dir", "device", "backend", "vmap_chunk", "checkpoint_every"):
             d.pop(k)
         # Keys added after results were first stored count only when set, so that the ids of
         # earlier runs (and the cache lookups against them) stay valid.
@@ -180,6 +183,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 table = {}
             table[sub] = value
             out[head] = table
+        elif key in ("defense", "attack") and isinstance(value, dict):
+            out[key] = dict(value)  # a whole table: `defense={name="tesseract", mu_d=0.9}`
         elif key in ("defense", "attack") and isinstance(out.get(key), dict):
             # Switching the defense/attack drops the previous one's parameters.
             out[key] = {"name": value}
@@ -260,6 +265,10 @@ def validate(cfg: ExperimentConfig) -> None:
     for key in ("rounds", "batch_size", "eval_every", "record_every", "vmap_chunk"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.checkpoint_every < 0:
+        raise ConfigError(
+            f"checkpoint_every must be >= 0 (0 disables checkpoints), got {cfg.checkpoint_every}"
+        )
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}")
     if not 0.0 <= cfg.bias <= 1.0:

@@ -14,6 +14,9 @@ block expands into the product of its axes, for every dataset and seed::
     attack = "full_krum"
     defense = ["fedsgd", "krum", "tesseract"]
     malicious_fraction = [0.2]    # c = round(fraction * clients); optional
+    [[cells]]
+    attack = "full_trim"
+    defense = {name = "tesseract", mu_d = 0.9}   # a defense (or attack) with parameters
 
 Every run's config is built exactly as ``tesseract-fl run --preset P --set k=v ...`` builds it,
 so a run done by hand and the same run in a grid share one run id (and one stored result).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +67,17 @@ class Grid:
 
 
 def _literal(value: Any) -> str:
-    """A TOML literal for ``--set``-style overrides (strings quoted, lists/numbers as JSON)."""
+    """A TOML literal for ``--set``-style overrides: strings quoted, numbers and booleans as
+    JSON (valid TOML), arrays and tables (``defense = {name = "tesseract", mu_d = 0.9}``)
+    written element by element as TOML (JSON objects are not TOML)."""
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{json.dumps(str(k))} = {_literal(v)}" for k, v in value.items()) + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return json.dumps(value)
 
 
@@ -93,7 +107,11 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
     if not isinstance(datasets, dict) or not datasets:
         raise ConfigError(f"grid {gname!r}: needs a [datasets] table mapping dataset -> preset")
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ConfigError(f"grid {gname!r}: seeds must be a non-empty list of integers")
     common = raw.get("set", {})
     if not isinstance(common, dict):
@@ -115,6 +133,16 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
                 )
         block_seeds = _axis(block.get("seed", seeds))
         axes = {k: _axis(v) for k, v in block.items() if k not in ("dataset", "seed")}
+        empty = sorted(k for k, v in axes.items() if not v) + [
+            k for k in ("dataset", "seed") if k in block and _axis(block[k]) == []
+        ]
+        if empty:
+            raise ConfigError(f"{where}: empty list for {empty} (the block would add no runs)")
+        if "malicious_fraction" in axes and ("malicious" in axes or "c_max" in axes):
+            raise ConfigError(
+                f"{where}: give malicious_fraction or malicious/c_max, not both "
+                "(the fraction sets malicious = round(fraction * clients) and c_max = malicious)"
+            )
         keys = list(axes)
         for ds, seed, combo in itertools.product(
             block_datasets, block_seeds, itertools.product(*(axes[k] for k in keys))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.attacks import make_attack
 from tesseract_fl.data import load_dataset, partition
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.experiments.checkpoints import (
+    CHECKPOINT_FORMAT,
+    checkpoint_path,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.models import make_model
@@ -147,6 +155,77 @@ def _client_rows(sim: FedSGDSimulation, res: RoundResult) -> list[tuple[int, boo
     return rows
 
 
+def _checkpoint_payload(
+    cfg: ExperimentConfig,
+    sim: FedSGDSimulation,
+    done: int,
+    acc: float | None,
+    loss: float | None,
+    train_seconds: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """What :func:`run_experiment` saves after ``done`` rounds (format: checkpoints.py)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "run_id": cfg.run_id(),
+        "round": done,
+        "sim": sim.state_dict(),
+        "runner": {
+            "acc": acc,
+            "loss": loss,
+            "train_seconds": train_seconds,
+            "seconds": seconds,
+        },
+        "torch_rng": torch.get_rng_state(),
+        "versions": versions(),
+    }
+
+
+def _save_or_warn(path: Path, payload: dict[str, Any]) -> None:
+    """Save a checkpoint; a failed save (disk full, permissions) warns but does not end the run:
+    the rounds still reach the store, only a resume would start further back."""
+    try:
+        save_checkpoint(path, payload)
+    except OSError as exc:
+        warnings.warn(f"cannot write checkpoint {str(path)!r}: {exc}", RuntimeWarning, stacklevel=2)
+
+
+def _try_resume(
+    cfg: ExperimentConfig, sim: FedSGDSimulation, path: Path, rounds_stored: int
+) -> dict[str, Any] | None:
+    """Load the checkpoint at ``path`` into ``sim``; its payload, or None (with a warning) when
+    it cannot be used. ``sim`` may be partly overwritten then: the caller rebuilds it."""
+    try:
+        ckpt = load_checkpoint(path)
+        done = int(ckpt["round"])
+        if ckpt["run_id"] != cfg.run_id():
+            raise ValueError(f"it belongs to run {ckpt['run_id']!r}")
+        if not 0 < done < cfg.rounds:
+            raise ValueError(f"its round {done} is outside [1, {cfg.rounds})")
+        if done > rounds_stored:
+            raise ValueError(f"it is at round {done} but the store holds {rounds_stored} rounds")
+        if ckpt["versions"] != versions():
+            raise ValueError(
+                f"it was written by other software versions ({ckpt['versions']}); numbers "
+                "would not match an uninterrupted run"
+            )
+        sim.load_state_dict(ckpt["sim"])
+        if sim.round != done:
+            raise ValueError(f"its simulation is at round {sim.round}, not {done}")
+        if ckpt.get("torch_rng") is not None:
+            torch.set_rng_state(ckpt["torch_rng"])
+    except Exception as exc:  # any unreadable/foreign file: restart, never crash
+        warnings.warn(
+            f"checkpoint {str(path)!r} cannot be used ({type(exc).__name__}: {exc}); "
+            f"run {cfg.run_id()} restarts from round 0",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        remove_checkpoint(path)
+        return None
+    return ckpt
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     store_path: str | Path = DEFAULT_STORE,
@@ -157,11 +236,16 @@ def run_experiment(
     """Run ``cfg`` to completion, writing every round to the store; return the summary.
 
     A run already finished in the store is not repeated (its stored summary is returned with
-    ``cached = True``) unless ``force``. An unfinished attempt of the same run is restarted. On
-    an exception or Ctrl-C the run is marked failed; the rounds written so far stay valid.
+    ``cached = True``) unless ``force``. An unfinished attempt of the same run (status running
+    or failed) continues from its checkpoint (``<store dir>/checkpoints/<run id>.pt``, written
+    every ``checkpoint_every`` rounds) when there is a usable one, giving the same numbers as an
+    uninterrupted run; otherwise, or with ``force``, it restarts from round 0. On an exception
+    or Ctrl-C the run is marked failed; the rounds written so far and the checkpoint stay.
+    The summary's ``resumed_from`` is the round the run continued from (None: from scratch).
     """
     run_id = cfg.run_id()
     store_path = Path(store_path)
+    ckpt_path = checkpoint_path(store_path, run_id)
     with ResultsStore(store_path) as store:
         existing = store.get_run(run_id)
         if existing and existing["status"] == "finished" and not force:
@@ -169,18 +253,40 @@ def run_experiment(
             summary.update(cached=True, store=str(store_path))
             return summary
         sim = build_simulation(cfg)
-        stored_cfg = cfg.to_dict()
-        stored_cfg["resolved"] = {
-            "c_max": cfg.resolved_c_max,
-            "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
-        }
-        store.start_run(run_id, cfg.name, stored_cfg, versions())
+        ckpt: dict[str, Any] | None = None
+        if (
+            existing is not None
+            and existing["status"] in ("running", "failed")
+            and not force
+            and ckpt_path.is_file()
+        ):
+            ckpt = _try_resume(cfg, sim, ckpt_path, int(existing["rounds_done"]))
+            if ckpt is None:
+                sim = build_simulation(cfg)  # the failed load may have changed part of it
         acc: float | None = None
         loss: float | None = None
-        t0 = time.perf_counter()
         train_seconds = 0.0
+        seconds_before = 0.0
+        start = 0
+        resumed_from: int | None = None
+        if ckpt is not None:
+            start = resumed_from = int(ckpt["round"])
+            prev = ckpt["runner"]
+            acc, loss = prev["acc"], prev["loss"]
+            train_seconds = float(prev["train_seconds"])
+            seconds_before = float(prev["seconds"])
+            store.resume_run(run_id, start)
+        else:
+            remove_checkpoint(ckpt_path)  # a stale one (e.g. with force) must not be resumed
+            stored_cfg = cfg.to_dict()
+            stored_cfg["resolved"] = {
+                "c_max": cfg.resolved_c_max,
+                "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
+            }
+            store.start_run(run_id, cfg.name, stored_cfg, versions())
+        t0 = time.perf_counter()
         try:
-            for r in range(cfg.rounds):
+            for r in range(start, cfg.rounds):
                 t_round = time.perf_counter()
                 last = r == cfg.rounds - 1
                 recording = r % cfg.record_every == 0 or last
@@ -205,14 +311,24 @@ def run_experiment(
                     rows,
                     attack=res.attack,
                 )
+                if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and not last:
+                    seconds = seconds_before + time.perf_counter() - t0
+                    _save_or_warn(
+                        ckpt_path,
+                        _checkpoint_payload(cfg, sim, r + 1, acc, loss, train_seconds, seconds),
+                    )
                 if progress is not None:
-                    progress(r + 1, cfg.rounds, {"acc": acc, "loss": res.train_loss})
+                    progress(
+                        r + 1,
+                        cfg.rounds,
+                        {"acc": acc, "loss": res.train_loss, "resumed_from": resumed_from},
+                    )
         except BaseException as exc:
             store.fail_run(
                 run_id, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             )
             raise
-        wall = time.perf_counter() - t0
+        wall = seconds_before + time.perf_counter() - t0
         summary = {
             "run_id": run_id,
             "name": cfg.name,
@@ -229,6 +345,8 @@ def run_experiment(
             "device": str(sim.device),
             "store": str(store_path),
             "cached": False,
+            "resumed_from": resumed_from,
         }
         store.finish_run(run_id, summary)
+        remove_checkpoint(ckpt_path)
         return summary

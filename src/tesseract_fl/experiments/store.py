@@ -152,6 +152,24 @@ class ResultsStore:
                 (run_id, name, json.dumps(config, sort_keys=True), now, now, json.dumps(versions)),
             )
 
+    def resume_run(self, run_id: str, from_round: int) -> None:
+        """Continue an unfinished run at ``from_round`` (a checkpoint's round): rows of later
+        rounds are dropped and the run is marked running again, in one transaction."""
+        if from_round < 0:
+            raise StoreError(f"from_round must be >= 0, got {from_round}")
+        with self.transaction() as c:
+            for table in ("metrics", "clients", "attack_records"):
+                c.execute(
+                    f"DELETE FROM {table} WHERE run_id = ? AND round >= ?", (run_id, from_round)
+                )
+            cur = c.execute(
+                "UPDATE runs SET status = 'running', error = NULL, rounds_done = ?, "
+                "updated_at = ? WHERE run_id = ?",
+                (from_round, time.time(), run_id),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"cannot resume run {run_id!r}: it is not in {self.path}")
+
     def write_round(
         self,
         run_id: str,
