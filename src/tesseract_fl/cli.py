@@ -1,4 +1,4 @@
-"""The ``tesseract-fl`` command: run experiments and grids, manage datasets, list presets."""
+"""The ``tesseract-fl`` command: run experiments and grids, report, manage datasets, presets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tesseract_fl.errors import TesseractFLError
+from tesseract_fl.errors import ConfigError, TesseractFLError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -37,6 +38,11 @@ def _add_run_args(p: argparse.ArgumentParser, preset_required: bool) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+#: Grid files the report reads by default: the paper-scale ones (``--grid`` for the quick ones).
+DEFAULT_REPORT_GRIDS = "experiments/*-mnist.toml"
+DEFAULT_REPORT_DIR = Path("results") / "report"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="list runs in a store, or one run's metrics")
     sh.add_argument("run_id", nargs="?")
     sh.add_argument("--store", default=None)
+    rp = sub.add_parser(
+        "report", help="write report.md (paper Tables 2-3 beside ours, Figures 2-6) and CSV"
+    )
+    rp.add_argument(
+        "--store", default=None, help="SQLite results store (default results/store.sqlite)"
+    )
+    rp.add_argument("--out", default=None, help="output folder (default results/report)")
+    rp.add_argument(
+        "--grid",
+        dest="grids",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help=f"grid file whose runs the report reads (repeatable; default {DEFAULT_REPORT_GRIDS})",
+    )
     return parser
 
 
@@ -391,6 +412,52 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_grid_paths(given: list[str]) -> list[Path]:
+    """``--grid`` files, else the paper-scale grid files under ``experiments/``."""
+    if given:
+        return [Path(g) for g in given]
+    found = sorted(Path().glob(DEFAULT_REPORT_GRIDS))
+    if not found:
+        raise ConfigError(
+            f"no grid files match {DEFAULT_REPORT_GRIDS} in {Path.cwd()}; run from the "
+            "repository root or pass --grid FILE"
+        )
+    return found
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render the report for the runs the grids plan; print where it went and the coverage."""
+    from tesseract_fl.experiments.grid import load_grid
+    from tesseract_fl.experiments.runner import DEFAULT_STORE
+    from tesseract_fl.report import generate_report
+
+    grids = [load_grid(p) for p in _report_grid_paths(args.grids)]
+    result = generate_report(args.store or DEFAULT_STORE, args.out or DEFAULT_REPORT_DIR, grids)
+    table = Table(title="report coverage")
+    for col, justify in (
+        ("artefact", "left"),
+        ("filled", "right"),
+        ("missing", "right"),
+        ("no grid", "right"),
+        ("drawn", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for c in result.coverage:
+        table.add_row(
+            c.artefact,
+            f"{c.filled} {c.unit}",
+            str(c.missing),
+            str(c.not_planned),
+            "" if c.drawn is None else ("yes" if c.drawn else "no"),
+        )
+    out_console.print(table)
+    out_console.print(f"report: {result.path}")
+    out_console.print(f"tables: {', '.join(str(p) for p in result.csv_files)}")
+    figures = [str(f) for fig in result.figures for f in fig.files]
+    out_console.print(f"figures: {', '.join(figures) if figures else '(none drawn)'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -406,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_presets(args)
         if args.command == "show":
             return cmd_show(args)
+        if args.command == "report":
+            return cmd_report(args)
     except TesseractFLError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
