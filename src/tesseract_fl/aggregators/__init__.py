@@ -80,7 +80,7 @@ def register_aggregator(name: str, cls: type, *, replace: bool = False) -> None:
     AGGREGATORS[key] = cls
 
 
-def _constructor_params(cls: type) -> tuple[list[str], bool]:
+def constructor_params(cls: type) -> tuple[list[str], bool]:
     """Keyword-passable constructor parameter names, and whether it takes ``**kwargs``."""
     sig = inspect.signature(cls)
     names: list[str] = []
@@ -106,7 +106,7 @@ def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -
         raise ConfigError(
             f"unknown aggregator (defense) {name!r}; allowed: {', '.join(sorted(AGGREGATORS))}"
         )
-    accepted, var_kw = _constructor_params(cls)
+    accepted, var_kw = constructor_params(cls)
     tunable = [p for p in accepted if p not in _CONTEXT_PARAMS]
     unknown = sorted(set(params) - set(tunable))
     if unknown and not var_kw:

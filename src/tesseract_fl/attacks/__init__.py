@@ -11,9 +11,9 @@ Model poisoning (``poison(G_honest, ctx) -> Poison``): :class:`FullTrim`, :class
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
+from tesseract_fl.aggregators import constructor_params
 from tesseract_fl.attacks.adaptive import (
     AdaptiveKrum,
     AdaptiveTrim,
@@ -127,11 +127,7 @@ def make_attack(name: str, **params: Any) -> Any:
     cls = ATTACKS.get(key)
     if cls is None:
         raise ConfigError(f"unknown attack {name!r}; allowed: none, {', '.join(sorted(ATTACKS))}")
-    accepted = [
-        p.name
-        for p in inspect.signature(cls).parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
+    accepted, _ = constructor_params(cls)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(

@@ -110,6 +110,7 @@ def _non_default_params(kind: str, name: str, params: dict[str, Any]) -> dict[st
         if k not in defaults or type(v) is not type(defaults[k]) or v != defaults[k]
     }
 
+
 FIELDS: dict[str, dataclasses.Field[Any]] = {
     f.name: f for f in dataclasses.fields(ExperimentConfig)
 }
@@ -364,16 +365,21 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Raw mapping of a user's TOML config file, with a clear error for missing/invalid files."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Parse a TOML file, with a clear error naming ``what`` for a missing or invalid file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    data.setdefault("name", p.stem)
+        raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Raw mapping of a user's TOML config file (named after the file unless it sets a name)."""
+    data = read_toml(path)
+    data.setdefault("name", Path(path).stem)
     return data
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tesseract_fl.experiments.config import (
     apply_overrides,
     build_config,
     load_preset,
+    read_toml,
 )
 
 __all__ = ["Grid", "RunSpec", "expand_grid", "load_grid"]
@@ -180,12 +180,7 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
 def load_grid(path: str | Path) -> Grid:
     """Read and expand a grid TOML file (clear errors for a missing or invalid file)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"grid file {str(p)!r} does not exist")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"grid file {str(p)!r} is not valid TOML: {exc}") from None
+    raw = read_toml(p, "grid file")
     grid = expand_grid(raw, name=p.stem)
     grid.path = p
     return grid
