@@ -154,9 +154,20 @@ def test_bad_attack_output_is_a_clear_error(tiny_overrides: list[str]) -> None:
     sim.attack = _BadAttack()
     with pytest.raises(UpdateError, match="expected"):
         sim.step()
-    sim.attack = _BadAttack(nan=True)
-    with pytest.raises(UpdateError, match="NaN"):
-        sim.step()
+
+
+def test_nan_attack_rows_are_excluded_not_fatal(tiny_overrides: list[str]) -> None:
+    """Hostile-row policy: NaN rows from malicious clients get weight 0; the model stays finite."""
+    for defense in ("fedsgd", "tesseract", "krum"):
+        sim = build_simulation(
+            resolve_config("mnist", overrides=[*tiny_overrides, f"defense={defense}"])
+        )
+        sim.attack = _BadAttack(nan=True)
+        result = sim.step()
+        bad = sim.malicious.nonzero().flatten().tolist()
+        assert result.aggregate.record["excluded"] == bad
+        assert float(result.aggregate.weights[bad].abs().sum()) == 0.0
+        assert all(bool(torch.isfinite(p).all()) for p in sim.model.parameters())
 
 
 def test_same_seed_same_attack_numbers(tmp_path: Path, tiny_overrides: list[str]) -> None:

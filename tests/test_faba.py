@@ -124,10 +124,9 @@ def test_bad_inputs() -> None:
         FABA(c_max=3).aggregate(torch.randn(6, 3))
     G = torch.randn(5, 3)
     G[2, 1] = float("nan")
-    with pytest.raises(UpdateError, match="NaN"):
-        faba(G, 1)
-    with pytest.raises(UpdateError, match="NaN"):
-        FABA(c_max=1).aggregate(G)
+    # hostile-row policy: the NaN row is excluded, FABA runs on the other four
+    torch.testing.assert_close(faba(G, 1), faba(G[[0, 1, 3, 4]], 1))
+    assert FABA(c_max=1).aggregate(G).record["excluded"] == [2]
     with pytest.raises(UpdateError):
         faba(torch.randn(5), 1)
     with pytest.raises(UpdateError, match="client_ids"):
@@ -144,13 +143,16 @@ def test_huge_entries_fall_back_to_float64() -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("c", [0, 1, 2])
-def test_non_finite_entries_are_rejected(bad: float, c: int) -> None:
+def test_non_finite_rows_are_excluded(bad: float, c: int) -> None:
     G = torch.randn(6, 5000)
     G[4, 4321] = bad
-    with pytest.raises(UpdateError, match="NaN/Inf"):
-        faba(G, c)
-    with pytest.raises(UpdateError, match="NaN/Inf"):
-        FABA(c_max=c).aggregate(G)
+    rest = G[[0, 1, 2, 3, 5]]
+    c_eff = min(c, 2)
+    torch.testing.assert_close(faba(G, c), faba(rest, c_eff))
+    out = FABA(c_max=c).aggregate(G)
+    assert out.record["excluded"] == [4] and float(out.weights[4]) == 0.0
+    assert out.record["c_max_effective"] == c_eff
+    # the building blocks stay strict
     with pytest.raises(UpdateError, match="NaN/Inf"):
         faba_removed(G, c)
     with pytest.raises(UpdateError, match="NaN/Inf"):

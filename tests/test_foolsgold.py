@@ -174,8 +174,9 @@ def test_errors() -> None:
     agg = FoolsGold(num_clients=3)
     G = torch.randn(3, 4)
     G[1, 2] = float("nan")
-    with pytest.raises(UpdateError, match="NaN"):
-        agg.aggregate(G)
+    out = agg.aggregate(G)  # hostile-row policy: row 1 excluded, its history untouched
+    assert out.record["excluded"] == [1] and float(out.weights[1]) == 0.0
+    assert agg.history is not None and float(agg.history[1].abs().sum()) == 0.0
     agg.aggregate(torch.randn(3, 4))
     with pytest.raises(UpdateError, match="P=4"):
         agg.aggregate(torch.randn(3, 5))
@@ -210,11 +211,14 @@ def test_non_finite_entries_are_rejected(bad: float, use_history: bool) -> None:
     state = agg.state_dict()
     G = torch.randn(3, 50)
     G[1, 7] = bad
+    out = agg.aggregate(G, client_ids=[3, 1, 0])  # row 1 (client 1) is excluded
+    assert out.record["excluded"] == [1] and float(out.weights[1]) == 0.0
+    assert bool(torch.isfinite(out.update).all())
     with pytest.raises(UpdateError, match="NaN/Inf"):
-        agg.aggregate(G, client_ids=[3, 1, 0])
-    with pytest.raises(UpdateError, match="NaN/Inf"):
-        foolsgold_weights(G)
+        foolsgold_weights(G)  # the building block stays strict
     after = agg.state_dict()
-    assert after["round"] == state["round"] == 1
+    assert after["round"] == state["round"] + 1 == 2
     if use_history:
-        assert torch.equal(after["history"], state["history"])
+        assert torch.equal(after["history"][1], state["history"][1])  # not updated with NaN
+        assert not torch.equal(after["history"][3], state["history"][3])
+    assert after["rounds_seen"].tolist() == [2, 1, 1, 2]

@@ -302,13 +302,17 @@ def test_public_state_and_properties() -> None:
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_row_rejected_and_state_unchanged(value: float) -> None:
-    agg = Tesseract(num_clients=4, c_max=1)
+def test_non_finite_row_is_penalized_and_gets_no_weight(value: float) -> None:
+    agg = Tesseract(num_clients=4, c_max=1, mu_d=0.5)
     G = torch.ones(4, 3)
     G[2, 1] = value
-    with pytest.raises(UpdateError):
-        agg.aggregate(G)
-    assert agg.round == 0 and agg.s_g is None
+    out = agg.aggregate(G)
+    assert out.record["excluded"] == [2] and float(out.weights[2]) == 0.0
+    assert bool(out.record["penalized"][2]) and math.isinf(float(out.record["flip_scores"][2]))
+    # RS <- mu_d * RS - (1 - 2 c_max / m) with RS = 0, c_max = 1, m = 4
+    assert float(agg.reputation[2]) == pytest.approx(-0.5)
+    torch.testing.assert_close(out.update, torch.ones(3))
+    assert agg.round == 1 and agg.s_g is not None
 
 
 def test_width_must_not_change() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,6 +58,8 @@ class Aggregator(Protocol):
 
 
 def check_matrix(G: Tensor, *, min_rows: int = 1) -> None:
+    # Strict validator for the building blocks (gram64, flip_scores, ...); the aggregators
+    # themselves apply the hostile-row policy of :func:`split_finite` instead.
     """Validate a gradient matrix: 2-D float tensor with at least ``min_rows`` rows, all finite."""
     if not isinstance(G, Tensor):
         raise UpdateError(f"gradient matrix must be a torch.Tensor, got {type(G).__name__}")
@@ -173,3 +175,106 @@ def check_layout(G: Tensor) -> None:
     [100, 270000], ~70 ms on [10, 11_000_000] here)."""
     if not isinstance(G, Tensor) or G.dim() != 2 or not G.is_floating_point() or G.shape[0] < 1:
         check_matrix(G)
+
+
+# --------------------------------------------------------------------------- hostile rows
+#
+# Policy (README "Hostile input policy"): a malicious client may send NaN/Inf, so a row with any
+# non-finite entry is EXCLUDED from the round instead of failing it. The rule runs on the finite
+# rows only; the excluded rows get weight 0 and are listed in ``record["excluded"]``. The
+# configured c_max is still validated against the rows received (ConfigError as before); when
+# rows were excluded it is reduced to the largest value the rule accepts for the finite count
+# (``record["c_max_effective"]``). With no finite row left the update is the zero vector (the
+# global model is unchanged) and every weight is 0. A wrong layout (not 2-D, not float, no rows)
+# is still an UpdateError.
+
+
+@dataclass(frozen=True)
+class FiniteRows:
+    """The finite rows of a gradient matrix (see :func:`split_finite`).
+
+    ``G``: the finite rows (the input itself when none was excluded); ``kept``: their indices in
+    the input (CPU long), ``None`` when every row is finite; ``excluded``: indices of the rows
+    with a NaN/Inf entry; ``m``: rows received.
+    """
+
+    G: Tensor
+    kept: Tensor | None
+    excluded: list[int]
+    m: int
+
+    @property
+    def m_finite(self) -> int:
+        """Number of finite rows the rule runs on."""
+        return self.m - len(self.excluded)
+
+    def scatter(self, w: Tensor) -> Tensor:
+        """Per-finite-row weights -> weights of every received row (0 for excluded rows)."""
+        if self.kept is None:
+            return w
+        out = torch.zeros(self.m, dtype=w.dtype, device=w.device)
+        out[self.kept.to(w.device)] = w
+        return out
+
+    def zero_update(self) -> Aggregate:
+        """The no-finite-row result: zero update, all weights 0 (the model is unchanged)."""
+        z = self.G.new_zeros(self.G.shape[1])
+        return Aggregate(update=z, weights=self.G.new_zeros(self.m), record=self.record())
+
+    def record(self, c_max_effective: int | None = None) -> dict[str, Any]:
+        """``{"excluded": [...]}`` plus ``c_max_effective`` when given."""
+        rec: dict[str, Any] = {"excluded": list(self.excluded)}
+        if c_max_effective is not None:
+            rec["c_max_effective"] = c_max_effective
+        return rec
+
+
+def split_finite(G: Tensor) -> FiniteRows:
+    """Validate ``G``'s layout and split off the rows with NaN/Inf entries (hostile policy).
+
+    Cost when every row is finite: one :func:`all_finite` pass (the column-sum trick, ~4 ms on
+    ``[100, 270000]``); the per-row exact check runs only when some entry is not finite.
+    """
+    check_layout(G)
+    m = G.shape[0]
+    if all_finite(G):
+        return FiniteRows(G=G, kept=None, excluded=[], m=m)
+    finite = torch.isfinite(G).all(dim=1).cpu()
+    kept = finite.nonzero().flatten()
+    excluded = (~finite).nonzero().flatten().tolist()
+    sub = G.index_select(0, kept.to(G.device)) if kept.numel() else G[:0]
+    return FiniteRows(G=sub, kept=kept, excluded=excluded, m=m)
+
+
+def stack_updates(updates: Mapping[int, Tensor], num_params: int) -> tuple[Tensor, Tensor]:
+    """Stack per-client flat updates into ``(G [m, P], client_ids [m])``, sorted by client id.
+
+    For a server that receives one update per client (e.g. a Flower strategy). Each update must
+    be a 1-D floating point Tensor of length ``num_params``; otherwise :class:`UpdateError`
+    names the offending client. NaN/Inf values are accepted here: the aggregators exclude such
+    rows (hostile-row policy above). Rows take the dtype of the first update (float32 default).
+    """
+    if not updates:
+        raise UpdateError("no client updates to stack")
+    ids = sorted(updates)
+    dtype: torch.dtype | None = None
+    for cid in ids:
+        if isinstance(cid, bool) or not isinstance(cid, int):
+            raise UpdateError(f"client id must be an int, got {cid!r}")
+        u = updates[cid]
+        if not isinstance(u, Tensor):
+            what = type(u).__name__
+            raise UpdateError(f"client {cid}: update must be a torch.Tensor, got {what}")
+        if u.dim() != 1:
+            raise UpdateError(f"client {cid}: update must be 1-D, got shape {tuple(u.shape)}")
+        if not u.is_floating_point():
+            raise UpdateError(f"client {cid}: update must be floating point, got dtype {u.dtype}")
+        if u.shape[0] != num_params:
+            raise UpdateError(
+                f"client {cid}: update has {u.shape[0]} entries, the model has {num_params}"
+            )
+        dtype = dtype or u.dtype
+    assert dtype is not None
+    device = updates[ids[0]].device
+    G = torch.stack([updates[cid].detach().to(device=device, dtype=dtype) for cid in ids])
+    return G, torch.tensor(ids, dtype=torch.long)

@@ -25,10 +25,12 @@ from torch import Tensor
 from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
+    FiniteRows,
     Stateless,
     as_count,
     check_client_ids,
-    check_matrix,
+    check_layout,
+    split_finite,
 )
 from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np
 from tesseract_fl.aggregators.trimmed_mean import (
@@ -137,13 +139,20 @@ def _bulyan(
     warn: bool = True,
     chunk_size: int | None = None,
     method: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    check_matrix(G)
-    m = G.shape[0]
-    c = _check_bulyan(m, c_max, warn)
-    sel = bulyan_select(_pairwise_sq_distances(G), c)
+) -> tuple[Tensor, Tensor, FiniteRows, int]:
+    """(update, selected rows of ``fin.G``, finite split, effective c).
+
+    Hostile-row policy: c_max is validated against the rows received, then reduced to
+    ``(m_finite - 1) // 4`` when rows were excluded (Bulyan needs ``m_finite > 4 c``).
+    """
+    fin = split_finite(G)
+    c = min(_check_bulyan(fin.m, c_max, warn), (fin.m_finite - 1) // 4)
+    if fin.m_finite == 0:
+        return fin.zero_update().update, torch.zeros(0, dtype=torch.long), fin, 0
+    X = fin.G
+    sel = bulyan_select(_pairwise_sq_distances(X), c)
     beta = sel.numel() - 2 * c
-    return _bulyan_coordinates(G, sel, beta, chunk_size=chunk_size, method=method), sel
+    return _bulyan_coordinates(X, sel, beta, chunk_size=chunk_size, method=method), sel, fin, c
 
 
 def bulyan(
@@ -161,6 +170,7 @@ def bulyan(
     selected rows (NumPy semantics for even theta) are averaged; equidistant candidates are
     resolved towards the lower values. Requires ``m > 4 c_max`` (:class:`ConfigError`); warns
     (``RuntimeWarning``, if ``warn``) when ``m < 4 c_max + 3``. With ``c_max = 0`` it is the mean.
+    Rows with NaN/Inf are excluded and c_max reduced to fit the finite rows; none finite: zeros.
     """
     return _bulyan(G, c_max, warn=warn, chunk_size=chunk_size, method=method)[0]
 
@@ -219,15 +229,20 @@ class Bulyan(Stateless):
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
         """Return the Bulyan update, its weights and the selected rows."""
-        warn = not self._warned
-        update, sel = _bulyan(G, self.c_max, warn=warn)  # validates G
+        check_layout(G)
         m = G.shape[0]
         check_client_ids(client_ids, m)
+        warn = not self._warned
+        update, sel, fin, c = _bulyan(G, self.c_max, warn=warn)  # validates G
         if warn and m < 4 * self.c_max + 3:
             self._warned = True
-        beta = sel.numel() - 2 * self.c_max
-        weights = bulyan_weights(G, sel, beta, self.weight_sample)
-        return Aggregate(update=update, weights=weights, record={"selected": sel})
+        if fin.m_finite == 0:
+            return fin.zero_update()
+        beta = sel.numel() - 2 * c
+        weights = fin.scatter(bulyan_weights(fin.G, sel, beta, self.weight_sample))
+        if fin.kept is not None:
+            sel = fin.kept[sel]
+        return Aggregate(update=update, weights=weights, record={"selected": sel, **fin.record(c)})
 
     def __repr__(self) -> str:
         return f"Bulyan(c_max={self.c_max})"

@@ -20,10 +20,12 @@ from torch import Tensor
 from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
+    FiniteRows,
     Stateless,
     check_client_ids,
     check_layout,
     check_matrix,
+    split_finite,
 )
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -95,21 +97,25 @@ def _check_c_max(c_max: Any, m: int | None = None) -> int:
 
 
 def _removal_order(K: Tensor, c: int) -> list[int]:
-    """Rows removed by FABA, in removal order, from the float64 Gram matrix ``K`` (O(c m))."""
+    """Rows removed by FABA, in removal order, from the float64 Gram matrix ``K`` (O(c m^2)).
+
+    ``s`` and ``T`` are re-summed over the remaining rows at every step rather than updated by
+    subtraction: after a huge row (e.g. 1e30, K entries ~1e60) is removed, subtracting its
+    contribution would leave a rounding residue (~1e44) that swamps the honest rows' distances.
+    With m <= a few hundred this costs microseconds.
+    """
     m = K.shape[0]
     diag = K.diagonal().clone()
-    s = K.sum(dim=1)  # s_i = sum_{j in S} K_ij
-    T = float(s.sum())  # sum_{j,l in S} K_jl
     alive = torch.ones(m, dtype=torch.bool, device=K.device)
     neg_inf = torch.tensor(float("-inf"), dtype=K.dtype, device=K.device)
     removed: list[int] = []
     n = m
     for _ in range(c):
+        s = K[:, alive].sum(dim=1)  # s_i = sum_{j in S} K_ij
+        T = float(s[alive].sum())  # sum_{j,l in S} K_jl
         d = diag - (2.0 / n) * s + T / (n * n)
         r = int(torch.where(alive, d, neg_inf).argmax())  # first index on ties
         removed.append(r)
-        T -= 2.0 * float(s[r]) - float(diag[r])
-        s -= K[:, r]
         alive[r] = False
         n -= 1
     return removed
@@ -138,18 +144,24 @@ def faba_select(G: Tensor, c_max: int) -> Tensor:
     return kept
 
 
-def _faba_weights(G: Tensor, c: int) -> tuple[Tensor, list[int]]:
-    """Weights and removal order; validates G's entries (through gram64, or check_matrix)."""
-    m = G.shape[0]
-    if c > 0:
-        removed = _removal_order(gram64(G), c)  # gram64 rejects NaN/Inf
-    else:
-        check_matrix(G)
-        removed = []
-    w = torch.full((m,), 1.0 / (m - c), dtype=G.dtype, device=G.device)
+def _faba_weights(G: Tensor, c_max: int) -> tuple[Tensor, list[int], FiniteRows, int]:
+    """Weights of the finite rows, removal order (indices of G), finite split, effective c.
+
+    Hostile-row policy: rows with NaN/Inf are excluded (weight 0); c_max, validated against the
+    rows received, is reduced to ``(m_finite - 1) // 2`` when rows were excluded.
+    """
+    fin = split_finite(G)
+    c = min(_check_c_max(c_max, fin.m), (fin.m_finite - 1) // 2)
+    if fin.m_finite == 0:
+        return G.new_zeros(0), [], fin, 0
+    X = fin.G
+    removed = _removal_order(gram64(X), c) if c > 0 else []
+    w = torch.full((fin.m_finite,), 1.0 / (fin.m_finite - c), dtype=G.dtype, device=G.device)
     if removed:
         w[torch.tensor(removed, device=G.device)] = 0.0
-    return w, removed
+    if fin.kept is not None:
+        removed = [int(fin.kept[r]) for r in removed]
+    return w, removed, fin, c
 
 
 def faba(G: Tensor, c_max: int) -> Tensor:
@@ -157,12 +169,13 @@ def faba(G: Tensor, c_max: int) -> Tensor:
 
     ``c_max`` times the row farthest from the mean of the remaining rows is removed (see the
     module docstring for the O(m^2) Gram-matrix form). Requires ``0 <= c_max < m/2``
-    (:class:`ConfigError`); ``c_max = 0`` is the plain mean.
+    (:class:`ConfigError`); ``c_max = 0`` is the plain mean. Rows with NaN/Inf are excluded
+    first (hostile-row policy); none finite: the zero vector.
     """
-    check_layout(G)
-    c = _check_c_max(c_max, G.shape[0])
-    w, _ = _faba_weights(G, c)
-    return w @ G
+    w, _, fin, _ = _faba_weights(G, c_max)
+    if fin.m_finite == 0:
+        return fin.zero_update().update
+    return w @ fin.G
 
 
 class FABA(Stateless):
@@ -185,21 +198,28 @@ class FABA(Stateless):
         client_ids: Tensor | Sequence[int] | None = None,
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
-        """One FABA round on ``G`` [m, P]; ``ctx.c_max`` is ignored (the constructor's is used)."""
+        """One FABA round on ``G`` [m, P]; ``ctx.c_max`` is ignored (the constructor's is used).
+
+        Rows with NaN/Inf are excluded (weight 0, ``record["excluded"]``; they are not in
+        ``removed``); ``record["c_max_effective"]`` is the number of rows FABA removed."""
         check_layout(G)
         m = G.shape[0]
         ids: Any = client_ids
         if ids is None and ctx is not None:
             ids = ctx.client_ids
         check_client_ids(ids, m)
-        c = _check_c_max(self.c_max, m)
-        w, removed = _faba_weights(G, c)
+        w_fin, removed, fin, c = _faba_weights(G, self.c_max)
+        if fin.m_finite == 0:
+            out = fin.zero_update()
+            out.record.update({"kept": torch.zeros(m, dtype=torch.bool), "removed": []})
+            return out
+        w = fin.scatter(w_fin)
         kept = w.detach().cpu() > 0
-        record: dict[str, Any] = {"kept": kept, "removed": removed}
+        record: dict[str, Any] = {"kept": kept, "removed": removed, **fin.record(c)}
         if ids is not None:
             id_list = torch.as_tensor(ids).detach().cpu().tolist()
             record["removed_clients"] = [id_list[r] for r in removed]
-        return Aggregate(update=w @ G, weights=w, record=record)
+        return Aggregate(update=w_fin @ fin.G, weights=w, record=record)
 
     def __repr__(self) -> str:
         return f"FABA(c_max={self.c_max})"

@@ -17,7 +17,8 @@ from tesseract_fl.aggregators.base import (
     AggregationContext,
     Stateless,
     check_client_ids,
-    check_matrix,
+    check_layout,
+    split_finite,
 )
 from tesseract_fl.errors import UpdateError
 
@@ -63,10 +64,29 @@ def fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None = None) -> Tens
 
     Computed as one matrix-vector product ``w @ G`` in G's dtype (float32 for the simulator),
     which on CPU is one BLAS pass over G (much faster than ``(w[:, None] * G).sum(0)``).
+    Rows with NaN/Inf entries are excluded (hostile-row policy, :func:`.base.split_finite`).
     """
-    check_matrix(G)
-    w = sample_weights(n_samples, G.shape[0], dtype=G.dtype, device=G.device)
-    return w @ G
+    return _fedsgd(G, n_samples).update
+
+
+def _fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None) -> Aggregate:
+    """FedSGD on the finite rows of G; excluded rows get weight 0, their counts are ignored.
+
+    When the finite rows' counts sum to 0 (or no row is finite) the update is zero.
+    """
+    fin = split_finite(G)
+    m = fin.m
+    if n_samples is not None:
+        sample_weights(n_samples, m)  # validates the counts against every received row
+    if fin.m_finite == 0:
+        return fin.zero_update()
+    n = n_samples
+    if n is not None and fin.kept is not None:
+        n = torch.as_tensor(n, dtype=torch.float64).detach().cpu()[fin.kept]
+        if not float(n.sum()) > 0:
+            return fin.zero_update()
+    w = sample_weights(n, fin.m_finite, dtype=G.dtype, device=G.device)
+    return Aggregate(update=w @ fin.G, weights=fin.scatter(w), record=fin.record())
 
 
 class FedSGD(Stateless):
@@ -84,13 +104,12 @@ class FedSGD(Stateless):
         client_ids: Tensor | Sequence[int] | None = None,
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
-        """Return ``Aggregate(update=w @ G, weights=w)`` with ``w_i = n_i / sum_j n_j``."""
-        check_matrix(G)
-        m = G.shape[0]
-        check_client_ids(client_ids, m)
+        """Return ``Aggregate(update=w @ G, weights=w)`` with ``w_i = n_i / sum_j n_j``
+        over the finite rows (``record["excluded"]``: rows dropped for NaN/Inf)."""
+        check_layout(G)
+        check_client_ids(client_ids, G.shape[0])
         n = ctx.n_samples if ctx is not None else None
-        w = sample_weights(n, m, dtype=G.dtype, device=G.device)
-        return Aggregate(update=w @ G, weights=w, record={})
+        return _fedsgd(G, n)
 
     def __repr__(self) -> str:
         return "FedSGD()"

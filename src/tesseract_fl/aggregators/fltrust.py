@@ -22,6 +22,7 @@ from tesseract_fl.aggregators.base import (
     check_client_ids,
     check_layout,
     check_matrix,
+    split_finite,
 )
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -88,21 +89,30 @@ def fltrust_weights(G: Tensor, g0: Tensor) -> Tensor:
 
     ``w_i = TS_i * ||g0|| / ||g_i|| / sum_j TS_j`` with ``TS_i = ReLU(cos(g_i, g0))``, so that
     ``fltrust(G, g0) == w @ G``. Rows of norm 0 (and every row when ``g0 = 0``) get trust 0; when
-    every trust score is 0 all weights are 0.
+    every trust score is 0 all weights are 0. Rows with NaN/Inf get weight 0 (hostile-row
+    policy: excluded, the others are weighted as if they were absent).
     """
-    check_layout(G)
+    fin = split_finite(G)
     g0 = _check_root(G, g0)
-    _, ts, norms, n0 = _trust(G, g0)  # rejects NaN/Inf in G
-    return _effective_weights(ts, norms, n0).to(G.dtype)
+    if fin.m_finite == 0:
+        return G.new_zeros(fin.m)
+    _, ts, norms, n0 = _trust(fin.G, g0)
+    return fin.scatter(_effective_weights(ts, norms, n0).to(G.dtype))
 
 
 def fltrust(G: Tensor, g0: Tensor) -> Tensor:
     """FLTrust (Cao et al. 2021) on ``G`` [m, P] with root gradient ``g0`` [P] -> Tensor[P].
 
     ``sum_i TS_i g_i' / sum_i TS_i`` with ``g_i' = g_i ||g0|| / ||g_i||``; the zero vector when
-    every trust score is 0. Invariant to scaling any ``g_i`` by a positive constant.
+    every trust score is 0. Invariant to scaling any ``g_i`` by a positive constant. Rows with
+    NaN/Inf are excluded (hostile-row policy).
     """
-    return fltrust_weights(G, g0) @ G
+    fin = split_finite(G)
+    g0 = _check_root(G, g0)
+    if fin.m_finite == 0:
+        return fin.zero_update().update
+    _, ts, norms, n0 = _trust(fin.G, g0)
+    return _effective_weights(ts, norms, n0).to(G.dtype) @ fin.G
 
 
 class FLTrust(Stateless):
@@ -134,7 +144,9 @@ class FLTrust(Stateless):
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
         """One FLTrust round; ``g_0`` comes from ``ctx.extra["root_gradient"]`` (UpdateError if
-        it is missing or not a finite vector of length P)."""
+        it is missing or not a finite vector of length P: the server's own gradient is trusted,
+        so a non-finite one is a bug, not an attack). Rows with NaN/Inf are excluded (trust 0,
+        weight 0, ``record["excluded"]``)."""
         check_layout(G)
         m = G.shape[0]
         check_client_ids(client_ids, m)
@@ -145,16 +157,32 @@ class FLTrust(Stateless):
                 "computed on the clean root set at the current model"
             )
         g0 = _check_root(G, ctx.extra[ROOT_GRADIENT_KEY])
-        cos, ts, norms, n0 = _trust(G, g0)  # rejects NaN/Inf in G
+        fin = split_finite(G)
+        if fin.m_finite == 0:
+            out = fin.zero_update()
+            out.record["all_zero"] = True
+            return out
+        cos, ts, norms, n0 = _trust(fin.G, g0)
         w = _effective_weights(ts, norms, n0).to(G.dtype)
+
+        def full(x: Tensor, fill: float) -> Tensor:
+            """Per-finite-row values -> per-received-row (``fill`` for excluded rows)."""
+            x = x.detach().cpu()
+            if fin.kept is None:
+                return x
+            out = torch.full((fin.m,), fill, dtype=x.dtype)
+            out[fin.kept] = x
+            return out
+
         record: dict[str, Any] = {
-            "trust_scores": ts.detach().cpu(),
-            "cosine": cos.detach().cpu(),
-            "norms": norms.detach().cpu(),
+            "trust_scores": full(ts, 0.0),
+            "cosine": full(cos, 0.0),
+            "norms": full(norms, float("nan")),
             "root_norm": n0,
             "all_zero": not bool((ts > 0).any()),
+            **fin.record(),
         }
-        return Aggregate(update=w @ G, weights=w, record=record)
+        return Aggregate(update=w @ fin.G, weights=fin.scatter(w), record=record)
 
     def __repr__(self) -> str:
         return f"FLTrust(root_size={self.root_size})"

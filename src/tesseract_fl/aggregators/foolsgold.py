@@ -31,6 +31,7 @@ from tesseract_fl.aggregators.base import (
     check_layout,
     check_matrix,
     resolve_client_ids,
+    split_finite,
 )
 from tesseract_fl.aggregators.faba import gram64
 from tesseract_fl.errors import ConfigError, UpdateError
@@ -147,35 +148,47 @@ class FoolsGold:
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
         """One FoolsGold round on ``G`` [m, P]: add each row to its client's history, weight the
-        rows by the histories' similarity, return the weighted mean of the rows of G."""
-        check_layout(G)  # entries: checked by _add_to_history / gram64
+        rows by the histories' similarity, return the weighted mean of the rows of G.
+
+        Hostile-row policy: a row with NaN/Inf is excluded (weight 0, alpha 0,
+        ``record["excluded"]``) and its client's history is NOT updated; the similarity and
+        weights are computed over the finite rows only. Absent clients keep their histories.
+        """
+        check_layout(G)
         m, P = G.shape
         ids = resolve_client_ids(client_ids, ctx, m, self.num_clients)
         if self.history is not None and self.history.shape[1] != P:
             raise UpdateError(
                 f"G has P={P} columns but earlier rounds had P={self.history.shape[1]}"
             )
-        if self.use_history:
-            gram = self._add_to_history(G, ids)
+        fin = split_finite(G)
+        X = fin.G
+        fids = ids if fin.kept is None else ids[fin.kept]
+        mf = fin.m_finite
+        if mf == 0:
+            gram = torch.zeros(0, 0, dtype=torch.float64)
+        elif self.use_history:
+            gram = self._add_to_history(X, fids)
         else:
-            gram = gram64(G)
+            gram = gram64(X)
         alpha = foolsgold_weights_from_gram(gram, self.kappa)
         total = float(alpha.sum())
         all_zero = total <= 0.0
         if all_zero:
-            w = torch.zeros(m, dtype=G.dtype, device=G.device)
+            w = torch.zeros(mf, dtype=G.dtype, device=G.device)
             update = torch.zeros(P, dtype=G.dtype, device=G.device)
         else:
             w = (alpha / total).to(dtype=G.dtype, device=G.device)
-            update = w @ G
-        self.rounds_seen[ids] += 1
+            update = w @ X
+        self.rounds_seen[fids] += 1
         self.round += 1
         record: dict[str, Any] = {
-            "alpha": alpha.detach().cpu(),
+            "alpha": fin.scatter(alpha.detach().cpu()),
             "client_ids": ids,
             "all_zero": all_zero,
+            **fin.record(),
         }
-        return Aggregate(update=update, weights=w, record=record)
+        return Aggregate(update=update, weights=fin.scatter(w), record=record)
 
     def _add_to_history(self, G: Tensor, ids: Tensor) -> Tensor:
         """Add the rows of G to their clients' histories; return the present histories' Gram

@@ -20,10 +20,13 @@ from torch import Tensor
 from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
+    FiniteRows,
     Stateless,
     as_count,
     check_client_ids,
+    check_layout,
     check_matrix,
+    split_finite,
 )
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -43,9 +46,18 @@ def pairwise_sq_distances(G: Tensor) -> Tensor:
 
 
 def _pairwise_sq_distances(G: Tensor) -> Tensor:
-    """:func:`pairwise_sq_distances` without validating ``G`` (callers have checked it)."""
+    """:func:`pairwise_sq_distances` without validating ``G`` (callers have checked it).
+
+    Finite rows of huge magnitude (e.g. 1e30) overflow the float32 Gram matrix; that is seen on
+    the small [m, m] result, and only then is it recomputed in float64 (exact enough, no inf).
+    """
     X = G.detach()
     gram = (X @ X.T).to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(gram).all()) and X.dtype != torch.float64:
+        X64 = X.double()
+        gram = (X64 @ X64.T).cpu()
+    if not bool(torch.isfinite(gram).all()):
+        raise UpdateError("gradient entries are too large: their Gram matrix overflows float64")
     gram = (gram + gram.T) * 0.5
     norms = gram.diagonal().clone()
     D = norms[:, None] + norms[None, :] - 2.0 * gram
@@ -111,21 +123,38 @@ def _check_k(m: int, k: Any) -> int:
     return kk
 
 
-def _krum(G: Tensor, c_max: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(update, selected indices, scores) for Krum / Multi-Krum."""
-    check_matrix(G)
-    m = G.shape[0]
-    c = _check_neighbours(m, c_max)
-    kk = _check_k(m, k)
-    scores = _scores(_pairwise_sq_distances(G), m - c - 2)
+def effective_krum_c(fin: FiniteRows, c_max: Any) -> int:
+    """c_max validated against the rows received, then reduced to ``max(0, m_finite - 3)`` when
+    rows were excluded (hostile-row policy). With fewer than 3 finite rows the neighbour count
+    is ``max(1, m_finite - 1)`` (one row: it is returned)."""
+    c = _check_neighbours(fin.m, c_max)
+    return max(0, min(c, fin.m_finite - 3))
+
+
+def _krum(G: Tensor, c_max: int, k: int) -> tuple[Tensor, Tensor, Tensor, FiniteRows, int]:
+    """(update, selected rows, scores, finite split, effective c) for Krum / Multi-Krum.
+
+    Selected rows and scores index the finite rows ``fin.G``; excluded rows are never chosen.
+    ``k`` is capped at the number of finite rows.
+    """
+    fin = split_finite(G)
+    c = effective_krum_c(fin, c_max)
+    kk = _check_k(fin.m, k)
+    mf = fin.m_finite
+    if mf == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return fin.zero_update().update, empty, torch.zeros(0, dtype=torch.float64), fin, c
+    kk = min(kk, mf)
+    X = fin.G
+    scores = _scores(_pairwise_sq_distances(X), max(1, mf - c - 2))
     sel = krum_select(scores, kk)
     if kk == 1:
-        update = G[int(sel[0])].detach().clone()
+        update = X[int(sel[0])].detach().clone()
     else:
-        w = torch.zeros(m, dtype=G.dtype, device=G.device)
-        w[sel.to(G.device)] = 1.0 / kk
-        update = w @ G.detach()
-    return update, sel, scores
+        w = torch.zeros(mf, dtype=X.dtype, device=X.device)
+        w[sel.to(X.device)] = 1.0 / kk
+        update = w @ X.detach()
+    return update, sel, scores, fin, c
 
 
 def krum(G: Tensor, c_max: int, k: int = 1) -> Tensor:
@@ -134,7 +163,8 @@ def krum(G: Tensor, c_max: int, k: int = 1) -> Tensor:
     Krum returns the row with the smallest score (a copy of an input row); Multi-Krum the mean of
     the k rows with the smallest scores (Blanchard et al. 2017; El Mhamdi et al. 2018 for the
     name). Ties are broken by the lowest row index. Requires ``m - c_max - 2 >= 1`` and
-    ``1 <= k <= m`` (:class:`ConfigError`).
+    ``1 <= k <= m`` (:class:`ConfigError`). Rows with NaN/Inf are excluded, c_max and k reduced
+    to fit the finite rows (:func:`effective_krum_c`); no finite row: the zero vector.
     """
     return _krum(G, c_max, k)[0]
 
@@ -159,13 +189,25 @@ class Krum(Stateless):
         client_ids: Tensor | Sequence[int] | None = None,
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
-        """Return the Krum / Multi-Krum update with its selection weights."""
-        update, sel, scores = _krum(G, self.c_max, self.k)
+        """Return the Krum / Multi-Krum update with its selection weights.
+
+        ``record``: ``scores`` (per row, +inf for excluded rows), ``selected`` (row indices of G),
+        ``excluded`` and ``c_max_effective`` (hostile-row policy).
+        """
+        check_layout(G)
         m = G.shape[0]
         check_client_ids(client_ids, m)
-        weights = torch.zeros(m, dtype=G.dtype, device=G.device)
-        weights[sel.to(G.device)] = 1.0 / sel.numel()
-        return Aggregate(update=update, weights=weights, record={"scores": scores, "selected": sel})
+        update, sel, scores, fin, c = _krum(G, self.c_max, self.k)
+        weights = torch.zeros(fin.m_finite, dtype=G.dtype, device=G.device)
+        if sel.numel():
+            weights[sel.to(G.device)] = 1.0 / sel.numel()
+        weights = fin.scatter(weights)
+        if fin.kept is not None:
+            full = torch.full((m,), float("inf"), dtype=torch.float64)
+            full[fin.kept] = scores
+            scores, sel = full, fin.kept[sel]
+        record = {"scores": scores, "selected": sel, **fin.record(c)}
+        return Aggregate(update=update, weights=weights, record=record)
 
     def __repr__(self) -> str:
         return f"Krum(c_max={self.c_max}, k={self.k})"

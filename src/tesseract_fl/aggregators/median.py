@@ -21,7 +21,8 @@ from tesseract_fl.aggregators.base import (
     Stateless,
     as_count,
     check_client_ids,
-    check_matrix,
+    check_layout,
+    split_finite,
 )
 from tesseract_fl.aggregators.trimmed_mean import (
     WEIGHT_SAMPLE,
@@ -41,8 +42,16 @@ def median(G: Tensor, *, chunk_size: int | None = None, method: str = "auto") ->
     ``lo * 0.5 + hi * 0.5`` (the same float as NumPy's ``(lo + hi) / 2`` except that it cannot
     overflow for huge values).
     ``chunk_size``/``method`` as in :func:`~.trimmed_mean.sorted_column_chunks`.
+    Rows with NaN/Inf are excluded (the median of the finite rows); none finite: zero vector.
     """
-    check_matrix(G)
+    fin = split_finite(G)
+    if fin.m_finite == 0:
+        return fin.zero_update().update
+    return _median(fin.G, chunk_size=chunk_size, method=method)
+
+
+def _median(G: Tensor, *, chunk_size: int | None, method: str) -> Tensor:
+    """The median kernel on a finite matrix (no validation)."""
     m, _ = G.shape
     lo_pos, hi_pos = (m - 1) // 2, m // 2
     groups = [0 if k < lo_pos else (1 if k <= hi_pos else 2) for k in range(m)]
@@ -97,11 +106,16 @@ class Median(Stateless):
         client_ids: Tensor | Sequence[int] | None = None,
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
-        """Return the coordinate-wise median of ``G`` and the middle-share weights."""
-        update = median(G)
+        """Return the coordinate-wise median of ``G`` and the middle-share weights; rows with
+        NaN/Inf are excluded (``record["excluded"]``, weight 0)."""
+        check_layout(G)
         check_client_ids(client_ids, G.shape[0])
-        weights = median_weights(G, self.weight_sample)
-        return Aggregate(update=update, weights=weights, record={})
+        fin = split_finite(G)
+        if fin.m_finite == 0:
+            return fin.zero_update()
+        update = _median(fin.G, chunk_size=None, method="auto")
+        weights = fin.scatter(median_weights(fin.G, self.weight_sample))
+        return Aggregate(update=update, weights=weights, record=fin.record())
 
     def __repr__(self) -> str:
         return "Median()"

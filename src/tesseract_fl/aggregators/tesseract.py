@@ -20,8 +20,9 @@ from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
     Aggregator,
-    check_matrix,
+    check_layout,
     resolve_client_ids,
+    split_finite,
 )
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -94,17 +95,44 @@ def _flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
     return out
 
 
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _safe_flip_scores(G: Tensor, s: Tensor) -> Tensor:
+    """:func:`_flip_scores_fast` that never returns NaN and never overflows silently.
+
+    Only rows whose fast (G-dtype) score is not finite are revisited, so the cost is nil in the
+    normal case: a row with a NaN/Inf entry gets ``+inf`` (maximally suspicious, hostile-row
+    policy); a finite row whose sum of squares overflowed (entries ~1e30 in float32) is
+    recomputed in float64 and capped at the dtype's maximum (its rank is kept unless several
+    rows exceed the cap, which then tie and are ordered by client id).
+    """
+    fs = _flip_scores_fast(G, s)
+    bad = (~torch.isfinite(fs)).nonzero().flatten()
+    if bad.numel() == 0:
+        return fs
+    rows = G.index_select(0, bad)
+    finite_rows = torch.isfinite(rows).all(dim=1)
+    redo = _flip_scores_fast(rows.double(), s.double())
+    cap = float(torch.finfo(G.dtype).max)
+    vals = torch.where(finite_rows, redo.clamp(max=cap), torch.full_like(redo, math.inf))
+    fs[bad] = vals.to(fs.dtype)
+    return fs
+
+
 def flip_scores(G: Tensor, s_g: Tensor) -> Tensor:
     """Flip-scores ``FS_i = sum_j G_ij^2 [sign(G_ij) != s_g_j]`` (Alg. 1 line 3) -> Tensor[m].
 
     ``G`` is the [m, P] gradient matrix, ``s_g`` the sign of the previous global update (entries
     in {-1, 0, +1}). With ``s_g = 0`` (round 1) every nonzero coordinate counts; a zero gradient
     entry never counts (``sign(0) = 0``). Accumulated in G's dtype; agrees with
-    :func:`flip_scores_reference` to float32 rounding (~1e-7 relative).
+    :func:`flip_scores_reference` to float32 rounding (~1e-7 relative). Hostile rows: a row
+    with NaN/Inf scores ``+inf``; a finite row whose score overflows G's dtype is recomputed in
+    float64 and capped at the dtype's maximum (see :func:`_safe_flip_scores`).
     """
-    check_matrix(G)
+    check_layout(G)
     _check_sign_vector(G, s_g)
-    return _flip_scores_fast(G, s_g.to(dtype=G.dtype, device=G.device))
+    return _safe_flip_scores(G, s_g.to(dtype=G.dtype, device=G.device))
 
 
 def flip_scores_reference(G: Tensor, s_g: Tensor) -> Tensor:
@@ -275,8 +303,15 @@ class Tesseract:
         changed only when the round succeeds. ``record`` holds ``flip_scores``, ``fs_low``,
         ``fs_high``, ``penalized``, ``reputation`` (present clients, after the update),
         ``halvings`` and ``client_ids`` (plus ``softmax_weights``/``kept`` with ``filter_then``).
+
+        Hostile-row policy: a row with a NaN/Inf entry (``record["excluded"]``) is maximally
+        suspicious: its flip-score is ``+inf`` (so it fills the high end of the ranking first)
+        and it is always penalized (``RS <- mu_d RS - (1 - 2 c_max / m)``); it gets weight 0
+        and the softmax runs over the finite rows only. With no finite row the update is zero
+        and ``s_g`` is left unchanged. Present-client cut-off: ``m`` (rows received, finite or
+        not) must exceed ``2 c_max``, else :class:`UpdateError` and no state change.
         """
-        check_matrix(G)
+        check_layout(G)
         m, P = G.shape
         ids = resolve_client_ids(client_ids, ctx, m, self.num_clients)
         c = self.c_max
@@ -294,7 +329,12 @@ class Tesseract:
             s = torch.zeros(P, dtype=G.dtype, device=G.device)
         else:
             s = self._s_g.to(dtype=G.dtype, device=G.device)
-        fs = _flip_scores_fast(G, s).detach().cpu()
+        fin = split_finite(G)
+        fs = torch.full((m,), math.inf, dtype=G.dtype)
+        if fin.m_finite:
+            fs = fin.scatter(_safe_flip_scores(fin.G, s).detach().cpu())
+            if fin.kept is not None:
+                fs[fin.excluded] = math.inf
 
         # Lines 4-6: penalize c_max on either end (ties by client id), reward the rest.
         order = _rank(fs, ids)
@@ -309,6 +349,8 @@ class Tesseract:
         penalty = -(1.0 - reward)
         rep = self.reputation.clone()
         change = torch.full((m,), reward, dtype=torch.float64)
+        if fin.excluded:
+            penalized[fin.excluded] = True  # maximally suspicious: always penalized
         change[penalized] = penalty
         rep[ids] = self.mu_d * rep[ids] + change
 
@@ -319,7 +361,9 @@ class Tesseract:
             rep.mul_(0.5)
             halvings += 1
         rep_present = rep[ids]
-        w64 = torch.softmax(rep_present, dim=0)
+        fids = ids if fin.kept is None else ids[fin.kept]
+        w64_fin = torch.softmax(rep[fids], dim=0)  # finite rows only; empty when none
+        w64 = fin.scatter(w64_fin)
         w = w64.to(dtype=G.dtype, device=G.device)
 
         record: dict[str, Any] = {
@@ -330,17 +374,21 @@ class Tesseract:
             "reputation": rep_present.clone(),
             "halvings": halvings,
             "client_ids": ids,
+            **fin.record(),
         }
 
         # Line 8: weighted mean, or hand the survivors to another rule (filter_then).
-        if self._inner is None:
-            update = w @ G
+        if fin.m_finite == 0:
+            update, weights = fin.zero_update().update, w
+        elif self._inner is None:
+            update = w64_fin.to(dtype=G.dtype, device=G.device) @ fin.G
             weights = w
         else:
             update, weights = self._filter_and_aggregate(G, ids, ctx, w64, record)
 
-        # Line 9: new global direction; commit the round's state.
-        self._s_g = torch.sign(update)
+        # Line 9: new global direction; commit the round's state (no finite row: keep s_g).
+        if fin.m_finite or self._s_g is None:
+            self._s_g = torch.sign(update)
         self.reputation = rep
         self.round += 1
         self._fs_low, self._fs_high = fs_low, fs_high
@@ -356,14 +404,15 @@ class Tesseract:
     ) -> tuple[Tensor, Tensor]:
         """Drop clients with softmax weight < ``filter_threshold``; aggregate the rest.
 
-        If every client would be dropped (possible only when ``filter_threshold > 1/m``), all are
-        kept. Returns the inner rule's update and its weights scattered back (0 when dropped).
+        If every client would be dropped (possible only when ``filter_threshold > 1/m``), all
+        finite rows are kept (excluded rows have weight 0 and are never passed on). Returns the
+        inner rule's update and its weights scattered back (0 when dropped).
         """
         assert self._inner is not None
         m = G.shape[0]
-        kept = w64 >= self.filter_threshold
+        kept = (w64 >= self.filter_threshold) & (w64 > 0)
         if not bool(kept.any()):
-            kept = torch.ones(m, dtype=torch.bool)
+            kept = w64 > 0
         idx = kept.nonzero().flatten()
         all_kept = idx.numel() == m
         sub_G = G if all_kept else G.index_select(0, idx.to(G.device))

@@ -36,10 +36,12 @@ from torch import Tensor
 from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
+    FiniteRows,
     Stateless,
     as_count,
     check_client_ids,
-    check_matrix,
+    check_layout,
+    split_finite,
 )
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -310,6 +312,13 @@ def _check_trim(m: int, c_max: Any) -> int:
     return c
 
 
+def effective_trim(fin: FiniteRows, c_max: Any) -> int:
+    """c_max validated against the rows received, reduced to ``(m_finite - 1) // 2`` when rows
+    were excluded (hostile-row policy): the trimmed mean needs ``m_finite > 2 c``."""
+    c = _check_trim(fin.m, c_max)
+    return min(c, (fin.m_finite - 1) // 2)
+
+
 def trimmed_mean(
     G: Tensor, c_max: int, *, chunk_size: int | None = None, method: str = "auto"
 ) -> Tensor:
@@ -319,10 +328,19 @@ def trimmed_mean(
     ``m - 2 c_max`` averaged (summed in sorted order in G's dtype). Requires ``m > 2 c_max``
     (:class:`ConfigError`). ``chunk_size``/``method`` select the kernel block size and form (see
     :func:`sorted_column_chunks`); every form gives the same values up to float rounding.
+    Rows with NaN/Inf are excluded and c_max reduced to fit the finite rows
+    (:func:`effective_trim`); no finite row: the zero vector.
     """
-    check_matrix(G)
-    m, _ = G.shape
-    c = _check_trim(m, c_max)
+    fin = split_finite(G)
+    c = effective_trim(fin, c_max)
+    if fin.m_finite == 0:
+        return fin.zero_update().update
+    return _trimmed_mean(fin.G, c, chunk_size=chunk_size, method=method)
+
+
+def _trimmed_mean(G: Tensor, c: int, *, chunk_size: int | None, method: str) -> Tensor:
+    """The trimmed-mean kernel on a finite matrix with a valid ``c`` (no validation)."""
+    m = G.shape[0]
     groups = [0] * c + [1] * (m - 2 * c) + [2] * c
     keep = m - 2 * c
 
@@ -377,11 +395,18 @@ class TrimmedMean(Stateless):
         client_ids: Tensor | Sequence[int] | None = None,
         ctx: AggregationContext | None = None,
     ) -> Aggregate:
-        """Return the trimmed mean of ``G`` and the kept-share weights."""
-        update = trimmed_mean(G, self.c_max)
+        """Return the trimmed mean of ``G`` and the kept-share weights; rows with NaN/Inf are
+        excluded (``record["excluded"]``, weight 0) and ``record["c_max_effective"]`` is the
+        trim actually used."""
+        check_layout(G)
         check_client_ids(client_ids, G.shape[0])
-        weights = trimmed_mean_weights(G, self.c_max, self.weight_sample)
-        return Aggregate(update=update, weights=weights, record={})
+        fin = split_finite(G)
+        c = effective_trim(fin, self.c_max)
+        if fin.m_finite == 0:
+            return fin.zero_update()
+        update = _trimmed_mean(fin.G, c, chunk_size=None, method="auto")
+        weights = fin.scatter(trimmed_mean_weights(fin.G, c, self.weight_sample))
+        return Aggregate(update=update, weights=weights, record=fin.record(c))
 
     def __repr__(self) -> str:
         return f"TrimmedMean(c_max={self.c_max})"
