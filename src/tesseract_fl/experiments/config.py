@@ -371,7 +371,9 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{what} {str(p)!r} does not exist")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (TOML must be): {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
 
