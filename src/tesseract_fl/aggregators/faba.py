@@ -150,12 +150,21 @@ def _faba_weights(G: Tensor, c_max: int) -> tuple[Tensor, list[int], FiniteRows,
     Hostile-row policy: rows with NaN/Inf are excluded (weight 0); c_max, validated against the
     rows received, is reduced to ``(m_finite - 1) // 2`` when rows were excluded.
     """
-    fin = split_finite(G)
-    c = min(_check_c_max(c_max, fin.m), (fin.m_finite - 1) // 2)
+    check_layout(G)
+    c0 = _check_c_max(c_max, G.shape[0])
+    K: Tensor | None = None
+    if c0 > 0:
+        K = _gram_blocks(G)  # its diagonal (squared norms) doubles as the finiteness probe
+        fin = split_finite(G, row_probe=K.diagonal())
+    else:
+        fin = split_finite(G)
+    c = min(c0, (fin.m_finite - 1) // 2)
     if fin.m_finite == 0:
         return G.new_zeros(0), [], fin, 0
     X = fin.G
-    removed = _removal_order(gram64(X), c) if c > 0 else []
+    if c > 0 and (K is None or fin.kept is not None or not bool(torch.isfinite(K).all())):
+        K = gram64(X)  # rows excluded, or huge rows overflowed float32: float64 fallback
+    removed = _removal_order(K, c) if c > 0 and K is not None else []
     w = torch.full((fin.m_finite,), 1.0 / (fin.m_finite - c), dtype=G.dtype, device=G.device)
     if removed:
         w[torch.tensor(removed, device=G.device)] = 0.0

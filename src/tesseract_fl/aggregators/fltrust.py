@@ -18,6 +18,7 @@ from torch import Tensor
 from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
+    FiniteRows,
     Stateless,
     check_client_ids,
     check_layout,
@@ -75,6 +76,12 @@ def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
     return cos, ts, norms, n0
 
 
+def _split(G: Tensor) -> FiniteRows:
+    """:func:`.base.split_finite` probed by the row norms (cheap when every row is finite)."""
+    check_layout(G)
+    return split_finite(G, row_probe=torch.linalg.vector_norm(G, dim=1))
+
+
 def _effective_weights(ts: Tensor, norms: Tensor, n0: float) -> Tensor:
     """``TS_i ||g0|| / ||g_i|| / sum_j TS_j`` (float64); all zero when every TS is 0."""
     total = float(ts.sum())
@@ -92,8 +99,8 @@ def fltrust_weights(G: Tensor, g0: Tensor) -> Tensor:
     every trust score is 0 all weights are 0. Rows with NaN/Inf get weight 0 (hostile-row
     policy: excluded, the others are weighted as if they were absent).
     """
-    fin = split_finite(G)
     g0 = _check_root(G, g0)
+    fin = _split(G)
     if fin.m_finite == 0:
         return G.new_zeros(fin.m)
     _, ts, norms, n0 = _trust(fin.G, g0)
@@ -107,8 +114,8 @@ def fltrust(G: Tensor, g0: Tensor) -> Tensor:
     every trust score is 0. Invariant to scaling any ``g_i`` by a positive constant. Rows with
     NaN/Inf are excluded (hostile-row policy).
     """
-    fin = split_finite(G)
     g0 = _check_root(G, g0)
+    fin = _split(G)
     if fin.m_finite == 0:
         return fin.zero_update().update
     _, ts, norms, n0 = _trust(fin.G, g0)
@@ -157,7 +164,7 @@ class FLTrust(Stateless):
                 "computed on the clean root set at the current model"
             )
         g0 = _check_root(G, ctx.extra[ROOT_GRADIENT_KEY])
-        fin = split_finite(G)
+        fin = _split(G)
         if fin.m_finite == 0:
             out = fin.zero_update()
             out.record["all_zero"] = True

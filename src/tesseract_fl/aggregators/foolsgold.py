@@ -161,7 +161,8 @@ class FoolsGold:
             raise UpdateError(
                 f"G has P={P} columns but earlier rounds had P={self.history.shape[1]}"
             )
-        fin = split_finite(G)
+        g_max = _max_abs(G)  # one pass; finite only if every entry is
+        fin = split_finite(G, row_probe=torch.tensor([g_max]))
         X = fin.G
         fids = ids if fin.kept is None else ids[fin.kept]
         mf = fin.m_finite
