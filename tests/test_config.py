@@ -113,3 +113,8 @@ def test_defense_size_checks_fire_at_config_time(
         resolve_config("mnist", overrides=overrides)
     for frag in fragments:
         assert frag in str(info.value), (frag, str(info.value))
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="GiB gradient matrix"):
+        resolve_config("mnist", overrides=["clients=1000000", "malicious=2", "defense=krum"])

@@ -293,6 +293,7 @@ def validate(cfg: ExperimentConfig) -> None:
     agg_rows = rows[cfg.aggregate_only]
     if agg_rows < 1:
         raise ConfigError(f"aggregate_only = {cfg.aggregate_only!r} needs malicious >= 1")
+    _check_memory(cfg)
     # Defense parameters are checked by building the defense once and aggregating a tiny random
     # [rows, 8] matrix: the rule's own m-versus-c_max checks fire here, before data loads.
     try:
@@ -323,6 +324,34 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     if cfg.attack in ("full_krum", "adaptive_krum") and cfg.clients - c_max - 2 < 1:
         raise ConfigError(f"attack {cfg.attack!r} tests Krum, which needs clients - c_max - 2 >= 1")
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_memory(cfg: ExperimentConfig) -> None:
+    """Refuse a run whose gradient matrix [clients, P] alone cannot fit in this machine's memory
+    (before the defense dry run, which would try to allocate per-client matrices)."""
+    from tesseract_fl.models import count_parameters, make_model
+
+    total = machine_memory_bytes()
+    if total is None:
+        return
+    P = count_parameters(make_model(cfg.model))
+    need = cfg.clients * P * 4
+    if need > total:
+        raise ConfigError(
+            f"clients = {cfg.clients} with model {cfg.model!r} ({P:,} parameters) needs a "
+            f"{need / 2**30:.1f} GiB gradient matrix, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory; use fewer clients or a smaller model"
+        )
 
 
 def _dry_run(agg: Any, clients: int, c_max: int) -> None:
