@@ -424,3 +424,21 @@ def test_fuzz_load_dataset_corrupt_files(
         load_dataset("mnist", root)
     except TesseractFLError:
         pass
+
+
+@pytest.mark.parametrize("name", ["trimmed_mean", "bulyan", "median", "fedsgd", "faba", "krum"])
+def test_values_near_the_float32_limit_give_a_finite_mean(name: str) -> None:
+    """Sums of kept values near 3.4e38 overflow float32 although their mean does not."""
+    from tesseract_fl.aggregators import AggregationContext, make_aggregator
+
+    m, P = 12, 40
+    G = torch.full((m, P), 3.0e38)
+    G[1::4] = 3.3e38
+    agg = make_aggregator(name, num_clients=m, c_max=2)
+    ctx = AggregationContext(client_ids=torch.arange(m), n_samples=torch.ones(m), c_max=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = agg.aggregate(G, torch.arange(m), ctx)
+    assert bool(torch.isfinite(out.update).all())
+    assert float(out.update.min()) >= 3.0e38 * (1 - 1e-6)
+    assert float(out.update.max()) <= 3.3e38 * (1 + 1e-6)

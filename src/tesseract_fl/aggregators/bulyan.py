@@ -129,6 +129,10 @@ def _bulyan_coordinates(
         Sn = [x.cpu().numpy() if isinstance(x, Tensor) else x for x in S]
         val = _window_mean(Sn, theta, beta)
         out[start:stop] = torch.from_numpy(val).to(device=G.device, dtype=G.dtype)
+    if G.dtype != torch.float64 and not bool(torch.isfinite(out).all()):
+        # The window sums of values near the float32 limit overflowed; their means cannot.
+        out = _bulyan_coordinates(G.double(), sel, beta, chunk_size=chunk_size, method=method)
+        out = out.to(G.dtype)
     return out
 
 

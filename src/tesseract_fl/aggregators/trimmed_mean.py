@@ -339,7 +339,19 @@ def trimmed_mean(
 
 
 def _trimmed_mean(G: Tensor, c: int, *, chunk_size: int | None, method: str) -> Tensor:
-    """The trimmed-mean kernel on a finite matrix with a valid ``c`` (no validation)."""
+    """The trimmed-mean kernel on a finite matrix with a valid ``c`` (no validation).
+
+    A sum of kept values near the float32 limit can overflow even though their mean cannot:
+    then the kernel is rerun in float64 and the mean cast back (finite by construction).
+    """
+    out = _trimmed_mean_kernel(G, c, chunk_size=chunk_size, method=method)
+    if G.dtype != torch.float64 and not bool(torch.isfinite(out).all()):
+        out = _trimmed_mean_kernel(G.double(), c, chunk_size=chunk_size, method=method)
+        out = out.to(G.dtype)
+    return out
+
+
+def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: str) -> Tensor:
     m = G.shape[0]
     groups = [0] * c + [1] * (m - 2 * c) + [2] * c
     keep = m - 2 * c
