@@ -475,3 +475,30 @@ def test_cli_grid_dry_run_resume_and_jobs(
     assert main(["grid", str(path), "--store", str(store), "--jobs", "0"]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().err
     assert main(["grid", str(tmp_path / "nosuch.toml")]) == 2
+
+
+def test_cli_run_resume_continues_or_says_why_not(
+    tmp_path: Path, tiny_overrides: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tesseract_fl.cli import main
+    from tesseract_fl.experiments.config import resolve_config
+    from tesseract_fl.experiments.runner import run_experiment
+
+    store = tmp_path / "s.sqlite"
+    over = [*tiny_overrides, "checkpoint_every=2"]
+    sets = [a for o in over for a in ("--set", o)]
+    args = ["run", "--preset", "mnist", "--quiet", "--json", "--store", str(store), *sets]
+    assert main([*args, "--resume"]) == 2  # no store yet
+    assert "no results store" in capsys.readouterr().err
+
+    def stop_at_5(done: int, total: int, info: dict) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(resolve_config("mnist", overrides=over), store, progress=stop_at_5)
+    assert main([*args, "--resume"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["resumed_from"] == 4 and summary["rounds"] == 6
+    assert main([*args, "--resume"]) == 2  # finished now
+    assert "already finished" in capsys.readouterr().err

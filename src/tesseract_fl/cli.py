@@ -37,6 +37,12 @@ def _add_run_args(p: argparse.ArgumentParser, preset_required: bool) -> None:
     p.add_argument("--data-dir", default=None, help="dataset directory (env TESSERACT_FL_DATA)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its checkpoint; an error if there is none "
+        "(without --resume an interrupted run also continues, or starts if it never ran)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -153,12 +159,39 @@ def _run_with_progress(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
         return run_experiment(cfg, store, force=args.force, progress=progress)
 
 
+def _check_resumable(cfg: Any, args: argparse.Namespace) -> None:
+    """``--resume``: the store must hold this run unfinished, with a checkpoint beside it."""
+    from tesseract_fl.experiments.checkpoints import checkpoint_path
+    from tesseract_fl.experiments.runner import DEFAULT_STORE
+    from tesseract_fl.experiments.store import ResultsStore
+
+    if args.force:
+        raise TesseractFLError("--resume and --force contradict each other (--force restarts)")
+    store = Path(args.store or DEFAULT_STORE)
+    run_id = cfg.run_id()
+    if not store.is_file():
+        raise TesseractFLError(f"--resume: no results store at {str(store)!r}")
+    with ResultsStore(store) as s:
+        run = s.get_run(run_id)
+    if run is None or run["status"] == "finished":
+        what = "is not in" if run is None else "is already finished in"
+        raise TesseractFLError(f"--resume: run {run_id} {what} {str(store)!r}; nothing to resume")
+    ckpt = checkpoint_path(store, run_id)
+    if not ckpt.is_file():
+        raise TesseractFLError(
+            f"--resume: run {run_id} stopped after {run['rounds_done']} rounds but has no "
+            f"checkpoint at {str(ckpt)!r}; run without --resume to restart it"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tesseract_fl.experiments.config import resolve_config
 
     if args.preset is None and args.config is None:
         raise TesseractFLError("give --preset NAME or --config FILE (see `tesseract-fl presets`)")
     cfg = resolve_config(args.preset, args.config, _overrides(args))
+    if args.resume:
+        _check_resumable(cfg, args)
     summary = _run_with_progress(cfg, args)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -181,6 +214,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resolve_config(preset, args.config, [f"defense={d}", *_overrides(args)])
         for d in DEMO_DEFENSES
     ]
+    if args.resume:
+        for cfg in cfgs:
+            _check_resumable(cfg, args)
     summaries = [_run_with_progress(cfg, args) for cfg in cfgs]
     if args.json:
         print(json.dumps({"runs": summaries}, sort_keys=True))
