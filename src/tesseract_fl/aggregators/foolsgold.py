@@ -138,6 +138,7 @@ class FoolsGold:
         self.use_history = use_history
         self.history: Tensor | None = None
         self._bound = 0.0  # upper bound on max |history| (see _add_to_history)
+        self._scale = 1.0  # true histories = history * _scale (a power of two; see below)
         self.rounds_seen = torch.zeros(self.num_clients, dtype=torch.long)
         self.round = 0
 
@@ -197,8 +198,10 @@ class FoolsGold:
 
         The sum is done in place unless it could overflow float32: ``_bound`` is an upper bound
         on ``max |H|`` (grown by ``max |G|`` each round), so the exact check (and a copy) is only
-        needed when the bound nears the float32 maximum; then an overflowing round raises
-        :class:`UpdateError` and leaves the histories unchanged.
+        needed when the bound nears the float32 maximum. If the sum would overflow, every history
+        is halved (and later updates are divided by the accumulated power-of-two ``_scale``):
+        a common positive scale leaves the cosine similarities FoolsGold uses unchanged, so huge
+        updates cannot make a round fail.
 
         Row gathers (``index_select``) and scatters (``index_add_``) of [m, P] matrices are slow
         on CPU (~150 ms / ~90 ms on [100, 270000] here, fresh pages and a scalar kernel), so rows
@@ -209,9 +212,12 @@ class FoolsGold:
         if self.history is None:
             self.history = torch.zeros(self.num_clients, P, dtype=torch.float32, device=G.device)
             self._bound = 0.0
+            self._scale = 1.0
         H = self.history
         everyone = m == self.num_clients and bool(torch.equal(ids, torch.arange(m)))
         upd = G.to(device=H.device, dtype=H.dtype)  # a float64 overflow becomes inf: caught
+        if self._scale != 1.0:
+            upd = upd / self._scale
         g_max = _max_abs(upd)
         if not math.isfinite(g_max):
             check_matrix(G)  # NaN/Inf in G: raise before touching the histories
@@ -228,10 +234,11 @@ class FoolsGold:
         else:
             idx = ids.to(H.device)
             H_new = (H if everyone else H.index_select(0, idx)) + upd
-            if not all_finite(H_new):
-                raise UpdateError(
-                    "adding this round's updates overflows the float32 client histories"
-                )
+            while not all_finite(H_new):
+                H.mul_(0.5)  # exact; cosines of the histories are unchanged
+                upd = upd * 0.5
+                self._scale *= 2.0
+                H_new = (H if everyone else H.index_select(0, idx)) + upd
             if everyone:
                 self.history = H = H_new
             else:
@@ -253,6 +260,7 @@ class FoolsGold:
             "history": None if self.history is None else self.history.detach().cpu().clone(),
             "rounds_seen": self.rounds_seen.clone(),
             "round": self.round,
+            "scale": self._scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -292,9 +300,16 @@ class FoolsGold:
                     f"got {tuple(seen.shape)}"
                 )
         rnd = _as_int(state["round"], "round", 0)
+        scale = state.get("scale", 1.0)  # absent in states saved before it existed
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+            math.isfinite(scale) and scale >= 1.0
+        ):
+            raise ConfigError(f"state scale must be a finite number >= 1, got {scale!r}")
+        scale = float(scale)
         self.kappa, self.use_history = kappa, use_history
         self.history, self.rounds_seen, self.round = history, seen, rnd
         self._bound = 0.0 if history is None else _max_abs(history)
+        self._scale = scale
 
     def __repr__(self) -> str:
         return (
