@@ -301,8 +301,10 @@ class FoolsGold:
                 )
         rnd = _as_int(state["round"], "round", 0)
         scale = state.get("scale", 1.0)  # absent in states saved before it existed
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
-            math.isfinite(scale) and scale >= 1.0
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not (math.isfinite(scale) and scale >= 1.0)
         ):
             raise ConfigError(f"state scale must be a finite number >= 1, got {scale!r}")
         scale = float(scale)
