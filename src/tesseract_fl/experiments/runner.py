@@ -100,6 +100,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
             bias=cfg.bias,
             alpha=cfg.alpha,
             num_classes=ds.num_classes,
+            groups=None if ds.train_groups is None else ds.train_groups.numpy()[pool],
             rng=np.random.default_rng([cfg.seed, 0]),
         )
     ]

@@ -7,11 +7,23 @@ from collections.abc import Callable
 from torch import nn
 
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.models.char_gru import CharGRU
+from tesseract_fl.models.chmnist_cnn import ChMnistCNN
+from tesseract_fl.models.leaf_cnn import LeafCNN
+from tesseract_fl.models.mlp import MLP
 from tesseract_fl.models.mnist_cnn import MnistCNN
+from tesseract_fl.models.resnet import ResNet18, ResNet18Cifar
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     "mnist_cnn": lambda num_classes: MnistCNN(num_classes=num_classes, padding=0),
     "mnist_cnn_padded": lambda num_classes: MnistCNN(num_classes=num_classes, padding=1),
+    "resnet18_cifar": lambda num_classes: ResNet18Cifar(num_classes=num_classes),
+    "resnet18": lambda num_classes: ResNet18(num_classes=num_classes),
+    "char_gru": lambda num_classes: CharGRU(num_classes=num_classes),
+    "leaf_cnn": lambda num_classes: LeafCNN(num_classes=num_classes),
+    "leaf_cnn_3x3": lambda num_classes: LeafCNN(num_classes=num_classes, kernel=3),
+    "mlp": lambda num_classes: MLP(num_classes=num_classes),
+    "chmnist_cnn": lambda num_classes: ChMnistCNN(num_classes=num_classes),
 }
 
 
@@ -31,4 +43,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "MnistCNN", "count_parameters", "make_model"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "ChMnistCNN",
+    "CharGRU",
+    "LeafCNN",
+    "MnistCNN",
+    "ResNet18",
+    "ResNet18Cifar",
+    "count_parameters",
+    "make_model",
+]

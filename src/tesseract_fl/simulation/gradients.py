@@ -78,8 +78,12 @@ def vmap_gradients(
 ) -> tuple[Tensor, Tensor]:
     """Same as :func:`loop_gradients`, vectorized with ``torch.func.vmap`` over chunks of clients.
 
-    Buffers (e.g. BatchNorm statistics) are passed unbatched; BatchNorm in train mode and
-    ``nn.GRU`` do not work under vmap (DESIGN.md 7): use the loop backend for such models.
+    Buffers (e.g. BatchNorm running statistics): in eval mode they are passed unbatched. In
+    training mode BatchNorm normalizes with each client's own batch statistics and updates its
+    running statistics in place, so every client gets a private copy of the buffers (batched
+    along the client axis) that is discarded afterwards: the vmap backend never updates the
+    model's running statistics (the loop backend does, once per client). ``nn.GRU`` has no vmap
+    batching rule; ``char_gru`` uses an equivalent GRU written with matmuls instead.
     """
     if chunk_size < 1:
         raise ConfigError(f"vmap_chunk must be >= 1, got {chunk_size}")
@@ -88,18 +92,31 @@ def vmap_gradients(
     params = {n: p.detach() for n, p in named}
     buffers = {n: b for n, b in model.named_buffers()}
 
-    def client_loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        pred = functional_call(model, (p, buffers), (xb,))
+    private_buffers = model.training and len(buffers) > 0
+
+    def client_loss(
+        p: dict[str, Tensor], bufs: dict[str, Tensor], xb: Tensor, yb: Tensor
+    ) -> Tensor:
+        pred = functional_call(model, (p, bufs), (xb,))
         return loss_fn(pred, yb)
 
-    per_client = vmap(grad_and_value(client_loss), in_dims=(None, 0, 0), chunk_size=None)
+    per_client = vmap(
+        grad_and_value(client_loss),
+        in_dims=(None, 0 if private_buffers else None, 0, 0),
+        chunk_size=None,
+    )
     m = x.shape[0]
     P = sum(p.numel() for p in params.values())
     G = out if out is not None else torch.empty(m, P, dtype=torch.float32, device=x.device)
     losses = torch.empty(m, dtype=torch.float32, device=x.device)
     for start in range(0, m, chunk_size):
         stop = min(start + chunk_size, m)
-        grads, loss = per_client(params, x[start:stop], y[start:stop])
+        bufs = (
+            {n: b.unsqueeze(0).repeat(stop - start, *([1] * b.dim())) for n, b in buffers.items()}
+            if private_buffers
+            else buffers
+        )
+        grads, loss = per_client(params, bufs, x[start:stop], y[start:stop])
         offset = 0
         for n in names:
             g = grads[n]

@@ -1,0 +1,190 @@
+"""Ch-MNIST: Kather et al. 2016 colorectal histology tiles, 8 classes (paper Fig. 3b).
+
+No package ships it, and nothing is downloaded here. Two layouts are read from
+``<data_dir>/chmnist/`` (the first one found wins):
+
+1. ``chmnist.npz`` with arrays ``x`` (uint8 ``[N, H, W, 3]`` RGB, channels last, or
+   ``[N, 3, H, W]``) and ``y`` (integer labels in 0..7, the class order below).
+2. The image folders of Kather's ``Kather_texture_2016_image_tiles_5000.zip``
+   (https://zenodo.org/record/53169): ``01_TUMOR/ 02_STROMA/ 03_COMPLEX/ 04_LYMPHO/
+   05_DEBRIS/ 06_MUCOSA/ 07_ADIPOSE/ 08_EMPTY/`` of ``.tif`` tiles (150x150 RGB), either
+   directly in ``chmnist/`` or in one subfolder of it. Read with Pillow.
+
+Tiles are resized to ``IMAGE_SIZE`` = 64 pixels (bilinear) for the ``chmnist_cnn`` model. The
+data set has no official split, so ours is a stratified 80/20 train/test split (seed 0, as for
+Breast Cancer); pixels are scaled to [0, 1] and standardized per channel with the training
+tiles' mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tesseract_fl.data.breast_cancer import SPLIT_SEED, TEST_FRACTION, stratified_split
+from tesseract_fl.data.registry import DATA_DIR_ENV, Dataset, default_data_dir
+from tesseract_fl.errors import DatasetError
+
+__all__ = [
+    "CLASS_FOLDERS",
+    "IMAGE_SIZE",
+    "NPZ_NAME",
+    "load_chmnist",
+    "read_chmnist_folders",
+    "read_chmnist_npz",
+]
+
+CLASS_FOLDERS: tuple[str, ...] = (
+    "01_TUMOR",
+    "02_STROMA",
+    "03_COMPLEX",
+    "04_LYMPHO",
+    "05_DEBRIS",
+    "06_MUCOSA",
+    "07_ADIPOSE",
+    "08_EMPTY",
+)
+IMAGE_SIZE = 64
+NPZ_NAME = "chmnist.npz"
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[N, 3, H, W]`` -> float32 ``[N, 3, size, size]`` in [0, 1] (bilinear)."""
+    t = torch.from_numpy(x).to(torch.float32).div_(255.0)
+    if t.shape[-1] != size or t.shape[-2] != size:
+        t = torch.nn.functional.interpolate(
+            t, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+    return t.clamp_(0.0, 1.0).numpy()
+
+
+def read_chmnist_npz(
+    path: str | os.PathLike[str], size: int = IMAGE_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``chmnist.npz``: (float32 ``[N, 3, size, size]`` in [0, 1], int64 ``[N]``).
+
+    Raises:
+        DatasetError: unreadable/truncated file, missing arrays, or wrong shapes/labels.
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "x" not in z.files or "y" not in z.files:
+                raise DatasetError(f"{p}: expected arrays 'x' and 'y', found {z.files}.")
+            x = np.asarray(z["x"])
+            y = np.asarray(z["y"])
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(
+            f"{p}: not a readable npz file ({type(exc).__name__}: {exc}); it is truncated "
+            "or corrupt."
+        ) from exc
+    if x.ndim != 4 or x.dtype != np.uint8 or 3 not in (x.shape[1], x.shape[3]):
+        raise DatasetError(
+            f"{p}: 'x' must be uint8 [N, H, W, 3] or [N, 3, H, W], found {x.dtype} {list(x.shape)}."
+        )
+    if x.shape[1] != 3:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(
+            f"{p}: 'y' must hold {x.shape[0]} integer labels, found {y.dtype} {list(y.shape)}."
+        )
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= len(CLASS_FOLDERS)):
+        raise DatasetError(f"{p}: labels must lie in [0, 8).")
+    return _resize(x, size), y.astype(np.int64)
+
+
+def _class_root(base: Path) -> Path | None:
+    """``base`` if it holds the class folders, else its single subfolder that does."""
+    if (base / CLASS_FOLDERS[0]).is_dir():
+        return base
+    if base.is_dir():
+        for sub in sorted(base.iterdir()):
+            if sub.is_dir() and (sub / CLASS_FOLDERS[0]).is_dir():
+                return sub
+    return None
+
+
+def read_chmnist_folders(root: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Read the eight class folders under ``root`` (files sorted by name within a class).
+
+    Raises:
+        DatasetError: Pillow missing, a class folder missing or empty, or an unreadable tile.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - Pillow is a declared dependency
+        raise DatasetError(
+            f"{root}: reading the Ch-MNIST image folders needs Pillow (`pip install pillow`); "
+            f"or convert them to {NPZ_NAME}."
+        ) from exc
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    for label, folder in enumerate(CLASS_FOLDERS):
+        d = root / folder
+        files = (
+            sorted(f for f in d.glob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+            if d.is_dir()
+            else []
+        )
+        if not files:
+            raise DatasetError(f"{d}: class folder missing or without .tif tiles.")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                    arr = np.asarray(rgb, dtype=np.uint8)
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                raise DatasetError(
+                    f"{f}: not a readable image ({exc}); the file is truncated or corrupt."
+                ) from exc
+            xs.append(arr.transpose(2, 0, 1))
+            ys.append(label)
+    return np.stack(xs).astype(np.float32) / 255.0, np.asarray(ys, dtype=np.int64)
+
+
+def load_chmnist(data_dir: str | os.PathLike[str] | None = None, size: int = IMAGE_SIZE) -> Dataset:
+    """Ch-MNIST as float32 ``[N, 3, size, size]`` standardized tiles, 8 classes.
+
+    Raises:
+        DatasetError: neither layout present (the message says what to place where) or a
+            bad file.
+    """
+    base = default_data_dir(data_dir) / "chmnist"
+    npz = base / NPZ_NAME
+    if npz.is_file():
+        x, y = read_chmnist_npz(npz, size)
+        source = str(npz)
+    else:
+        root = _class_root(base)
+        if root is None:
+            raise DatasetError(
+                f"dataset 'chmnist': neither {npz} nor the class folders "
+                f"{', '.join(CLASS_FOLDERS)} found under {base}. Ch-MNIST is not downloaded by "
+                "this tool: unzip Kather_texture_2016_image_tiles_5000.zip "
+                f"(https://zenodo.org/record/53169) into {base}, or place an npz file with "
+                f"arrays x (uint8 [N, H, W, 3]) and y (labels 0..7) at {npz}; or point "
+                f"--data-dir / ${DATA_DIR_ENV} at a directory holding such a chmnist/ folder."
+            )
+        x, y = read_chmnist_folders(root, size)
+        source = str(root)
+    train, test = stratified_split(y, TEST_FRACTION, SPLIT_SEED)
+    mean = x[train].mean(axis=(0, 2, 3), keepdims=True)
+    std = x[train].std(axis=(0, 2, 3), keepdims=True)
+    std[std == 0] = 1.0
+    xs = ((x - mean) / std).astype(np.float32)
+    return Dataset(
+        name="chmnist",
+        train_x=torch.from_numpy(xs[train]),
+        train_y=torch.from_numpy(y[train]),
+        test_x=torch.from_numpy(xs[test]),
+        test_y=torch.from_numpy(y[test]),
+        num_classes=len(CLASS_FOLDERS),
+        source=source,
+    )
