@@ -23,6 +23,24 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
+def standardized_split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, axis: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
+    """Stratified split, then features standardized with the training rows' mean and std over
+    ``axis`` (a constant feature keeps std 1): ``train_x``/``train_y``/``test_x``/``test_y``."""
+    train, test = stratified_split(y, test_fraction, seed)
+    mean = x[train].mean(axis=axis, keepdims=True)
+    std = x[train].std(axis=axis, keepdims=True)
+    std[std == 0] = 1.0
+    xs = ((x - mean) / std).astype(np.float32)
+    return {
+        "train_x": torch.from_numpy(xs[train]),
+        "train_y": torch.from_numpy(y[train]),
+        "test_x": torch.from_numpy(xs[test]),
+        "test_y": torch.from_numpy(y[test]),
+    }
+
+
 def stratified_split(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -55,17 +73,9 @@ def load_breast_cancer(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_S
     bunch = sk_load()
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
-    train, test = stratified_split(y, test_fraction, seed)
-    mean = x[train].mean(axis=0)
-    std = x[train].std(axis=0)
-    std[std == 0] = 1.0
-    xs = ((x - mean) / std).astype(np.float32)
     return Dataset(
         name="breast_cancer",
-        train_x=torch.from_numpy(xs[train]),
-        train_y=torch.from_numpy(y[train]),
-        test_x=torch.from_numpy(xs[test]),
-        test_y=torch.from_numpy(y[test]),
+        **standardized_split(x, y, test_fraction, seed, axis=(0,)),
         num_classes=2,
         source=f"scikit-learn {_sklearn_version()} load_breast_cancer()",
     )

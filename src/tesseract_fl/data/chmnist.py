@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tesseract_fl.data.breast_cancer import SPLIT_SEED, TEST_FRACTION, stratified_split
+from tesseract_fl.data.breast_cancer import SPLIT_SEED, TEST_FRACTION, standardized_split
 from tesseract_fl.data.registry import DATA_DIR_ENV, Dataset, default_data_dir
 from tesseract_fl.errors import DatasetError
 
@@ -174,17 +174,9 @@ def load_chmnist(data_dir: str | os.PathLike[str] | None = None, size: int = IMA
             )
         x, y = read_chmnist_folders(root, size)
         source = str(root)
-    train, test = stratified_split(y, TEST_FRACTION, SPLIT_SEED)
-    mean = x[train].mean(axis=(0, 2, 3), keepdims=True)
-    std = x[train].std(axis=(0, 2, 3), keepdims=True)
-    std[std == 0] = 1.0
-    xs = ((x - mean) / std).astype(np.float32)
     return Dataset(
         name="chmnist",
-        train_x=torch.from_numpy(xs[train]),
-        train_y=torch.from_numpy(y[train]),
-        test_x=torch.from_numpy(xs[test]),
-        test_y=torch.from_numpy(y[test]),
+        **standardized_split(x, y, TEST_FRACTION, SPLIT_SEED, axis=(0, 2, 3)),
         num_classes=len(CLASS_FOLDERS),
         source=source,
     )
