@@ -70,14 +70,22 @@ AGGREGATORS: dict[str, type] = {
 _CONTEXT_PARAMS = ("num_clients", "c_max")
 
 
-def register_aggregator(name: str, cls: type, *, replace: bool = False) -> None:
-    """Add ``cls`` to :data:`AGGREGATORS` under ``name`` (``replace=True`` to overwrite)."""
+def add_to_registry(
+    registry: dict[str, type], kind: str, name: str, cls: type, *, replace: bool = False
+) -> None:
+    """Add ``cls`` to ``registry`` under the normalized ``name``; a name taken by another class
+    is an error unless ``replace`` (shared by the aggregator and attack registries)."""
     key = name.strip().lower()
     if not key:
-        raise ConfigError("aggregator name must be non-empty")
-    if key in AGGREGATORS and AGGREGATORS[key] is not cls and not replace:
-        raise ConfigError(f"aggregator {key!r} is already registered ({AGGREGATORS[key].__name__})")
-    AGGREGATORS[key] = cls
+        raise ConfigError(f"{kind} name must be non-empty")
+    if key in registry and registry[key] is not cls and not replace:
+        raise ConfigError(f"{kind} {key!r} is already registered ({registry[key].__name__})")
+    registry[key] = cls
+
+
+def register_aggregator(name: str, cls: type, *, replace: bool = False) -> None:
+    """Add ``cls`` to :data:`AGGREGATORS` under ``name`` (``replace=True`` to overwrite)."""
+    add_to_registry(AGGREGATORS, "aggregator", name, cls, replace=replace)
 
 
 def constructor_params(cls: type) -> tuple[list[str], bool]:

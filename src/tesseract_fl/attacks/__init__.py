@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tesseract_fl.aggregators import constructor_params
+from tesseract_fl.aggregators import add_to_registry, constructor_params
 from tesseract_fl.attacks.adaptive import (
     AdaptiveKrum,
     AdaptiveTrim,
@@ -107,12 +107,7 @@ NEEDS_DEFENSE_STATE: frozenset[str] = frozenset({"adaptive_krum", "adaptive_trim
 
 def register_attack(name: str, cls: type, *, replace: bool = False) -> None:
     """Add ``cls`` to :data:`ATTACKS` under ``name`` (``replace=True`` to overwrite)."""
-    key = name.strip().lower()
-    if not key:
-        raise ConfigError("attack name must be non-empty")
-    if key in ATTACKS and ATTACKS[key] is not cls and not replace:
-        raise ConfigError(f"attack {key!r} is already registered ({ATTACKS[key].__name__})")
-    ATTACKS[key] = cls
+    add_to_registry(ATTACKS, "attack", name, cls, replace=replace)
 
 
 def is_data_attack(attack: Any) -> bool:

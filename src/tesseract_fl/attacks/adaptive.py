@@ -43,12 +43,11 @@ STEP_FRACTION = 0.05
 def vector_flip_score(x: Tensor, s_g: Tensor | None) -> float:
     """Flip-score of one vector against ``s_g`` (paper Eq. for FS; ``s_g = None``: round 1,
     every nonzero coordinate counts), accumulated in float64."""
-    x64 = x.double()
-    sg = torch.zeros_like(x64) if s_g is None else s_g.to(device=x.device, dtype=torch.float64)
-    return float((x64 * x64 * (torch.sign(x64) != sg)).sum())
+    return float(_contrib(x, s_g).sum())
 
 
 def _contrib(x: Tensor, s_g: Tensor | None) -> Tensor:
+    """Per-coordinate flip-score terms ``x_j^2 [sign(x_j) != s_g_j]`` in float64."""
     x64 = x.double()
     sg = torch.zeros_like(x64) if s_g is None else s_g.to(device=x.device, dtype=torch.float64)
     return x64 * x64 * (torch.sign(x64) != sg)
