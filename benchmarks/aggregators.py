@@ -10,7 +10,7 @@ Krum 408 ms, Multi-Krum 505 ms). With ``--byzfl`` and ByzFL importable, its TrMe
 Krum and MultiKrum are timed side by side. Stateful rules (FoolsGold, TESSERACT) are timed in
 steady state (after a first round). Names the registry does not hold yet are listed as skipped.
 
-    .venv/bin/python benchmarks/aggregators.py [--repeats 5] [--quick] [--byzfl] [--threads N]
+    .venv/bin/python -m benchmarks aggregators [--repeats 5] [--quick] [--byzfl] [--threads N]
         [--out results/benchmarks/aggregators.json]
 """
 
@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import json
-import platform
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from _timing import timeit  # benchmarks/ is on sys.path when run as a script
+from benchmarks._timing import machine_info, timeit, write_report
 from tesseract_fl.aggregators import AGGREGATORS, AggregationContext, make_aggregator
 
 #: (m, P, c_max): the MNIST DNN with 100 clients, and the CIFAR-10 ResNet-18 scale with 10.
@@ -279,11 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "aggregators",
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
+        **machine_info(),
         "registered": sorted(AGGREGATORS),
         "byzfl_reference_ms": {
             "shape": list(BYZFL_REFERENCE_SHAPE),
@@ -301,10 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report["shapes"].append(res)
         print_table(console, res)
         gc.collect()
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, sort_keys=True))
-    console.print(f"wrote {path}")
+    console.print(f"wrote {write_report(report, args.out)}")
     return report
 
 

@@ -8,23 +8,21 @@ TESSERACT defense after one round). The Full-Krum comparison runs the same halvi
 ways on the same matrix and checks that they pick the same lambda (equal up to the float32
 rounding of the bound's Gram products, which BLAS blocks differently for [m, P] and [m - c, P]).
 
-    .venv/bin/python benchmarks/attacks.py [--repeats 3] [--out results/benchmarks/attacks.json]
+    .venv/bin/python -m benchmarks attacks [--repeats 3] [--quick]
+        [--out results/benchmarks/attacks.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from _timing import timeit  # benchmarks/ is on sys.path when run as a script
+from benchmarks._timing import machine_info, timeit, write_report
 from tesseract_fl.aggregators import Tesseract
 from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np, krum_select
 from tesseract_fl.attacks import ATTACKS, AttackContext, DefenseView, make_attack
@@ -63,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--m", type=int, default=100)
     ap.add_argument("--P", type=int, default=266_060)
     ap.add_argument("--c", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="one repeat")
     ap.add_argument("--out", default="results/benchmarks/attacks.json")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
     m, P, c = args.m, args.P, args.c
     G = round_matrix(m, P)
     mask = malicious_mask(m, c)
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         defense=DefenseView(defense),
     )
     results: dict[str, Any] = {
+        "benchmark": "attacks",
         "shape": [m, P],
         "c": c,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **machine_info(),
         "attacks": {},
     }
     table = Table(
@@ -121,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{naive['min_ms']:.0f} ms ({halvings} halvings): {ratio:.1f}x; same lambda (to float32 "
         f"rounding of the bound): {math.isclose(fast_lam, naive_lam, rel_tol=1e-6)}"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True))
-    Console().print(f"wrote {out}")
+    Console().print(f"wrote {write_report(results, args.out)}")
     return 0
 
 

@@ -1,133 +1,145 @@
-"""Engine benchmark for the `mnist` preset (100 clients x batch 32, MNIST DNN), in one process.
+"""Gradient engine: seconds per round of every backend at 10, 100 and 1000 clients, and the best
+vmap chunk size.
 
-Measures seconds per round of the two gradient backends (per-client loop, chunked vmap), the
-aggregation alone (FedSGD, TESSERACT), and whole rounds (gradients + aggregation + SGD step),
-then prints ratios and writes JSON. Uses real MNIST when it is in the data directory, else
-random images of the same shape (compute cost does not depend on pixel values; the JSON says
-which).
+One round's unavoidable work is each client's forward and backward pass on its batch
+(DESIGN.md section 7). This times that alone, for the per-client loop, the threaded loop and
+chunked vmap, on random MNIST-shaped batches (the cost does not depend on pixel values), and
+reports the cost per client so that the scaling shows. At 100 clients it also sweeps the vmap
+chunk size.
 
-    .venv/bin/python benchmarks/engine.py [--repeats 5] [--out results/benchmarks/engine.json]
+    .venv/bin/python -m benchmarks engine [--clients 10,100,1000] [--model mnist_cnn]
+        [--device cpu|cuda] [--repeats 3] [--quick] [--out results/benchmarks/engine.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
-from _timing import timeit  # benchmarks/ is on sys.path when run as a script
-from tesseract_fl.aggregators import make_aggregator
-from tesseract_fl.errors import DatasetError
-from tesseract_fl.experiments.config import resolve_config
-from tesseract_fl.experiments.runner import build_simulation
+from benchmarks._timing import device_sync, machine_info, timeit, write_report
 from tesseract_fl.models import make_model
-from tesseract_fl.simulation.gradients import client_gradients
+from tesseract_fl.simulation.gradients import BACKENDS, client_gradients, default_backend
+
+CHUNKS: tuple[int, ...] = (5, 10, 25, 50, 100)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--vmap-chunk", type=int, default=10)
-    ap.add_argument("--out", default="results/benchmarks/engine.json")
-    args = ap.parse_args()
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
-    cfg = resolve_config("mnist")
-    m, b = cfg.clients, cfg.batch_size
-    torch.manual_seed(0)
-    try:
-        sim = build_simulation(cfg)
-        idx = torch.from_numpy(sim.sampler.next_batches())
-        x, y = sim.train_x[idx], sim.train_y[idx]
-        data = "real MNIST"
-    except DatasetError:
-        sim = None
-        x, y = torch.randn(m, b, 1, 28, 28), torch.randint(0, 10, (m, b))
-        data = "random images (MNIST not found; run `tesseract-fl datasets fetch mnist`)"
-    model = make_model(cfg.model)
+
+def bench_backends(
+    model_name: str, m: int, batch: int, device: str, repeats: int, chunk: int
+) -> dict[str, Any]:
+    """Seconds per round and per client of every backend at ``m`` clients."""
+    gen = torch.Generator().manual_seed(m)
+    model = make_model(model_name).to(device)
+    x = torch.randn(m, batch, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, 10, (m, batch), generator=gen).to(device)
     P = sum(p.numel() for p in model.parameters())
-    out = torch.empty(m, P)
+    out = torch.empty(m, P, device=device)
+    reps = repeats if m <= 100 else 1
+    res: dict[str, Any] = {"clients": m, "params": P}
+    for backend in BACKENDS:
+        t = timeit(
+            lambda b=backend: client_gradients(
+                model, x, y, F.cross_entropy, b, chunk_size=chunk, out=out
+            ),
+            reps,
+            sync=device_sync(device),
+        )
+        t["ms_per_client"] = t["min_ms"] / m
+        res[backend] = t
+    best = min(BACKENDS, key=lambda b: res[b]["min_ms"])
+    res["fastest"] = best
+    res["speedup_threads_over_loop"] = res["loop"]["min_ms"] / res["threads"]["min_ms"]
+    res["speedup_vmap_over_loop"] = res["loop"]["min_ms"] / res["vmap"]["min_ms"]
+    return res
 
+
+def bench_chunks(
+    model_name: str, m: int, batch: int, device: str, repeats: int, chunks: Sequence[int]
+) -> dict[str, Any]:
+    """vmap seconds per round for each chunk size (clients per vmap call)."""
+    gen = torch.Generator().manual_seed(1)
+    model = make_model(model_name).to(device)
+    x = torch.randn(m, batch, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, 10, (m, batch), generator=gen).to(device)
+    out = torch.empty(m, sum(p.numel() for p in model.parameters()), device=device)
     res: dict[str, Any] = {}
-    res["grad_loop"] = timeit(
-        lambda: client_gradients(model, x, y, F.cross_entropy, "loop", out=out), args.repeats
-    )
-    res["grad_vmap"] = timeit(
-        lambda: client_gradients(
-            model, x, y, F.cross_entropy, "vmap", chunk_size=args.vmap_chunk, out=out
-        ),
-        args.repeats,
-    )
-    G, _ = client_gradients(model, x, y, F.cross_entropy, "loop")
-    ones = torch.ones(1, m)
-    res["memory_bound_matmul_sum"] = timeit(lambda: ones @ G, args.repeats * 4)
-    Gn = G.numpy()
-    res["memory_bound_numpy_sum"] = timeit(lambda: Gn.sum(0), args.repeats * 4)
-    for name in ("fedsgd", "tesseract"):
-        agg = make_aggregator(name, num_clients=m, c_max=cfg.resolved_c_max)
-        res[f"aggregate_{name}"] = timeit(lambda agg=agg: agg.aggregate(G), args.repeats * 2)
+    for c in sorted({min(c, m) for c in chunks}):
+        res[str(c)] = timeit(
+            lambda c=c: client_gradients(
+                model, x, y, F.cross_entropy, "vmap", chunk_size=c, out=out
+            ),
+            repeats,
+            sync=device_sync(device),
+        )
+    best = min(res, key=lambda c: res[c]["min_ms"])
+    return {"clients": m, "timings": res, "best_chunk": int(best)}
 
-    if sim is not None:
-        for name in ("fedsgd", "tesseract"):
-            for backend in ("loop", "vmap"):
-                c = resolve_config("mnist", overrides=[f"defense={name}", f"backend={backend}"])
-                s = build_simulation(c)
-                res[f"round_{name}_{backend}"] = timeit(s.step, args.repeats)
-        res["evaluate_10k"] = timeit(sim.evaluate, args.repeats)
-    else:
-        for name in ("fedsgd", "tesseract"):
-            agg = make_aggregator(name, num_clients=m, c_max=cfg.resolved_c_max)
 
-            def whole(agg: Any = agg) -> None:
-                g, _ = client_gradients(model, x, y, F.cross_entropy, "loop", out=out)
-                upd = agg.aggregate(g).update
-                with torch.no_grad():
-                    torch.nn.utils.vector_to_parameters(
-                        torch.nn.utils.parameters_to_vector(model.parameters()) - 0.01 * upd,
-                        model.parameters(),
-                    )
-
-            res[f"round_{name}_loop"] = timeit(whole, args.repeats)
-
-    bound = min(
-        res["memory_bound_matmul_sum"]["median_ms"], res["memory_bound_numpy_sum"]["median_ms"]
-    )
-    ratios = {
-        "vmap_over_loop": res["grad_vmap"]["median_ms"] / res["grad_loop"]["median_ms"],
-        "tesseract_aggregate_over_memory_bound": res["aggregate_tesseract"]["median_ms"] / bound,
-        "tesseract_aggregate_share_of_round": res["aggregate_tesseract"]["median_ms"]
-        / res["round_tesseract_loop"]["median_ms"],
-    }
-    report = {
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--clients", type=_ints, default=[10, 100, 1000])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--model", default="mnist_cnn")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=10, help="vmap chunk in the backend sweep")
+    ap.add_argument("--quick", action="store_true", help="10 and 100 clients, 2 repeats")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.clients = [m for m in args.clients if m <= 100]
+        args.repeats = min(args.repeats, 2)
+    device = args.device
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no CUDA device")
+    console = Console()
+    report: dict[str, Any] = {
         "benchmark": "engine",
-        "preset": "mnist",
-        "clients": m,
-        "batch_size": b,
-        "params": P,
-        "data": data,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "numpy": np.__version__,
-        "timings": res,
-        "ratios": ratios,
+        "model": args.model,
+        "batch_size": args.batch,
+        "default_backend": default_backend(device),
+        **machine_info(device),
+        "backends": [],
     }
-    print(f"data: {data}; m={m}, b={b}, P={P}, torch threads={torch.get_num_threads()}")
-    for k, v in res.items():
-        print(f"  {k:36s} {v['median_ms']:9.1f} ms  (min {v['min_ms']:.1f})")
-    for k, v in ratios.items():
-        print(f"  {k:36s} {v:9.3f}")
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(f"wrote {path}")
+    table = Table(
+        title=f"gradients of one round: {args.model}, batch {args.batch}, {device}, "
+        f"{torch.get_num_threads()} torch threads",
+        title_justify="left",
+    )
+    for col in ("clients", *(f"{b} s" for b in BACKENDS), *(f"{b} ms/client" for b in BACKENDS)):
+        table.add_column(col, justify="right")
+    table.add_column("fastest")
+    for m in args.clients:
+        r = bench_backends(args.model, m, args.batch, device, args.repeats, args.chunk)
+        report["backends"].append(r)
+        table.add_row(
+            str(m),
+            *(f"{r[b]['min_ms'] / 1000:.3f}" for b in BACKENDS),
+            *(f"{r[b]['ms_per_client']:.2f}" for b in BACKENDS),
+            r["fastest"],
+        )
+    console.print(table)
+    m_chunks = 100 if 100 in args.clients else max(args.clients)
+    ch = bench_chunks(args.model, m_chunks, args.batch, device, args.repeats, CHUNKS)
+    report["vmap_chunks"] = ch
+    console.print(
+        f"vmap chunk sweep at {m_chunks} clients: "
+        + ", ".join(f"{c}: {v['min_ms'] / 1000:.3f} s" for c, v in ch["timings"].items())
+        + f"; best chunk {ch['best_chunk']}"
+    )
+    suffix = "" if torch.device(device).type == "cpu" else f"-{torch.device(device).type}"
+    path = write_report(report, args.out or f"results/benchmarks/engine{suffix}.json")
+    console.print(f"wrote {path}")
+    return report
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from tesseract_fl.errors import ConfigError
 
 PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-BACKEND_CHOICES: tuple[str, ...] = ("auto", "loop", "vmap")
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "loop", "threads", "vmap")
 AGGREGATE_ONLY: tuple[str, ...] = ("all", "benign", "malicious")
 
 

@@ -1,0 +1,55 @@
+"""The benchmark entry point and the engine benchmark run end to end on tiny sizes (timings
+themselves are not asserted: performance is measured by the benchmarks, not by tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import BENCHMARKS
+from benchmarks.__main__ import main as bench_main
+from benchmarks._timing import timeit, write_report
+
+
+def test_every_listed_benchmark_is_a_module_with_main() -> None:
+    import importlib
+
+    for name in BENCHMARKS:
+        mod = importlib.import_module(f"benchmarks.{name}")
+        assert callable(mod.main), name
+
+
+def test_unknown_benchmark_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["nope"])
+    assert exc.value.code == 2
+    assert "unknown benchmark(s) nope" in capsys.readouterr().err
+
+
+def test_engine_benchmark_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    rc = bench_main(
+        ["engine", "--clients", "2,3", "--repeats", "1", "--batch", "2", "--out", str(out)]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert [r["clients"] for r in report["backends"]] == [2, 3]
+    for r in report["backends"]:
+        for backend in ("loop", "threads", "vmap"):
+            assert r[backend]["min_ms"] > 0
+            assert r[backend]["ms_per_client"] == pytest.approx(r[backend]["min_ms"] / r["clients"])
+    # Chunks larger than the client count collapse to the client count.
+    assert set(report["vmap_chunks"]["timings"]) == {"3"}
+    assert report["torch_threads"] >= 1 and report["torch"]
+
+
+def test_timeit_counts_calls_and_write_report_is_atomic(tmp_path: Path) -> None:
+    calls = []
+    t = timeit(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and t["repeats"] == 3
+    assert t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+    path = write_report({"a": 1}, tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert not list(path.parent.glob("*.tmp"))
