@@ -6,11 +6,12 @@ matrices ``[100, 270000]`` (MNIST DNN, ``c_max = 20``) and ``[10, 11_000_000]`` 
 ``c_max = 2``), next to the memory bound (one pass over the matrix: the faster of
 ``torch.ones(1, m) @ G`` and numpy ``G.sum(0)``, DESIGN.md section 7) and ByzFL 0.0.11's times
 measured on this machine for DESIGN.md (``[100, 270000]``: trimmed mean 81 ms, median 391 ms,
-Krum 408 ms, Multi-Krum 505 ms). With ``--byzfl`` and ByzFL importable, its TrMean, Median,
-Krum and MultiKrum are timed side by side. Stateful rules (FoolsGold, TESSERACT) are timed in
+Krum 408 ms, Multi-Krum 505 ms). When ByzFL is importable (``pip install --no-deps
+byzfl==0.0.11``; ``--no-byzfl`` skips it), its TrMean, Median, Krum and MultiKrum are timed side
+by side. Stateful rules (FoolsGold, TESSERACT) are timed in
 steady state (after a first round). Names the registry does not hold yet are listed as skipped.
 
-    .venv/bin/python -m benchmarks aggregators [--repeats 5] [--quick] [--byzfl] [--threads N]
+    .venv/bin/python -m benchmarks aggregators [--repeats 5] [--quick] [--no-byzfl] [--threads N]
         [--out results/benchmarks/aggregators.json]
 """
 
@@ -262,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per aggregator (min)")
     ap.add_argument("--quick", action="store_true", help="only the [100, 270000] matrix")
-    ap.add_argument("--byzfl", action="store_true", help="also time ByzFL if importable")
+    ap.add_argument(
+        "--byzfl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time ByzFL when it is importable (default: yes)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     ap.add_argument("--out", default="results/benchmarks/aggregators.json")
     args = ap.parse_args(argv)
