@@ -1,4 +1,4 @@
-"""The glibc heap setting of the simulator (simulation/heap.py) applies once and can be turned off."""
+"""The glibc heap setting of the simulator (simulation/heap.py): applied once, can be turned off."""
 
 from __future__ import annotations
 
