@@ -6,10 +6,11 @@ run's attackers) runs the configured attack:
 
 - label flipping: relabels its batch before computing the gradient;
 - sign flipping: negates its own gradient (needs no one else);
-- full-knowledge attacks (Full-Trim, Full-Krum, ALIE, IPM, Min-Max, Min-Sum, Gaussian):
-  colluding-attacker mode. The attackers meet in ``attack-dir``; per round the first one
-  computes every client's honest gradient and the attack's rows for all attackers, the others
-  read theirs (:class:`tesseract_fl.flower.ColludingAttackers`).
+- full-knowledge attacks (Full-Trim, Full-Krum, ALIE, IPM, Min-Max, Min-Sum; Gaussian noise
+  too, for the simulator's RNG sequence): colluding-attacker mode. The attackers meet in
+  ``attack-dir``; per round the first one computes every client's honest gradient and the
+  attack's rows for all attackers, the others read theirs
+  (:class:`tesseract_fl.flower.ColludingAttackers`).
 
 The reply's metrics carry ``partition-id`` and ``malicious`` for the experiment's bookkeeping
 (the strategy stores them; it never uses them to aggregate).
