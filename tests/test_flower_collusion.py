@@ -148,3 +148,73 @@ def test_example_run_config_overrides_and_errors(settings: Any) -> None:
         settings.read_run_config(_app_config() | {"defense": "tesserakt"})
     with pytest.raises(ConfigError, match="gradient-format"):
         settings.read_run_config(_app_config() | {"gradient-format": "npz"})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_example_clientapp_sends_the_simulators_rows(
+    settings: Any, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """The example ClientApp, honest and colluding (Full-Trim), replies with exactly the rows
+    of the simulator's (poisoned) gradient matrix of round 1, and its num-examples."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from flower_helpers import task_identity
+    from tesseract_fl.experiments.config import build_config
+    from tesseract_fl.experiments.runner import build_simulation
+    from tesseract_fl.flower import Layout, model_arrays
+    from tesseract_flower import client_app
+
+    experiment = {
+        "clients": 6,
+        "malicious": 2,
+        "batch_size": 8,
+        "attack": "full_trim",
+        "data_dir": str(tiny_data_dir),
+        "rounds": 1,
+    }
+    sim = build_simulation(build_config(experiment))
+    arrays = model_arrays(sim.model)
+    G_sim = {}
+
+    class Keep:
+        name = sim.aggregator.name
+
+        def aggregate(self, G: torch.Tensor, ids: Any, ctx: Any) -> Any:
+            G_sim["G"], G_sim["n"] = G.clone(), ctx.n_samples.clone()
+            return inner.aggregate(G, ids, ctx)
+
+    inner, sim.aggregator = sim.aggregator, Keep()
+    sim.step()
+
+    run_config = _app_config() | {
+        k: v for k, v in experiment.items() if k in ("clients", "malicious", "batch_size")
+    }
+    run_config |= {
+        "attack": "full_trim",
+        "data_dir": str(tiny_data_dir),
+        "rounds": 1,
+        "attack-dir": str(tmp_path / "collusion"),
+        "gradient-format": "layers",
+    }
+    layout = Layout.of(arrays)
+    gen = task_identity()
+    next(gen)
+    try:
+        for client in range(6):
+            content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})
+            msg = Message(content, dst_node_id=100 + client, message_type="train")
+            context = Context(
+                run_id=5,
+                node_id=100 + client,
+                node_config={"partition-id": client, "num-partitions": 6},
+                state=RecordDict(),
+                run_config=run_config,
+            )
+            out = client_app.train(msg, context)
+            grad = layout.read_gradient(out.content["gradient"])
+            assert torch.equal(grad, G_sim["G"][client]), f"client {client}"
+            metrics = out.content["metrics"]
+            assert metrics["num-examples"] == int(G_sim["n"][client])
+            assert metrics["malicious"] == int(bool(sim.malicious[client]))
+    finally:
+        next(gen, None)

@@ -67,8 +67,10 @@ def train(msg: Message, context: Context) -> Message:
     cfg, opts = read_run_config(dict(context.run_config))
     task = FlowerTask.cached(cfg)
     client = _partition(context, cfg)
-    arrays = msg.content["arrays"]
-    server_round = int(msg.content["config"]["server-round"])
+    arrays = msg.content.array_records["arrays"]
+    server_round = msg.content.config_records["config"]["server-round"]
+    if not isinstance(server_round, int):
+        raise ConfigError(f"train message without an integer server-round: {server_round!r}")
     rnd = server_round - 1
     model = task.model()
     load_arrays(model, arrays)
@@ -114,7 +116,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     task = FlowerTask.cached(cfg)
     client = _partition(context, cfg)
     model = task.model()
-    load_arrays(model, msg.content["arrays"])
+    load_arrays(model, msg.content.array_records["arrays"])
     idx = torch.from_numpy(task.partitions[client])
     from tesseract_fl.simulation.engine import evaluate as evaluate_model
 

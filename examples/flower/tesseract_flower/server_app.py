@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from torch import Tensor
 
 from tesseract_fl.flower import FlowerTask, RobustStrategy, load_arrays, model_arrays
 from tesseract_fl.simulation.schedules import make_schedule
@@ -31,7 +32,7 @@ def main(grid: Grid, context: Context) -> None:
     model = task.model()
     scratch = task.model()  # for root gradients and evaluation at a received model
 
-    def root_gradient(server_round: int, arrays: ArrayRecord):  # type: ignore[no-untyped-def]
+    def root_gradient(server_round: int, arrays: ArrayRecord) -> Tensor:
         load_arrays(scratch, arrays)
         return task.root_gradient(scratch, server_round - 1)
 

@@ -76,10 +76,6 @@ class FlowerTask:
             task = _TASKS[key] = cls.from_config(cfg)
         return task
 
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.model().parameters() if p.requires_grad)
-
     def model(self) -> nn.Module:
         """The seeded initial model: the simulator's (``torch.manual_seed(seed)`` first)."""
         torch.manual_seed(self.cfg.seed)
