@@ -76,7 +76,7 @@ SIM_DEFENSES = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore:Bulyan with m=:RuntimeWarning")
 @pytest.mark.parametrize(("defense", "params"), SIM_DEFENSES)
 def test_same_update_as_the_simulator(
     tiny_data_dir: Path, defense: str, params: dict[str, Any]
