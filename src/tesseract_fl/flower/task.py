@@ -3,10 +3,10 @@
 A :class:`FlowerTask` is made from the same :class:`ExperimentConfig` as a simulator run and
 reuses the simulator's pieces: the dataset registry, the seeded client partitions and FLTrust
 root set (:func:`~tesseract_fl.experiments.runner.split_clients`), the seeded initial model, the
-round-robin batches and the per-client gradient of the loop backend. So a ClientApp computes the
-gradient its simulated twin would, the ServerApp starts from the same model, and colluding
-attackers can recompute every client's honest gradient of a round (full knowledge, as in the
-paper's threat model).
+round-robin batches and the per-client gradient of the simulator's backend. So a ClientApp
+computes the gradient its simulated twin would, the ServerApp starts from the same model, and
+colluding attackers can recompute every client's honest gradient of a round (full knowledge, as
+in the paper's threat model).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.experiments.runner import resolved_malicious_ids, root_size_of, split_clients
 from tesseract_fl.models import make_model
 from tesseract_fl.simulation.engine import evaluate
-from tesseract_fl.simulation.gradients import client_gradients
+from tesseract_fl.simulation.gradients import Backend, client_gradients, default_backend
 
 __all__ = ["FlowerTask"]
 
@@ -81,6 +81,14 @@ class FlowerTask:
         torch.manual_seed(self.cfg.seed)
         return make_model(self.cfg.model, num_classes=self.ds.num_classes)
 
+    @property
+    def backend(self) -> Backend:
+        """The simulator's gradient backend for this config on the CPU (``auto``: its default),
+        so a client's gradient has the simulator's bits."""
+        if self.cfg.backend == "auto":
+            return default_backend("cpu")
+        return self.cfg.backend  # type: ignore[return-value]
+
     def is_malicious(self, client: int) -> bool:
         return client in self.malicious_ids
 
@@ -105,7 +113,7 @@ class FlowerTask:
         if attack is not None and callable(getattr(attack, "poison_labels", None)):
             y = attack.poison_labels(y.clone(), self.ds.num_classes)
         model.train()
-        G, losses = client_gradients(model, x, y, F.cross_entropy, backend="loop")
+        G, losses = client_gradients(model, x, y, F.cross_entropy, backend=self.backend)
         return G[0].clone(), float(losses[0])
 
     def honest_gradients(self, model: nn.Module, rnd: int) -> Tensor:
@@ -114,7 +122,7 @@ class FlowerTask:
         idx = torch.from_numpy(np.stack([self.batch_indices(p, rnd) for p in self.partitions]))
         model.train()
         G, _ = client_gradients(
-            model, self.ds.train_x[idx], self.ds.train_y[idx], F.cross_entropy, backend="loop"
+            model, self.ds.train_x[idx], self.ds.train_y[idx], F.cross_entropy, self.backend
         )
         return G
 
