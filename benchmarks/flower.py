@@ -11,24 +11,26 @@ from ours). Flower's first round includes starting the Ray actors and is reporte
 Uses real MNIST when it is in the data directory, else random MNIST-shaped images written as
 IDX files (compute cost does not depend on pixel values; the JSON says which).
 
-    .venv/bin/python benchmarks/flower.py [--rounds 10] [--out results/benchmarks/flower.json]
+    .venv/bin/python -m benchmarks flower [--rounds 10] [--client-cpus 1] [--quick]
+        [--out results/benchmarks/flower.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from rich.console import Console
+from rich.table import Table
 
+from benchmarks._timing import machine_info, write_report
 from tesseract_fl.data import write_idx
 from tesseract_fl.errors import DatasetError
 from tesseract_fl.experiments.config import build_config
@@ -78,7 +80,7 @@ def ours(settings: dict[str, Any], rounds: int) -> dict[str, Any]:
         "min": min(times),
         "max": max(times),
         "rounds": rounds,
-        "torch_threads": torch.get_num_threads(),
+        "backend": sim.backend,
     }
 
 
@@ -126,70 +128,66 @@ def flower(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10, help="timed rounds per engine")
     ap.add_argument("--client-cpus", type=int, default=1, help="CPUs per Ray ClientApp actor")
     ap.add_argument("--data-dir", default=None, help="data directory (default: the usual one)")
+    ap.add_argument("--quick", action="store_true", help="4 timed rounds")
     ap.add_argument("--out", default="results/benchmarks/flower.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 4)
 
     import flwr
     import ray
 
+    from tesseract_fl.data import load_dataset
+
     settings = dict(SETTINGS, data_dir=args.data_dir)
     with tempfile.TemporaryDirectory(prefix="tesseract-fl-flower-bench-") as tmp:
         try:
-            build_config(settings)
-            from tesseract_fl.data import load_dataset
-
             load_dataset("mnist", args.data_dir)
             data = "real MNIST"
         except DatasetError:
             settings["data_dir"] = str(synthetic_mnist(Path(tmp) / "data"))
-            data = (
-                "random MNIST-shaped images (MNIST not found; `tesseract-fl datasets fetch mnist`)"
-            )
+            data = "random MNIST-shaped images (MNIST not found; tesseract-fl datasets fetch mnist)"
         res = {
             "ours": ours(settings, args.rounds),
             "flower_simulation": flower(settings, args.rounds + 1, args.client_cpus, Path(tmp)),
         }
     ratio = res["flower_simulation"]["seconds_per_round"] / res["ours"]["seconds_per_round"]
+    console = Console()
+    console.print(f"data: {data}; 10 clients, MNIST DNN, batch 32, TESSERACT (c_max=2), no attack")
+    table = Table(title="seconds per FedSGD round, same settings", title_justify="left")
+    for col in ("engine", "s/round", "min", "max"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    labels = {
+        "ours": f"ours (in-process, {res['ours']['backend']} backend)",
+        "flower_simulation": f"Flower simulation (Ray, {args.client_cpus} CPU/actor)",
+    }
+    for key, label in labels.items():
+        t = res[key]
+        table.add_row(label, f"{t['seconds_per_round']:.3f}", f"{t['min']:.3f}", f"{t['max']:.3f}")
+    console.print(table)
+    fl = res["flower_simulation"]
+    console.print(
+        f"Flower's first round (Ray actors start) {fl['first_round']:.1f} s; the whole `flwr run` "
+        f"incl. SuperLink and Ray start-up {fl['wall_seconds_incl_startup']:.1f} s; "
+        f"ratio Flower / ours: {ratio:.1f}x"
+    )
     report = {
         "benchmark": "flower",
+        **machine_info(),
         "settings": {k: v for k, v in settings.items() if k != "data_dir"},
         "data": data,
         "timings": res,
         "ratios": {"flower_over_ours": ratio},
-        "versions": {
-            "flwr": flwr.__version__,
-            "ray": ray.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-        },
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "note": "one run on a shared machine; indicative only",
+        "flwr": flwr.__version__,
+        "ray": ray.__version__,
     }
-    print(f"data: {data}; 10 clients, MNIST DNN, batch 32, TESSERACT (c_max=2), no attack")
-    print(f"  {'engine':40s} {'s/round':>9s} {'min':>8s} {'max':>8s}")
-    names = {
-        "ours": "ours (in-process FedSGDSimulation)",
-        "flower_simulation": f"Flower simulation (Ray, {args.client_cpus} CPU/actor)",
-    }
-    for key, label in names.items():
-        t = res[key]
-        print(f"  {label:40s} {t['seconds_per_round']:9.3f} {t['min']:8.3f} {t['max']:8.3f}")
-    fl = res["flower_simulation"]
-    print(
-        f"  Flower first round (Ray actors start) {fl['first_round']:.1f} s; whole `flwr run` "
-        f"incl. SuperLink and Ray start {fl['wall_seconds_incl_startup']:.1f} s"
-    )
-    print(f"  ratio flower / ours: {ratio:.1f}x")
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(f"wrote {path}")
+    console.print(f"wrote {write_report(report, args.out)}")
+    return report
 
 
 if __name__ == "__main__":
