@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "peak resident memory of a round at 100 and 1000 clients",
     "wholerun": "seconds per round of a mnist TESSERACT + Full-Trim run; Table 2 projection",
     "authors": "ours vs the authors' published code (FLAIR) on the padded MNIST DNN",
+    "flower": "seconds per round: Flower's simulation engine (Ray, 10 clients) vs ours",
 }
 #: Benchmarks that take ``--device``.
 DEVICE_AWARE = {"engine"}

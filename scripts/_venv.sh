@@ -9,11 +9,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # torch is pinned to 2.13.0 in pyproject.toml: a looser spec pulls a multi-GB CUDA build.
-if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff' 2>/dev/null \
+if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff, flwr' 2>/dev/null \
     || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> installing tesseract-fl and its dependencies into .venv"
     # (grep drops this machine's pip warnings about absent local index folders)
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,flower]' \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     touch .venv/.installed
 fi

@@ -16,7 +16,7 @@ import torch
 import tesseract_fl
 from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.attacks import make_attack
-from tesseract_fl.data import load_dataset, partition
+from tesseract_fl.data import Dataset, load_dataset, partition
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -71,21 +71,19 @@ def resolved_malicious_ids(cfg: ExperimentConfig) -> list[int]:
     return malicious_ids(cfg.clients, cfg.malicious, cfg.seed)
 
 
-def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
-    """Load data, partition it, build model, defense and simulator, all seeded from ``cfg.seed``."""
-    device = resolve_device(cfg.device)
-    backend: Backend = default_backend(device) if cfg.backend == "auto" else cfg.backend  # type: ignore[assignment]
-    ds = load_dataset(cfg.dataset, cfg.data_dir)
-    c_max = cfg.resolved_c_max
-    aggregator = make_aggregator(
-        cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
-    )
+def split_clients(
+    cfg: ExperimentConfig, ds: Dataset, root_size: int | None = None
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The clients' training-index partitions and the server's root set (FLTrust), both seeded
+    from ``cfg.seed``: the simulator and the Flower apps call this, so they split alike.
+
+    ``root_size`` (None: no root set) samples are drawn uniformly from the training data first
+    and kept out of every client's partition.
+    """
     labels = ds.train_y.numpy()
     pool = np.arange(len(labels))
     root: np.ndarray | None = None
-    if getattr(aggregator, "needs_root_gradient", False):
-        # FLTrust: a clean root set drawn uniformly from the training data, disjoint from clients.
-        root_size = int(getattr(aggregator, "root_size", 100))
+    if root_size is not None:
         if not 0 < root_size < len(labels) - cfg.clients:
             limit = len(labels) - cfg.clients
             raise ConfigError(f"defense.root_size must be in [1, {limit}), got {root_size}")
@@ -104,6 +102,27 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
             rng=np.random.default_rng([cfg.seed, 0]),
         )
     ]
+    return parts, root
+
+
+def root_size_of(aggregator: Any) -> int | None:
+    """Size of the clean server root set the defense needs (FLTrust), else None."""
+    if not getattr(aggregator, "needs_root_gradient", False):
+        return None
+    return int(getattr(aggregator, "root_size", 100))
+
+
+def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
+    """Load data, partition it, build model, defense and simulator, all seeded from ``cfg.seed``."""
+    device = resolve_device(cfg.device)
+    backend: Backend = default_backend(device) if cfg.backend == "auto" else cfg.backend  # type: ignore[assignment]
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    c_max = cfg.resolved_c_max
+    aggregator = make_aggregator(
+        cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
+    )
+    # FLTrust: a clean root set drawn uniformly from the training data, disjoint from clients.
+    parts, root = split_clients(cfg, ds, root_size_of(aggregator))
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, num_classes=ds.num_classes)
     attack = None if cfg.attack == "none" else make_attack(cfg.attack, **cfg.attack_params)

@@ -1,0 +1,1 @@
+"""tesseract-fl on Flower: the example ServerApp and ClientApp (README "Deploy with Flower")."""

@@ -1,0 +1,339 @@
+"""A Flower federation on this machine, as real processes: one SuperLink and N SuperNodes.
+
+What the deployment test and the benchmark use; the README's "Deploy with Flower" gives the same
+steps as shell commands. :class:`LocalFederation` starts ``flower-superlink`` (optionally in
+simulation mode, where ``flwr run`` uses the Ray simulation engine) and ``flower-supernode``
+processes on free localhost ports, with TLS by default (certificates from
+``scripts/make-test-certs.sh``; ``insecure=True`` is the explicit opt-out), submits an app with
+``flwr run`` and stops everything again.
+
+Cleanup: every process is started in its own process group and all of them, with everything
+they spawn (Flower's SuperExec and app processes detach into new sessions; Ray starts its own
+daemons), carry a unique ``TESSERACT_FL_FEDERATION`` environment tag. :meth:`stop` terminates
+the process groups, then kills any process still carrying the tag, and :meth:`survivors` lists
+them (Linux ``/proc``), so a test can assert that nothing is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tesseract_fl.errors import TesseractFLError
+
+__all__ = ["FederationError", "LocalFederation", "free_port", "make_certificates"]
+
+TAG = "TESSERACT_FL_FEDERATION"
+
+#: The cert script, relative to the repository root.
+CERT_SCRIPT = Path("scripts") / "make-test-certs.sh"
+
+
+class FederationError(TesseractFLError):
+    """A Flower process did not start, or a run did not finish."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_certificates(out_dir: Path, script: Path | None = None) -> Path:
+    """Run ``scripts/make-test-certs.sh`` into ``out_dir``; returns ``out_dir``."""
+    script = script or Path(__file__).resolve().parents[3] / CERT_SCRIPT
+    if not script.is_file():
+        raise FederationError(f"certificate script {script} not found")
+    proc = subprocess.run(
+        ["bash", str(script), str(out_dir)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise FederationError(f"{script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return out_dir
+
+
+def _quote(value: Any) -> str:
+    """A run-config value as a TOML literal for ``--run-config``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+class LocalFederation:
+    """One SuperLink (+ ``supernodes`` SuperNodes) on localhost, in ``workdir``.
+
+    ``node_configs``: each SuperNode's ``--node-config`` (default: ``partition-id=i
+    num-partitions=N``). ``simulation``: start the SuperLink in simulation mode (no SuperNodes;
+    ``flwr run`` runs the app on the Ray simulation engine). ``insecure``: no TLS (explicit
+    opt-in; the default generates test certificates into ``workdir/certificates``). ``env``:
+    extra environment for every process. ``cert_script``: the certificate script (default:
+    ``scripts/make-test-certs.sh`` of the source checkout).
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        supernodes: int = 0,
+        node_configs: Sequence[str] | None = None,
+        simulation: bool = False,
+        insecure: bool = False,
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 120.0,
+        cert_script: str | Path | None = None,
+    ) -> None:
+        if simulation and supernodes:
+            raise FederationError("a simulation SuperLink runs its own virtual SuperNodes")
+        if node_configs is not None and len(node_configs) != supernodes:
+            raise FederationError(f"{len(node_configs)} node configs for {supernodes} nodes")
+        self.workdir = Path(workdir).resolve()
+        self.supernodes = supernodes
+        self.node_configs = (
+            list(node_configs)
+            if node_configs is not None
+            else [f"partition-id={i} num-partitions={supernodes}" for i in range(supernodes)]
+        )
+        self.simulation = simulation
+        self.insecure = insecure
+        self.startup_timeout = startup_timeout
+        self.cert_script = None if cert_script is None else Path(cert_script)
+        self.tag = uuid.uuid4().hex
+        self.port = 0
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        bindir = str(Path(sys.executable).parent)
+        # The processes import this very tesseract_fl (not another copy on the path), and a
+        # relative PYTHONPATH entry would break in their working directory.
+        package_root = str(Path(__file__).resolve().parents[2])
+        pythonpath = [package_root] + [
+            str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
+        ]
+        self.env = {
+            **os.environ,
+            "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
+            "FLWR_HOME": str(self.workdir / "flwr-home"),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            TAG: self.tag,
+            **(env or {}),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LocalFederation:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the SuperLink, wait until it answers, then the SuperNodes (until registered)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "flwr-home").mkdir(exist_ok=True)
+        tls: list[str] = ["--insecure"]
+        certs = self.workdir / "certificates"
+        if not self.insecure:
+            make_certificates(certs, self.cert_script)
+            tls = [
+                "--ssl-ca-certfile",
+                str(certs / "ca.crt"),
+                "--ssl-certfile",
+                str(certs / "server.pem"),
+                "--ssl-keyfile",
+                str(certs / "server.key"),
+            ]
+        self.port = free_port()
+        self._write_connection(certs)
+        self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                *tls,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+                *(["--simulation"] if self.simulation else []),
+            ],
+        )
+        self._wait_for_log("superlink", "Uvicorn running on")
+        client_tls = (
+            ["--insecure"] if self.insecure else ["--root-certificates", str(certs / "ca.crt")]
+        )
+        for i, node_config in enumerate(self.node_configs):
+            self._spawn(
+                f"supernode-{i}",
+                [
+                    "flower-supernode",
+                    *client_tls,
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--node-config",
+                    node_config,
+                    "--port",
+                    str(free_port()),
+                ],
+            )
+        for i in range(self.supernodes):
+            self._wait_for_log(f"supernode-{i}", "SuperNode ID:")
+
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: Mapping[str, Any] | None = None,
+        *,
+        federation_config: Mapping[str, Any] | None = None,
+        timeout: float = 600.0,
+    ) -> str:
+        """``flwr run APP local --stream`` with the given run config; returns its output.
+        :class:`FederationError` (with the output's tail) when it fails or times out."""
+        cmd = ["flwr", "run", str(app_dir), "local", "--stream"]
+        if run_config:
+            cmd += ["--run-config", " ".join(f"{k}={_quote(v)}" for k, v in run_config.items())]
+        if federation_config:
+            cmd += [
+                "--federation-config",
+                " ".join(f"{k}={_quote(v)}" for k, v in federation_config.items()),
+            ]
+        log_path = self.workdir / "flwr-run.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            self.procs.append(proc)
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise FederationError(
+                    f"flwr run did not finish in {timeout:.0f} s:\n{self.tail('flwr-run')}"
+                ) from None
+        self.logs["flwr-run"] = log_path
+        output = log_path.read_text(errors="replace")
+        if rc != 0:
+            raise FederationError(f"flwr run exited with {rc}:\n{self.tail('flwr-run')}")
+        return output
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds, then kill
+        every process still carrying this federation's tag (and reap our children)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                _kill_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (
+            any(p.poll() is None for p in self.procs) or self.survivors()
+        ):
+            time.sleep(0.1)
+        for proc in self.procs:
+            if proc.poll() is None:
+                _kill_group(proc.pid, signal.SIGKILL)
+        for _ in range(50):
+            left = self.survivors()
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def survivors(self) -> list[int]:
+        """Pids of live processes carrying this federation's tag (zombies excluded)."""
+        needle = f"{TAG}={self.tag}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found.append(int(entry.name))
+        return found
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        """The last lines of a process's log (``superlink``, ``supernode-<i>``, ``flwr-run``)."""
+        path = self.logs.get(name)
+        if path is None or not path.exists():
+            return f"(no log for {name})"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # ------------------------------------------------------------------ internals
+
+    def _write_connection(self, certs: Path) -> None:
+        """The flwr CLI's connection ``local`` to this SuperLink, in ``$FLWR_HOME/config.toml``."""
+        lines = [
+            "[superlink]",
+            'default = "local"',
+            "",
+            "[superlink.local]",
+            f'address = "127.0.0.1:{self.port}"',
+        ]
+        lines.append(
+            "insecure = true" if self.insecure else f'root-certificates = "{certs / "ca.crt"}"'
+        )
+        (self.workdir / "flwr-home" / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        log_path = self.workdir / f"{name}.log"
+        self.logs[name] = log_path
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() signals the group
+            )
+        self.procs.append(proc)
+        self.named[name] = proc
+
+    def _wait_for_log(self, name: str, marker: str) -> None:
+        proc = self.named[name]
+        path = self.logs[name]
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if marker in path.read_text(errors="replace"):
+                return
+            if proc.poll() is not None:
+                raise FederationError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+            time.sleep(0.2)
+        raise FederationError(
+            f"{name} did not start in {self.startup_timeout:.0f} s:\n{self.tail(name)}"
+        )
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
