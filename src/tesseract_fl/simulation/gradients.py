@@ -80,9 +80,7 @@ def loop_gradients(
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
-# Per-model replicas for the worker threads: ``functional_call`` swaps a module's parameters in
-# and out while it runs, so two threads must never call it on the same module object. Replicas
-# only provide the structure; parameters and buffers are always passed in from the real model.
+# Per-model replicas for the worker threads (channels-last copies; refreshed on every call).
 _REPLICAS: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
 
@@ -104,6 +102,23 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _synced_replicas(model: nn.Module, workers: int) -> list[nn.Module]:
+    """``workers`` private copies of ``model`` (4-D weights channels-last) holding its current
+    parameters and buffers: made once per model, refreshed with ``copy_`` on every call."""
+    with _POOLS_LOCK:
+        replicas = _REPLICAS.setdefault(model, [])
+        while len(replicas) < workers:
+            replicas.append(copy.deepcopy(model).to(memory_format=torch.channels_last))
+        replicas = replicas[:workers]
+    src = [*model.parameters(), *model.buffers()]
+    with torch.no_grad():
+        for r in replicas:
+            r.train(model.training)
+            for dst, val in zip([*r.parameters(), *r.buffers()], src, strict=True):
+                dst.copy_(val)
+    return replicas
+
+
 def threaded_gradients(
     model: nn.Module,
     x: Tensor,
@@ -115,11 +130,11 @@ def threaded_gradients(
     """Same as :func:`loop_gradients`, with the clients split into ``workers`` contiguous blocks
     computed concurrently (default: the calling thread's torch thread count).
 
-    Each worker runs ``functional_call`` on its own structural replica of the model (made once
-    per model and reused), with the model's parameters passed in as detached leaves (4-D weights
-    in channels-last layout) and its buffers as they are, so no parameter is copied per client.
-    A model in training mode with buffers (BatchNorm running statistics) falls back to
-    :func:`loop_gradients`: the loop's sequential buffer updates cannot be split across threads.
+    Each worker runs its own replica of the model (made once per model, 4-D weights in
+    channels-last layout, parameters and buffers copied from the model on every call: two
+    models' worth of copies per round, nothing per client). A model in training mode with
+    buffers (BatchNorm running statistics) falls back to :func:`loop_gradients`: the loop's
+    sequential buffer updates cannot be split across threads.
     """
     m = x.shape[0]
     workers = torch.get_num_threads() if workers is None else int(workers)
@@ -128,56 +143,44 @@ def threaded_gradients(
     has_buffers = any(True for _ in model.buffers())
     if x.device.type != "cpu" or (model.training and has_buffers):
         return loop_gradients(model, x, y, loss_fn, out=out)
-    named = _trainable(model)
-    params = {
-        n: (
-            p.detach().contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p.detach()
-        ).requires_grad_(True)
-        for n, p in named
-    }
-    leaves = list(params.values())
-    tensors: dict[str, Tensor] = {**dict(model.named_buffers()), **params}
-    P = sum(p.numel() for p in leaves)
+    workers = min(workers, m)
+    replicas = _synced_replicas(model, workers)
+    P = num_params(model)
     G = out if out is not None else torch.empty(m, P, dtype=torch.float32, device=x.device)
     losses = torch.empty(m, dtype=torch.float32, device=x.device)
 
-    def block(replica: nn.Module, start: int, stop: int) -> None:
-        for i in range(start, stop):
-            loss = loss_fn(functional_call(replica, tensors, (x[i],)), y[i])
-            grads = torch.autograd.grad(loss, leaves)
-            offset = 0
-            row = G[i]
-            for g in grads:
-                n = g.numel()
-                row[offset : offset + n].copy_(g.reshape(-1))
-                offset += n
-            losses[i] = loss.detach()
-
-    workers = min(workers, m)
-    if workers <= 1:
-        with torch.enable_grad():
-            prev = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                block(model, 0, m)
-            finally:
-                torch.set_num_threads(prev)
-        return G, losses
-    with _POOLS_LOCK:
-        replicas = _REPLICAS.setdefault(model, [])
-        while len(replicas) < workers:
-            replicas.append(copy.deepcopy(model))
-        replicas = replicas[:workers]
-    for r in replicas:
-        r.train(model.training)
     bounds = [round(k * m / workers) for k in range(workers + 1)]
-    run = torch.enable_grad()(block)
+    if workers == 1:
+        prev = torch.get_num_threads()
+        try:
+            _, l1 = _block_losses(replicas[0], x, y, loss_fn, G)
+        finally:
+            torch.set_num_threads(prev)
+        losses.copy_(l1)
+        return G, losses
     futures = [
-        _pool(workers).submit(run, replicas[k], bounds[k], bounds[k + 1]) for k in range(workers)
+        _pool(workers).submit(
+            _block_losses,
+            replicas[k],
+            x[bounds[k] : bounds[k + 1]],
+            y[bounds[k] : bounds[k + 1]],
+            loss_fn,
+            G[bounds[k] : bounds[k + 1]],
+        )
+        for k in range(workers)
     ]
-    for f in futures:
-        f.result()
+    for k, f in enumerate(futures):
+        losses[bounds[k] : bounds[k + 1]] = f.result()[1]
     return G, losses
+
+
+def _block_losses(
+    replica: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, out: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One worker's share: the per-client loop on its replica, torch single-threaded."""
+    torch.set_num_threads(1)  # OpenMP thread counts are per calling thread
+    with torch.enable_grad():
+        return loop_gradients(replica, x, y, loss_fn, out=out)
 
 
 def vmap_gradients(
