@@ -2,7 +2,7 @@
 
 Each size runs in a fresh child process (so one measurement cannot inherit another's peak):
 the child builds the ``mnist`` preset's simulation with ``clients = m`` and 20% attackers, runs
-two rounds, and reports its peak resident set size (``ru_maxrss``) and its resident size just
+two rounds, and reports its peak resident set size (``VmHWM``) and its resident size just
 before the first round. The ``[m, P]`` gradient matrix alone is ``4 m P`` bytes (1 GiB at
 1000 x 266,060); the target (issue 8) is a peak below 4 GiB at 1000 clients.
 
@@ -30,13 +30,26 @@ TARGET_GIB_AT_1000 = 4.0
 GIB = 1024**3
 
 
-def _rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc; 0 where unavailable)."""
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` in bytes (Linux; 0 where unavailable)."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
-        return 0
-    return pages * resource.getpagesize()
+        pass
+    return 0
+
+
+def _peak_bytes() -> int:
+    """Peak resident set size of this process image.
+
+    ``VmHWM`` belongs to the address space made at ``exec``; ``ru_maxrss`` is not used because
+    Linux carries it over from the parent across fork + exec (a child started by a large
+    benchmark process would report the parent's size).
+    """
+    hwm = _status_bytes("VmHWM")
+    return hwm if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def child(m: int, defense: str, attack: str, rounds: int) -> dict[str, Any]:
@@ -56,12 +69,12 @@ def child(m: int, defense: str, attack: str, rounds: int) -> dict[str, Any]:
         ],
     )
     sim = build_simulation(cfg)
-    before = _rss_bytes()
+    before = _status_bytes("VmRSS")
     t = time.perf_counter()
     for _ in range(rounds):
         sim.step()
     seconds = (time.perf_counter() - t) / rounds
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _peak_bytes()
     return {
         "clients": m,
         "malicious": m // 5,

@@ -149,4 +149,5 @@ def uniform(
 ) -> Tensor:
     """U(low, high) draws from ``generator`` (on the CPU, so results do not depend on device)."""
     u = torch.rand(shape, generator=generator, dtype=torch.float32)
-    return (low + (high - low) * u).to(device=like.device, dtype=like.dtype)
+    u.mul_(high - low).add_(low)  # in place: the same values as low + (high - low) * u
+    return u.to(device=like.device, dtype=like.dtype)
