@@ -157,7 +157,7 @@ def test_missing_files_message(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as exc:
         load_dataset("fmnist", tmp_path)
     msg = str(exc.value)
-    assert "tesseract-fl datasets fetch fmnist" in msg
+    assert "tesseract-fl datasets prepare fmnist" in msg
     assert str(tmp_path / "fmnist") in msg
     assert "train-images-idx3-ubyte" in msg and "t10k-labels.idx1-ubyte" in msg
 
@@ -165,7 +165,7 @@ def test_missing_files_message(tmp_path: Path) -> None:
 def test_partly_missing_names_only_missing(tmp_path: Path) -> None:
     _make_fixture(tmp_path, "mnist", "dot")
     (tmp_path / "mnist" / "t10k-labels.idx1-ubyte").unlink()
-    with pytest.raises(DatasetError, match="datasets fetch mnist") as exc:
+    with pytest.raises(DatasetError, match="datasets prepare mnist") as exc:
         load_dataset("mnist", tmp_path)
     assert "train-images" not in str(exc.value)
 

@@ -80,10 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gr.add_argument("--data-dir", default=None, help="dataset directory for every run")
     gr.add_argument("--force", action="store_true", help="rerun finished runs too")
-    ds = sub.add_parser("datasets", help="list, fetch or verify datasets")
-    ds.add_argument("action", choices=["list", "fetch", "verify"])
+    ds = sub.add_parser(
+        "datasets",
+        help="list, prepare (install, verify, write a manifest) or verify datasets",
+        description="list: name, source, present, size, path. prepare NAME: install from the "
+        "offline source, or download where there is internet, check SHA-256, write "
+        "manifest.json; otherwise say what to place where (fetch: the same). verify: read "
+        "every file and check hashes / the manifest.",
+    )
+    ds.add_argument("action", choices=["list", "prepare", "fetch", "verify"])
     ds.add_argument("names", nargs="*", help="dataset names (default: all for list/verify)")
-    ds.add_argument("--data-dir", default=None)
+    ds.add_argument("--data-dir", default=None, help="data directory (env TESSERACT_FL_DATA)")
+    ds.add_argument(
+        "--archive",
+        default=None,
+        metavar="PATH",
+        help="prepare: unpack this copy of the dataset's archive instead of downloading it",
+    )
+    ds.add_argument(
+        "--no-download",
+        action="store_true",
+        help="prepare: never use the network; say what to place where instead",
+    )
     pr = sub.add_parser("presets", help="list presets or show one as TOML-like keys")
     pr.add_argument("name", nargs="?")
     sh = sub.add_parser("show", help="list runs in a store, or one run's metrics")
@@ -360,8 +378,19 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bytes(n: int) -> str:
+    """A byte count for people: 0, 512 B, 53.4 MB."""
+    if n == 0:
+        return "0"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from tesseract_fl.data import DATASETS, default_data_dir, fetch_dataset, verify_dataset
+    from tesseract_fl.data import DATASETS, default_data_dir, verify_dataset
+    from tesseract_fl.data.prepare import dataset_status, prepare_dataset
 
     names = args.names or sorted(DATASETS)
     for n in names:
@@ -369,24 +398,52 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             raise TesseractFLError(
                 f"unknown dataset {n!r}; allowed values: {', '.join(sorted(DATASETS))}"
             )
-    if args.action == "fetch":
+    if args.action in ("prepare", "fetch"):
         if not args.names:
             raise TesseractFLError(
-                "name the datasets to fetch, e.g. `tesseract-fl datasets fetch mnist`"
+                f"name the datasets to {args.action}, e.g. `tesseract-fl datasets prepare mnist`"
             )
+        if args.archive is not None and len(names) != 1:
+            raise TesseractFLError("--archive goes with exactly one dataset name")
         for n in names:
-            path = fetch_dataset(n, args.data_dir, log=lambda msg: err_console.print(msg))
-            out_console.print(f"[green]{n}[/]: ready in {path}")
+            manifest = prepare_dataset(
+                n,
+                args.data_dir,
+                archive=args.archive,
+                download=not args.no_download,
+                log=lambda msg: err_console.print(msg, highlight=False),
+            )
+            out_console.print(f"[green]{n}[/]: ready (manifest {manifest})", highlight=False)
+        return 0
+    if args.action == "list":
+        table = Table(title=f"datasets in {default_data_dir(args.data_dir)}")
+        for col, justify in (
+            ("name", "left"),
+            ("source", "left"),
+            ("present", "left"),
+            ("size", "right"),
+            ("path", "left"),
+        ):
+            table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for n in names:
+            st = dataset_status(n, args.data_dir)
+            table.add_row(n, st.source, st.detail, _bytes(st.size), str(st.path))
+        out_console.print(table)
+        out_console.print(
+            "present = the reader's files exist; `datasets verify` reads them and checks hashes; "
+            "`datasets prepare NAME` installs a missing one or says what to place where.",
+            highlight=False,
+        )
         return 0
     table = Table(title=f"datasets in {default_data_dir(args.data_dir)}")
     table.add_column("name")
     table.add_column("description")
-    table.add_column("files")
+    table.add_column("files", overflow="fold")
     bad = False
     for n in names:
         status = verify_dataset(n, args.data_dir)
         ok = all(v == "ok" for v in status.values())
-        bad |= args.action == "verify" and not ok
+        bad |= not ok
         files = "ok" if ok else "; ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
         table.add_row(n, str(DATASETS[n]), files)
     out_console.print(table)

@@ -1,6 +1,7 @@
 """Ch-MNIST: Kather et al. 2016 colorectal histology tiles, 8 classes (paper Fig. 3b).
 
-No package ships it, and nothing is downloaded here. Two layouts are read from
+No package ships it, and nothing is downloaded here (``tesseract-fl datasets prepare chmnist``
+downloads the zip where there is internet, see ``prepare.py``). Two layouts are read from
 ``<data_dir>/chmnist/`` (the first one found wins):
 
 1. ``chmnist.npz`` with arrays ``x`` (uint8 ``[N, H, W, 3]`` RGB, channels last, or
@@ -166,8 +167,9 @@ def load_chmnist(data_dir: str | os.PathLike[str] | None = None, size: int = IMA
         if root is None:
             raise DatasetError(
                 f"dataset 'chmnist': neither {npz} nor the class folders "
-                f"{', '.join(CLASS_FOLDERS)} found under {base}. Ch-MNIST is not downloaded by "
-                "this tool: unzip Kather_texture_2016_image_tiles_5000.zip "
+                f"{', '.join(CLASS_FOLDERS)} found under {base}. Run `tesseract-fl datasets "
+                "prepare chmnist` (downloads it where there is internet; nothing is downloaded "
+                "at run time), or unzip Kather_texture_2016_image_tiles_5000.zip "
                 f"(https://zenodo.org/record/53169) into {base}, or place an npz file with "
                 f"arrays x (uint8 [N, H, W, 3]) and y (labels 0..7) at {npz}; or point "
                 f"--data-dir / ${DATA_DIR_ENV} at a directory holding such a chmnist/ folder."

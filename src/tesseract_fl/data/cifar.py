@@ -1,6 +1,7 @@
 """CIFAR-10 from its python pickle batches (DESIGN.md section 5; paper Table 1).
 
-No package ships CIFAR-10, and nothing is downloaded here: unpack the canonical
+No package ships CIFAR-10, and nothing is downloaded here (``tesseract-fl datasets prepare
+cifar10`` downloads it where there is internet, see ``prepare.py``): unpack the canonical
 ``cifar-10-python.tar.gz`` (https://www.cs.toronto.edu/~kriz/cifar.html) so that
 ``<data_dir>/cifar10/cifar-10-batches-py/`` (or ``<data_dir>/cifar10/`` itself) holds
 ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``. Each batch is a pickled dict with
@@ -133,8 +134,9 @@ def load_cifar10(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     missing = [n for n in names if not (directory / n).is_file()]
     if missing:
         raise DatasetError(
-            f"dataset 'cifar10': missing in {directory}: {', '.join(missing)}. CIFAR-10 is "
-            "not downloaded by this tool: get cifar-10-python.tar.gz from "
+            f"dataset 'cifar10': missing in {directory}: {', '.join(missing)}. Run "
+            "`tesseract-fl datasets prepare cifar10` (downloads it where there is internet; "
+            "nothing is downloaded at run time), or get cifar-10-python.tar.gz from "
             "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into "
             f"{default_data_dir(data_dir) / 'cifar10'} (giving cifar-10-batches-py/ with "
             f"data_batch_1..5 and test_batch), or point --data-dir / ${DATA_DIR_ENV} at a "

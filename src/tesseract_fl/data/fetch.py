@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tesseract_fl.data.idx import read_idx
+from tesseract_fl.data.manifest import MANIFEST_NAME, check_manifest
 from tesseract_fl.data.registry import (
     DATA_DIR_ENV,
     DATASETS,
@@ -153,13 +154,20 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) ->
     """Check the files of ``name`` in ``<data_dir>/<name>/`` against the known hashes.
 
     Returns a mapping file name -> status: ``"ok"``, ``"missing"`` (keyed by the canonical
-    name), or a reason such as a SHA-256 or shape mismatch.
+    name), or a reason such as a SHA-256 or shape mismatch. Datasets without published hashes
+    are checked by loading them. When ``datasets prepare`` wrote a manifest, every file it
+    lists is checked too (size and SHA-256), so a file truncated or changed later is named
+    even where the reader would not notice.
     """
     key = _normalize(name)
-    if key not in EXPECTED_SHA256:
-        return _check_by_loading(key, data_dir)
     directory = dataset_dir(key, data_dir)
+    problems = check_manifest(directory)
     result: dict[str, str] = {}
+    if problems is not None:
+        result.update(problems or {MANIFEST_NAME: "ok"})
+    if key not in EXPECTED_SHA256:
+        result.update(_check_by_loading(key, data_dir))
+        return result
     for file_key in IDX_FILES:
         found = find_idx_file(directory, file_key)
         if found is None:

