@@ -18,7 +18,7 @@ from typing import Any
 
 from tesseract_fl.errors import ConfigError
 
-PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet")
+PARTITIONS: tuple[str, ...] = ("bias", "iid", "sequential", "dirichlet", "writers")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "loop", "threads", "vmap")
 AGGREGATE_ONLY: tuple[str, ...] = ("all", "benign", "malicious")
@@ -41,6 +41,8 @@ class ExperimentConfig:
     batch_size: int = 32
     lr: float = 0.01
     lr_schedule: str = "constant"
+    # Training-time augmentation of the clients' batches ("crop_flip": CIFAR-10's standard one).
+    augment: str = "none"
     defense: str = "tesseract"
     defense_params: dict[str, Any] = field(default_factory=dict)
     attack: str = "none"
@@ -49,6 +51,8 @@ class ExperimentConfig:
     aggregate_only: str = "all"
     seed: int = 0
     eval_every: int = 10
+    # Evaluate on a fixed random subset of this many test samples (0: the whole test set).
+    test_subset: int = 0
     record_every: int = 10
     device: str = "auto"
     backend: str = "auto"
@@ -85,7 +89,12 @@ class ExperimentConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_OPTIONAL_DEFAULTS: dict[str, Any] = {"malicious_ids": None, "aggregate_only": "all"}
+_OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "malicious_ids": None,
+    "aggregate_only": "all",
+    "augment": "none",
+    "test_subset": 0,
+}
 
 
 def _non_default_params(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +249,7 @@ def validate(cfg: ExperimentConfig) -> None:
     from tesseract_fl.aggregators import AGGREGATORS, make_aggregator
     from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE, make_attack
     from tesseract_fl.data import DATASETS
+    from tesseract_fl.data.augment import AUGMENTATIONS
     from tesseract_fl.models import MODELS
     from tesseract_fl.simulation.schedules import LR_SCHEDULES
 
@@ -247,6 +257,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice("model", cfg.model, sorted(MODELS))
     _choice("partition", cfg.partition, PARTITIONS)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    _choice("augment", cfg.augment, AUGMENTATIONS)
     _choice("defense", cfg.defense, sorted(AGGREGATORS))
     _choice("attack", cfg.attack, ["none", *sorted(ATTACKS)])
     _choice("aggregate_only", cfg.aggregate_only, AGGREGATE_ONLY)
@@ -266,6 +277,10 @@ def validate(cfg: ExperimentConfig) -> None:
     for key in ("rounds", "batch_size", "eval_every", "record_every", "vmap_chunk"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.test_subset < 0:
+        raise ConfigError(
+            f"test_subset must be >= 0 (0 evaluates on the whole test set), got {cfg.test_subset}"
+        )
     if cfg.checkpoint_every < 0:
         raise ConfigError(
             f"checkpoint_every must be >= 0 (0 disables checkpoints), got {cfg.checkpoint_every}"

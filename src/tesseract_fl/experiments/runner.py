@@ -17,7 +17,8 @@ import tesseract_fl
 from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.attacks import make_attack
 from tesseract_fl.data import Dataset, load_dataset, partition
-from tesseract_fl.errors import ConfigError
+from tesseract_fl.data.augment import black_pixel, make_augment
+from tesseract_fl.errors import ConfigError, DatasetError
 from tesseract_fl.experiments.checkpoints import (
     CHECKPOINT_FORMAT,
     checkpoint_path,
@@ -33,6 +34,8 @@ from tesseract_fl.simulation.gradients import Backend, default_backend
 from tesseract_fl.simulation.schedules import make_schedule
 
 DEFAULT_STORE = Path("results") / "store.sqlite"
+#: Seed of the test subset (``test_subset``): the same samples for every run.
+_TEST_SUBSET_SEED = 20_240_601
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
@@ -69,6 +72,18 @@ def resolved_malicious_ids(cfg: ExperimentConfig) -> list[int]:
     if cfg.malicious_ids is not None:
         return sorted(cfg.malicious_ids)
     return malicious_ids(cfg.clients, cfg.malicious, cfg.seed)
+
+
+def evaluation_indices(n_test: int, size: int) -> torch.Tensor | None:
+    """Sorted indices of the ``test_subset`` evaluated (None: the whole test set).
+
+    Drawn with a fixed seed, independent of the run's seed, so that every run of a preset (any
+    seed, defense or attack) is evaluated on the same samples.
+    """
+    if size <= 0 or size >= n_test:
+        return None
+    rng = np.random.default_rng(_TEST_SUBSET_SEED)
+    return torch.from_numpy(np.sort(rng.choice(n_test, size, replace=False)))
 
 
 def split_clients(
@@ -116,7 +131,11 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     """Load data, partition it, build model, defense and simulator, all seeded from ``cfg.seed``."""
     device = resolve_device(cfg.device)
     backend: Backend = default_backend(device) if cfg.backend == "auto" else cfg.backend  # type: ignore[assignment]
-    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    try:
+        ds = load_dataset(cfg.dataset, cfg.data_dir)
+    except DatasetError as exc:
+        # Before anything else is built: the reader's message says what to place where.
+        raise DatasetError(f"run {cfg.name!r} needs dataset {cfg.dataset!r}: {exc}") from exc
     c_max = cfg.resolved_c_max
     aggregator = make_aggregator(
         cfg.defense, num_clients=cfg.clients, c_max=c_max, **cfg.defense_params
@@ -126,12 +145,13 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, num_classes=ds.num_classes)
     attack = None if cfg.attack == "none" else make_attack(cfg.attack, **cfg.attack_params)
+    test_idx = evaluation_indices(len(ds.test_y), cfg.test_subset)
     return FedSGDSimulation(
         model=model,
         train_x=ds.train_x,
         train_y=ds.train_y,
-        test_x=ds.test_x,
-        test_y=ds.test_y,
+        test_x=ds.test_x if test_idx is None else ds.test_x[test_idx],
+        test_y=ds.test_y if test_idx is None else ds.test_y[test_idx],
         partitions=parts,
         aggregator=aggregator,
         malicious_ids=resolved_malicious_ids(cfg),
@@ -146,6 +166,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
         attack=attack,
         num_classes=ds.num_classes,
         aggregate_only=None if cfg.aggregate_only == "all" else cfg.aggregate_only,  # type: ignore[arg-type]
+        augment=make_augment(cfg.augment, fill=black_pixel(cfg.dataset)),
     )
 
 

@@ -1,10 +1,11 @@
 """Synchronous FedSGD rounds (DESIGN.md sections 3-4, paper Sec. 2 and Algorithm 1).
 
-One round: every client draws its next round-robin batch (a data-poisoning attack relabels the
-malicious clients' batches), computes its gradient at the global model, a model-poisoning attack
-(if any) replaces the malicious rows, the defense aggregates the ``[m, P]`` matrix, and the server
-takes one SGD step ``theta <- theta - lr_t * update``. With ``aggregate_only`` (paper Figure 2)
-only the benign or only the malicious rows are aggregated, while everyone's flip-score is kept.
+One round: every client draws its next round-robin batch (augmented when the run augments, e.g.
+CIFAR-10's crop + flip; a data-poisoning attack relabels the malicious clients' batches),
+computes its gradient at the global model, a model-poisoning attack (if any) replaces the
+malicious rows, the defense aggregates the ``[m, P]`` matrix, and the server takes one SGD step
+``theta <- theta - lr_t * update``. With ``aggregate_only`` (paper Figure 2) only the benign or
+only the malicious rows are aggregated, while everyone's flip-score is kept.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class FedSGDSimulation:
         root_indices: np.ndarray | None = None,
         num_classes: int | None = None,
         aggregate_only: AggregateOnly | None = None,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cpu":
@@ -150,6 +152,12 @@ class FedSGDSimulation:
         self.client_ids = torch.arange(self.num_clients)
         self.n_samples = torch.as_tensor(self.sampler.n_samples, dtype=torch.float32)
         self.rng = torch.Generator().manual_seed(seed)
+        # Training-time augmentation of the clients' batches (e.g. CIFAR crop + flip), drawn
+        # from its own generator so that it changes no other random stream of the run.
+        self.augment = augment
+        self.augment_rng = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, 5]).generate_state(1)[0])
+        )
         self._G = torch.empty(self.num_clients, self.num_params, device=self.device)
         # FLTrust's clean root set on the server (kept out of the clients' partitions).
         self.root_sampler: RoundRobinSampler | None = None
@@ -172,6 +180,8 @@ class FedSGDSimulation:
         idx = torch.from_numpy(self.sampler.next_batches()).to(self.device)
         x = self.train_x[idx]
         y = self.train_y[idx]
+        if self.augment is not None:
+            x = self.augment(x.flatten(0, 1), self.augment_rng).view_as(x)
         if self.data_attack and bool(self.malicious.any()):
             mal = self.malicious.to(self.device)
             y[mal] = self.attack.poison_labels(y[mal], self.num_classes)
@@ -288,6 +298,7 @@ class FedSGDSimulation:
             "root_sampler": None if self.root_sampler is None else self.root_sampler.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "rng": self.rng.get_state(),
+            "augment_rng": self.augment_rng.get_state(),
             "s_g": self.s_g,
         }
 
@@ -299,4 +310,6 @@ class FedSGDSimulation:
             self.root_sampler.load_state_dict(state["root_sampler"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.rng.set_state(state["rng"])
+        if state.get("augment_rng") is not None:
+            self.augment_rng.set_state(state["augment_rng"])
         self.s_g = state.get("s_g")
