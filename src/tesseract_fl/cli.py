@@ -451,11 +451,39 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    from tesseract_fl.data.prepare import dataset_status
     from tesseract_fl.experiments.config import build_config, list_presets, load_preset
 
     if args.name is None:
+        table = Table(title="presets (`tesseract-fl presets NAME` shows every key)")
+        for col, justify in (
+            ("name", "left"),
+            ("dataset", "left"),
+            ("model", "left"),
+            ("m / c", "right"),
+            ("rounds", "right"),
+            ("batch", "right"),
+            ("lr", "right"),
+            ("data", "left"),
+        ):
+            table.add_column(col, justify=justify, no_wrap=col == "name")  # type: ignore[arg-type]
+        present: dict[str, bool] = {}
         for n in list_presets():
-            out_console.print(n)
+            cfg = build_config(load_preset(n))
+            if cfg.dataset not in present:
+                present[cfg.dataset] = dataset_status(cfg.dataset).present
+            lr = f"{cfg.lr:g}" + ("" if cfg.lr_schedule == "constant" else f" ({cfg.lr_schedule})")
+            table.add_row(
+                n,
+                cfg.dataset,
+                cfg.model,
+                f"{cfg.clients} / {cfg.malicious}",
+                str(cfg.rounds),
+                str(cfg.batch_size),
+                lr,
+                "present" if present[cfg.dataset] else f"missing: datasets prepare {cfg.dataset}",
+            )
+        out_console.print(table)
         return 0
     cfg = build_config(load_preset(args.name))
     for key, value in cfg.to_dict().items():
