@@ -5,37 +5,33 @@ right shapes (compute does not depend on pixel values): the authors' ResNet-18 C
 10 clients x 128 images of 3x32x32 (preset ``cifar10``) and LEAF's FEMNIST CNN with 35 clients x
 32 images of 1x28x28 (preset ``femnist``); clients, batch size and c_max are read from the
 presets. For each model: every client's gradient (training mode, so batch norm uses batch
-statistics) with the ``loop`` and the ``vmap`` backend (vmap in the largest chunk of clients that
+statistics) with the ``loop``, the ``threads`` (CPU only; models without batch norm, which it
+would run with the loop) and the ``vmap`` backend (vmap in the largest chunk of clients that
 fits in the memory budget, or skipped when not even one client fits), TESSERACT's aggregation of
 the ``[m, P]`` matrix in steady state, one round = gradients + aggregation, and the projected
-time of a 2000-round run (paper Table 1; evaluation not included). ``--quick`` times the loop
-on two clients and vmap on one call of its chunk, and scales both linearly to the preset's
+time of a 2000-round run (paper Table 1; evaluation not included). ``--quick`` times loop and
+threads on two clients and vmap on one call of its chunk, and scales them linearly to the preset's
 clients (marked with a star).
 
-    .venv/bin/python -m benchmarks.models [--device cuda] [--quick] [--repeats 2]
+    .venv/bin/python -m benchmarks models [--device cuda] [--quick] [--repeats 2]
         [--out results/benchmarks/models.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from benchmarks._timing import timeit
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from benchmarks._timing import device_sync, machine_info, timeit, write_report
 from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.experiments.config import resolve_config
 from tesseract_fl.models import count_parameters, make_model
@@ -55,33 +51,6 @@ MEMORY_SHARE = 0.4
 #: Activation bytes per sample are multiplied by this for the vmap estimate (saved activations,
 #: their gradients and vmap's batched copies).
 ACTIVATION_FACTOR = 4.0
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores, threads, versions, accelerator."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "machine": platform.machine(),
-        "processor": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def free_memory(device: torch.device) -> int:
@@ -139,19 +108,16 @@ def time_backend(
     device: torch.device,
 ) -> dict[str, Any]:
     """Median and spread of one round of ``clients`` gradients with ``backend`` (random data)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
     x = torch.randn(clients, batch, *shape, device=device)
     y = torch.randint(0, classes, (clients, batch), device=device)
     out = torch.empty(clients, count_parameters(model), device=device)
 
     def call() -> None:
         client_gradients(model, x, y, F.cross_entropy, backend, chunk_size=chunk, out=out)
-        if sync is not None:
-            sync()
 
     # warm-up on one client (allocator, kernel selection), outside the timed calls
     client_gradients(model, x[:1], y[:1], F.cross_entropy, backend, chunk_size=1, out=out[:1])
-    return timeit(call, repeats, warmup=0)
+    return timeit(call, repeats, warmup=0, sync=device_sync(device))
 
 
 def bench_preset(
@@ -173,7 +139,17 @@ def bench_preset(
     sample = torch.randn(1, *shape, device=device)
     chunk, per_client = vmap_chunk(model, sample, b, m, budget)
     backends: dict[str, dict[str, Any]] = {}
-    for backend in ("loop", "vmap"):
+    has_bn = any(True for _ in model.buffers())
+    names: tuple[Backend, ...] = ("loop", "vmap")
+    if device.type == "cpu":
+        names = ("loop", "threads", "vmap")
+    for backend in names:
+        if backend == "threads" and has_bn:
+            backends["threads"] = {
+                "skipped": "the model has batch norm buffers: the threads backend runs the loop"
+            }
+            log("  threads: skipped (batch norm: it falls back to the loop)")
+            continue
         if backend == "vmap" and chunk == 0:
             backends["vmap"] = {
                 "skipped": f"one client needs about {per_client / 2**30:.1f} GiB, more than the "
@@ -181,10 +157,10 @@ def bench_preset(
             }
             log(f"  vmap: skipped ({backends['vmap']['skipped']})")
             continue
-        timed = (min(m, QUICK_CLIENTS) if backend == "loop" else chunk) if quick else m
+        timed = (chunk if backend == "vmap" else min(m, QUICK_CLIENTS)) if quick else m
         ms = time_backend(model, backend, timed, b, shape, classes, chunk, repeats, device)
         backends[backend] = {
-            "chunk": None if backend == "loop" else chunk,
+            "chunk": chunk if backend == "vmap" else None,
             "clients_timed": timed,
             "timed_ms": ms,
             "seconds": (m / timed) * ms["median_ms"] / 1e3,
@@ -193,17 +169,10 @@ def bench_preset(
             backends[backend]["estimated_bytes_per_client"] = per_client
         log(f"  {backend}: {backends[backend]['seconds']:.2f} s of gradients per round")
     # TESSERACT on the full [m, P] matrix, in steady state (round 1 has no reference sign yet)
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
     G = torch.randn(m, P, device=device)
     agg = make_aggregator("tesseract", num_clients=m, c_max=cfg.resolved_c_max)
     agg.aggregate(G)
-
-    def aggregate() -> None:
-        agg.aggregate(G)
-        if sync is not None:
-            sync()
-
-    tess = timeit(aggregate, max(repeats, 3), warmup=0)
+    tess = timeit(lambda: agg.aggregate(G), max(repeats, 3), warmup=0, sync=device_sync(device))
     log(f"  TESSERACT aggregate: {tess['median_ms'] / 1e3:.3f} s")
     for entry in backends.values():
         if "seconds" in entry:
@@ -224,7 +193,7 @@ def bench_preset(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per backend")
@@ -250,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for p in args.presets
     ]
     info = machine_info(device)
+    info["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     table = Table(
         title=f"seconds per round at paper scale on {info['device']} "
         f"({info.get('gpu', info['processor'])}, {info['torch_threads']} torch threads)"
@@ -305,12 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": info,
         "results": results,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    path = write_report(report, args.out)
     console.print(f"wrote {path}")
+    return report
 
 
 if __name__ == "__main__":
