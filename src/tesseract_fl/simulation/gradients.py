@@ -108,7 +108,9 @@ def _synced_replicas(model: nn.Module, workers: int) -> list[nn.Module]:
     with _POOLS_LOCK:
         replicas = _REPLICAS.setdefault(model, [])
         while len(replicas) < workers:
-            replicas.append(copy.deepcopy(model).to(memory_format=torch.channels_last))
+            replica = copy.deepcopy(model)
+            replica.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            replicas.append(replica)
         replicas = replicas[:workers]
     src = [*model.parameters(), *model.buffers()]
     with torch.no_grad():
