@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -51,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"extra options {rest} need exactly one benchmark name")
     failed: list[str] = []
     for name in names:
-        mod = importlib.import_module(f"benchmarks.{name}")
         sub = list(rest)
         if args.quick:
             sub.append("--quick")
@@ -59,11 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub += ["--device", args.device]
         print(f"==> {name}: {BENCHMARKS[name]}", flush=True)
         t = time.perf_counter()
-        try:
-            mod.main(sub)
-        except Exception as exc:  # keep going: one broken benchmark must not hide the others
-            print(f"benchmark {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            failed.append(name)
+        if len(names) == 1:
+            try:
+                importlib.import_module(f"benchmarks.{name}").main(sub)
+            except Exception as exc:
+                print(f"benchmark {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failed.append(name)
+        else:
+            # Each benchmark in a fresh process: no heap state, allocator setting (the simulator
+            # applies simulation/heap.py) or peak memory carries over from the one before.
+            rc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *sub]).returncode
+            if rc != 0:  # keep going: one broken benchmark must not hide the others
+                print(f"benchmark {name} failed (exit code {rc})", file=sys.stderr)
+                failed.append(name)
         print(f"    ({time.perf_counter() - t:.0f} s)", flush=True)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
