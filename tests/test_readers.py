@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from datafixtures import cifar_batches
 from tesseract_fl.data import load_dataset, partition, verify_dataset
 from tesseract_fl.data.chmnist import CLASS_FOLDERS
 from tesseract_fl.data.cifar import read_cifar_batch
@@ -22,15 +23,8 @@ from tesseract_fl.errors import ConfigError, DatasetError
 def _write_cifar(root: Path, n: int = 4, nested: bool = True) -> Path:
     d = root / "cifar10" / ("cifar-10-batches-py" if nested else "")
     d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        batch = {
-            b"batch_label": f"batch {i}".encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [b"x.png"] * n,
-        }
-        (d / name).write_bytes(pickle.dumps(batch, protocol=2))
+    for name, data in cifar_batches(n).items():
+        (d / name).write_bytes(data)
     return d
 
 
