@@ -413,9 +413,13 @@ def test_every_experiment_grid_loads() -> None:
         grids
     )
     prefixes = ("table2", "table3", "fig2", "fig3", "fig4", "fig5", "fig6")
+    # Grids of runs that no paper table or figure shows (results/README.md lists them).
+    outside_report = {"datasets-paper"}
     for name, grid in grids.items():
         assert grid.runs, name
-        assert name.startswith(prefixes), f"{name}: the report would not read it"
+        assert name.startswith(prefixes) or name in outside_report, (
+            f"{name}: the report would not read it"
+        )
         for r in grid.runs:
             cfg = r.config
             if cfg.attack in ("full_krum", "adaptive_krum"):
