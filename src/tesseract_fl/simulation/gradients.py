@@ -84,20 +84,13 @@ _POOLS_LOCK = threading.Lock()
 _REPLICAS: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
 
-def _single_threaded_worker() -> None:
-    # OpenMP thread counts are per calling thread: the workers run torch single-threaded while
-    # the main thread keeps its own setting for aggregation and evaluation.
-    torch.set_num_threads(1)
-
-
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` single-threaded torch workers, made once and reused."""
+    """A process-wide pool of ``workers`` threads, made once and reused (each task sets its own
+    thread's torch thread count: see :func:`_block_losses`)."""
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
-            pool = ThreadPoolExecutor(
-                workers, thread_name_prefix="tfl-grad", initializer=_single_threaded_worker
-            )
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="tfl-grad")
             _POOLS[workers] = pool
         return pool
 
@@ -180,7 +173,9 @@ def _block_losses(
     replica: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, out: Tensor
 ) -> tuple[Tensor, Tensor]:
     """One worker's share: the per-client loop on its replica, torch single-threaded."""
-    torch.set_num_threads(1)  # OpenMP thread counts are per calling thread
+    # OpenMP thread counts are per calling thread: the worker runs torch single-threaded while
+    # the main thread keeps its own setting for aggregation and evaluation.
+    torch.set_num_threads(1)
     with torch.enable_grad():
         return loop_gradients(replica, x, y, loss_fn, out=out)
 
