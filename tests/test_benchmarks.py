@@ -53,3 +53,30 @@ def test_timeit_counts_calls_and_write_report_is_atomic(tmp_path: Path) -> None:
     path = write_report({"a": 1}, tmp_path / "sub" / "r.json")
     assert json.loads(path.read_text()) == {"a": 1}
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_round_ratio_is_measured_inside_each_round() -> None:
+    """``time_rounds`` divides each step's time by the gradient time of that same step and puts
+    the simulation's own method back afterwards."""
+    import time
+
+    from benchmarks.overhead import time_rounds
+
+    class FakeSim:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def compute_gradients(self) -> int:
+            self.calls += 1
+            time.sleep(0.02)
+            return self.calls
+
+        def step(self) -> None:
+            self.compute_gradients()
+            time.sleep(0.02)
+
+    sim = FakeSim()
+    out = time_rounds(sim, 3)
+    assert sim.calls == 3 and out["repeats"] == 3 and len(out["ratios_per_round"]) == 3
+    assert 1.5 < out["ratio_to_gradients"] < 3.0
+    assert "compute_gradients" not in vars(sim)

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from tesseract_fl.aggregators.median import Median, median, median_weights
 from tesseract_fl.aggregators.trimmed_mean import (
+    PARALLEL_MIN_COLUMNS,
+    SORT_MIN_ROWS,
     TrimmedMean,
+    resolve_sort_method,
     sorted_column_chunks,
     trimmed_mean,
     trimmed_mean_weights,
@@ -49,7 +52,9 @@ def test_median_by_hand_odd_and_even() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize(("m", "c"), [(1, 0), (2, 0), (3, 1), (7, 2), (10, 2), (35, 7), (40, 13)])
+@pytest.mark.parametrize(
+    ("m", "c"), [(1, 0), (2, 0), (3, 1), (7, 2), (10, 2), (35, 7), (40, 13), (64, 12), (100, 20)]
+)
 def test_trimmed_mean_matches_reference(method: str, m: int, c: int) -> None:
     G = rand(m, 301, seed=m)
     got = trimmed_mean(G, c, method=method, chunk_size=64)
@@ -73,9 +78,37 @@ def test_large_m_uses_sort_path_and_agrees() -> None:
     np.testing.assert_allclose(median(G).numpy(), np.median(G.numpy(), 0), atol=1e-7)
 
 
+def test_auto_method_by_size() -> None:
+    """The network below SORT_MIN_ROWS rows on CPU, the transposed sort from it on."""
+    G = torch.zeros(1, 5)
+    assert resolve_sort_method(G, SORT_MIN_ROWS - 1, "auto") == "network"
+    assert resolve_sort_method(G, SORT_MIN_ROWS, "auto") == "sort"
+    assert resolve_sort_method(G, 100, "torch") == "torch"
+    with pytest.raises(ConfigError, match="method must be"):
+        resolve_sort_method(G, 100, "quick")
+
+
+def test_threaded_column_ranges_agree_with_one_block() -> None:
+    """Above 2 x PARALLEL_MIN_COLUMNS the CPU kernels split columns over threads; every column
+    must come out as in a single-threaded pass (and as the naive reference)."""
+    G = rand(100, 2 * PARALLEL_MIN_COLUMNS + 7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        split = trimmed_mean(G, 20)
+        torch.set_num_threads(1)
+        single = trimmed_mean(G, 20)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(split, single)
+    assert torch.allclose(split.double(), ref_trimmed(G, 20), atol=1e-6)
+
+
 def test_chunked_equals_unchunked() -> None:
     G = rand(10, 1000)
     assert torch.equal(trimmed_mean(G, 2, chunk_size=3), trimmed_mean(G, 2, chunk_size=10_000))
+    G = rand(100, 1000)
+    assert torch.equal(trimmed_mean(G, 20, chunk_size=3), trimmed_mean(G, 20, chunk_size=10_000))
     assert torch.equal(median(G, chunk_size=7), median(G, chunk_size=10_000))
 
 

@@ -7,19 +7,22 @@ remaining ``m - 2 c_max`` are averaged.
 The kernel :func:`sorted_column_chunks` (also used by :mod:`.median` and :mod:`.bulyan`) sorts
 every column of G in blocks of columns, so no full-size temporary is ever made:
 
-* CPU, ``m <= 128``: a Batcher odd-even merge sorting network applied to whole rows of a column
+* CPU, ``m < 64``: a Batcher odd-even merge sorting network applied to whole rows of a column
   block (each compare-exchange is one ``np.minimum`` and one ``np.maximum`` over a contiguous
   row slice), pruned backwards to the comparators that can change the requested result (a rule
   that only sums the middle band never needs to order the dropped values among themselves).
-* CPU, larger m: the block is transposed into a ``[cols, m]`` buffer and sorted along the
-  contiguous axis with NumPy's SIMD sort.
+* CPU, ``m >= 64``: each block is transposed into a ``[cols, m]`` buffer and every row (one
+  column of G) is sorted along the contiguous axis with NumPy's SIMD sort; the trimmed mean then
+  sums the kept band of each sorted row in one call.
 * Other devices: ``torch.sort`` along dim 0 per column block.
 
-Measured on the project's 2-core CPU while another job loaded it (so +-50% noise), on
-``[100, 270000]`` float32: the network kernel 100-130 ms; ``np.sort(axis=0)`` 140-220 ms;
-``np.partition(axis=0)`` with two kth 640 ms (only a single kth uses NumPy's SIMD select);
-``torch.sort(dim=0)`` about 2 s. On ``[10, 11e6]`` the network is about 6x faster than the
-transposed SIMD sort (rows of 10 values are too short for it).
+Measured on the project's 2-core CPU (idle, 2 threads), on ``[100, 270000]`` float32: the
+transposed sort in 8192-column blocks with the band sum 62 ms; the pruned network 108-115 ms
+(its 928 comparators each stream 100 rows of a 13 MB block through L3); ByzFL's
+``np.sort(axis=0)``-based TrMean 135 ms; ``np.partition`` with two kth 640 ms (only a single kth
+uses NumPy's SIMD select); ``torch.sort(dim=0)`` about 2 s. With 27M values in ``[m, 27e6/m]``
+the network wins up to m = 48 (3x at m = 10, where rows are too short for a SIMD sort) and the
+two tie near m = 64, hence ``SORT_MIN_ROWS``.
 """
 
 from __future__ import annotations
@@ -47,15 +50,21 @@ from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = [
     "TrimmedMean",
+    "resolve_sort_method",
     "sample_columns",
     "sorted_column_chunks",
+    "sorted_row_blocks",
     "trimmed_mean",
 ]
 
-#: Default number of columns per block on CPU (row slices of 128 KiB stay in cache).
+#: Default number of columns per block for the CPU network (row slices of 128 KiB).
 DEFAULT_CHUNK_COLUMNS = 32768
-#: Largest m for which the sorting network is used on CPU (beyond it: transposed SIMD sort).
-NETWORK_MAX_ROWS = 128
+#: Default number of columns per block for the CPU transposed sort (a [8192, 100] float32 block
+#: is 3.2 MB, near the L2 cache of two cores).
+SORT_CHUNK_COLUMNS = 8192
+#: Smallest m for which ``method="auto"`` uses the transposed SIMD sort on CPU (below it: the
+#: network, whose comparator count grows as m log^2 m while per-row sorts get cheaper per value).
+SORT_MIN_ROWS = 64
 #: At most this many coordinates (fixed seed) are used to compute coordinate-wise weights: the
 #: weights are diagnostics (Table 3, Fig. 4), a kept fraction near 0.6 is then estimated to
 #: about +-0.008 (one standard error), and the sample costs a fraction of the rule itself.
@@ -124,6 +133,53 @@ def _numpy_view(G: Tensor) -> np.ndarray:
     return X.numpy()
 
 
+def resolve_sort_method(G: Tensor, m: int, method: str) -> str:
+    """The kernel form ``method`` means for ``m`` rows of ``G``: ``"auto"`` picks the torch sort
+    off CPU, the network for ``m < SORT_MIN_ROWS`` and the transposed sort otherwise."""
+    if method == "auto":
+        if G.device.type != "cpu":
+            return "torch"
+        return "network" if m < SORT_MIN_ROWS else "sort"
+    if method not in ("network", "sort", "torch"):
+        raise ConfigError(f"method must be 'auto', 'network', 'sort' or 'torch', got {method!r}")
+    return method
+
+
+def _chunk_columns(G: Tensor, m: int, method: str, chunk_size: int | None) -> int:
+    """Columns per block: ``chunk_size`` if given, else the form's default (all columns off
+    CPU), capped so a block holds at most 2^26 elements."""
+    P = G.shape[1]
+    if chunk_size is None:
+        if G.device.type != "cpu":
+            chunk = P
+        else:
+            chunk = SORT_CHUNK_COLUMNS if method == "sort" else DEFAULT_CHUNK_COLUMNS
+        chunk = max(1, min(chunk, (1 << 26) // m))
+    else:
+        chunk = as_count(chunk_size, "chunk_size", minimum=1)
+    return max(1, min(chunk, P)) if P else 1
+
+
+def sorted_row_blocks(
+    G: Tensor, row_idx: Sequence[int], chunk: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """CPU transposed sort: yields ``(start, stop, B)`` with ``B[j]`` the values of column
+    ``start + j`` of ``G[row_idx]`` in ascending order (``B`` is ``[stop - start, len(row_idx)]``,
+    a reused buffer: use it before the next step)."""
+    A = _numpy_view(G)
+    m_all, P = A.shape
+    m = len(row_idx)
+    tbuf = np.empty((chunk, m), dtype=A.dtype)
+    full_rows = list(row_idx) == list(range(m_all))
+    for start in range(0, P, chunk):
+        stop = min(P, start + chunk)
+        b = tbuf[: stop - start]
+        src = A[:, start:stop] if full_rows else A[list(row_idx), start:stop]
+        np.copyto(b, src.T)
+        b.sort(axis=1)
+        yield start, stop, b
+
+
 def sorted_column_chunks(
     G: Tensor,
     *,
@@ -143,10 +199,10 @@ def sorted_column_chunks(
     (Consumers work on NumPy arrays on CPU because small torch ops on a loaded 2-core machine
     were measured to stall for ~10 ms each in torch's intra-op thread pool.)
 
-    ``method``: ``"auto"`` (network for ``m <= 128`` on CPU, else ``"sort"``; ``"torch"`` off
-    CPU), ``"network"``, ``"sort"`` (NumPy SIMD sort of transposed blocks) or ``"torch"``
-    (``torch.sort``). ``chunk_size`` is the number of columns per block (default 32768 on CPU,
-    all columns elsewhere, capped so a block holds at most 2^26 elements).
+    ``method``: ``"auto"`` (see :func:`resolve_sort_method`), ``"network"``, ``"sort"`` (NumPy
+    SIMD sort of transposed blocks, :func:`sorted_row_blocks`) or ``"torch"`` (``torch.sort``).
+    ``chunk_size`` is the number of columns per block (default 32768 for the network, 8192 for
+    the sort, all columns off CPU; capped so a block holds at most 2^26 elements).
     """
     m_all, P = G.shape
     row_idx = list(range(m_all)) if rows is None else [int(r) for r in rows]
@@ -156,19 +212,8 @@ def sorted_column_chunks(
     group_key = tuple(range(m)) if groups is None else tuple(int(g) for g in groups)
     if len(group_key) != m:
         raise ConfigError(f"groups must have one label per row ({m}), got {len(group_key)}")
-    if method == "auto":
-        if G.device.type != "cpu":
-            method = "torch"
-        else:
-            method = "network" if m <= NETWORK_MAX_ROWS else "sort"
-    if method not in ("network", "sort", "torch"):
-        raise ConfigError(f"method must be 'auto', 'network', 'sort' or 'torch', got {method!r}")
-    if chunk_size is None:
-        chunk = DEFAULT_CHUNK_COLUMNS if G.device.type == "cpu" else P
-        chunk = max(1, min(chunk, (1 << 26) // m))
-    else:
-        chunk = as_count(chunk_size, "chunk_size", minimum=1)
-    chunk = max(1, min(chunk, P)) if P else 1
+    method = resolve_sort_method(G, m, method)
+    chunk = _chunk_columns(G, m, method, chunk_size)
 
     if method == "torch":
         sel = torch.as_tensor(row_idx, device=G.device)
@@ -179,19 +224,12 @@ def sorted_column_chunks(
             yield start, stop, list(srt.unbind(0))
         return
 
-    A = _numpy_view(G)
     if method == "sort":
-        tbuf = np.empty((chunk, m), dtype=A.dtype)
-        full_rows = row_idx == list(range(m_all))
-        for start in range(0, P, chunk):
-            stop = min(P, start + chunk)
-            b = tbuf[: stop - start]
-            src = A[:, start:stop] if full_rows else A[row_idx, start:stop]
-            np.copyto(b, src.T)
-            b.sort(axis=1)
+        for start, stop, b in sorted_row_blocks(G, row_idx, chunk):
             yield start, stop, [b[:, k] for k in range(m)]
         return
 
+    A = _numpy_view(G)
     network = _pruned_network(m, group_key)
     buf = np.empty((m + 1, chunk), dtype=A.dtype)
     for start in range(0, P, chunk):
@@ -353,13 +391,27 @@ def _trimmed_mean(G: Tensor, c: int, *, chunk_size: int | None, method: str) -> 
 
 def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: str) -> Tensor:
     m = G.shape[0]
-    groups = [0] * c + [1] * (m - 2 * c) + [2] * c
     keep = m - 2 * c
+    form = resolve_sort_method(G, m, method)
 
-    def block(X: Tensor) -> Tensor:
+    if form == "sort":
+        # Sorted rows of the transposed block: the kept band is contiguous, one sum per block.
+        def block(X: Tensor) -> Tensor:
+            out = np.empty(X.shape[1], dtype=_numpy_view(X).dtype)
+            chunk = _chunk_columns(X, m, form, chunk_size)
+            for start, stop, b in sorted_row_blocks(X, range(m), chunk):
+                np.sum(b[:, c : m - c], axis=1, out=out[start:stop])
+            out /= keep
+            return torch.from_numpy(out).to(dtype=X.dtype)
+
+        return map_column_ranges(block, G)
+
+    groups = [0] * c + [1] * keep + [2] * c
+
+    def block_sorted(X: Tensor) -> Tensor:
         out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
         for start, stop, S in sorted_column_chunks(
-            X, groups=groups, chunk_size=chunk_size, method=method
+            X, groups=groups, chunk_size=chunk_size, method=form
         ):
             acc = S[c] + 0  # a copy, for NumPy arrays and tensors alike
             for k in range(c + 1, m - c):
@@ -368,7 +420,7 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
             out[start:stop] = torch.as_tensor(acc).to(device=X.device, dtype=X.dtype)
         return out
 
-    return map_column_ranges(block, G)
+    return map_column_ranges(block_sorted, G)
 
 
 def trimmed_mean_weights(G: Tensor, c_max: int, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
