@@ -242,6 +242,25 @@ def test_cli_demo_compares_fedsgd_and_tesseract(
     assert "fedsgd" in out and "tesseract" in out and "cached" in out
 
 
+def test_cli_demo_default_store_is_its_own(
+    tmp_path: Path,
+    tiny_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --store the demo writes runs/demo.sqlite, never the committed results store."""
+    from tesseract_fl.cli import DEMO_STORE, main
+
+    monkeypatch.chdir(tmp_path)
+    over = ["clients=10", "malicious=2", "rounds=2", "batch_size=8", "eval_every=2"]
+    args = ["demo", "--quiet", "--json", "--data-dir", str(tiny_data_dir)]
+    assert main(args + [a for o in over for a in ("--set", o)]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert {Path(r["store"]).resolve() for r in runs} == {(tmp_path / DEMO_STORE).resolve()}
+    assert (tmp_path / DEMO_STORE).is_file()
+    assert not (tmp_path / "results" / "store.sqlite").exists()
+
+
 def test_parameters_at_their_defaults_do_not_change_the_run_id(tiny_overrides: list[str]) -> None:
     plain = resolve_config("mnist", overrides=[*tiny_overrides, "defense=tesseract"])
     explicit = resolve_config("mnist", overrides=[*tiny_overrides, "defense.mu_d=0.99"])

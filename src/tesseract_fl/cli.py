@@ -20,7 +20,9 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
-def _add_run_args(p: argparse.ArgumentParser, preset_required: bool) -> None:
+def _add_run_args(
+    p: argparse.ArgumentParser, preset_required: bool, store_default: str = "results/store.sqlite"
+) -> None:
     p.add_argument("--preset", required=preset_required, help="bundled preset (see `presets`)")
     p.add_argument("--config", help="TOML config file; its keys override the preset's")
     p.add_argument(
@@ -31,9 +33,7 @@ def _add_run_args(p: argparse.ArgumentParser, preset_required: bool) -> None:
         metavar="KEY=VALUE",
         help="override one key (repeatable), e.g. --set rounds=300 --set defense=fedsgd",
     )
-    p.add_argument(
-        "--store", default=None, help="SQLite results store (default results/store.sqlite)"
-    )
+    p.add_argument("--store", default=None, help=f"SQLite results store (default {store_default})")
     p.add_argument("--data-dir", default=None, help="dataset directory (env TESSERACT_FL_DATA)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "demo", help="FedSGD vs TESSERACT under Full-Trim on MNIST (the short demo preset)"
         ),
         False,
+        store_default=str(DEMO_STORE),
     )
     gr = sub.add_parser(
         "grid",
@@ -220,6 +221,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 #: The demo's side-by-side comparison: the same attacked run under each of these defenses.
 DEMO_DEFENSES: tuple[str, ...] = ("fedsgd", "tesseract")
+#: The demo's own results store (git-ignored), so that running the demo in a clone leaves the
+#: committed results store untouched.
+DEMO_STORE = Path("runs") / "demo.sqlite"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -227,6 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tesseract_fl.experiments.config import resolve_config
 
     preset = args.preset or "demo"
+    if args.store is None:
+        args.store = str(DEMO_STORE)
     # Validate every variant before the first one starts, so a bad --set fails fast.
     cfgs = [
         resolve_config(preset, args.config, [f"defense={d}", *_overrides(args)])
