@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "authors": "ours vs the authors' published code (FLAIR) on the padded MNIST DNN",
     "flower": "seconds per round: Flower's simulation engine (Ray, 10 clients) vs ours",
     "models": "paper-scale seconds per round: CIFAR-10 ResNet-18, FEMNIST CNN; 2000-round time",
+    "compile": "torch.compile vs eager for one client's forward + backward; compile time",
 }
 #: Benchmarks that take ``--device``.
 DEVICE_AWARE = {"engine", "models"}
