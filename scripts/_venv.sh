@@ -9,8 +9,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # torch is pinned to 2.13.0 in pyproject.toml: a looser spec pulls a multi-GB CUDA build.
+# Reinstall also when the environment's tesseract_fl is another checkout's (an editable install
+# made elsewhere), so the tests always import this tree's src/.
+here_src="$(pwd -P)/src"
 if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff, flwr' 2>/dev/null \
-    || [ pyproject.toml -nt .venv/.installed ]; then
+    || [ pyproject.toml -nt .venv/.installed ] \
+    || ! .venv/bin/python -c 'import pathlib, sys, tesseract_fl
+sys.exit(pathlib.Path(tesseract_fl.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]))' \
+        "$here_src" 2>/dev/null; then
     echo "==> installing tesseract-fl and its dependencies into .venv"
     # (grep drops this machine's pip warnings about absent local index folders)
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,flower]' \
