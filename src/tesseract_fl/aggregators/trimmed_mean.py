@@ -397,7 +397,8 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
     if form == "sort":
         # Sorted rows of the transposed block: the kept band is contiguous, one sum per block.
         def block(X: Tensor) -> Tensor:
-            out = np.empty(X.shape[1], dtype=_numpy_view(X).dtype)
+            dtype = np.float64 if X.dtype == torch.float64 else np.float32
+            out: np.ndarray[Any, Any] = np.empty(X.shape[1], dtype=dtype)
             chunk = _chunk_columns(X, m, form, chunk_size)
             for start, stop, b in sorted_row_blocks(X, range(m), chunk):
                 np.sum(b[:, c : m - c], axis=1, out=out[start:stop])
