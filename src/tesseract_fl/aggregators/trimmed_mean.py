@@ -168,13 +168,13 @@ def sorted_row_blocks(
     a reused buffer: use it before the next step)."""
     A = _numpy_view(G)
     m_all, P = A.shape
-    m = len(row_idx)
-    tbuf = np.empty((chunk, m), dtype=A.dtype)
-    full_rows = list(row_idx) == list(range(m_all))
+    rows = list(row_idx)
+    tbuf = np.empty((chunk, len(rows)), dtype=A.dtype)
+    full_rows = rows == list(range(m_all))
     for start in range(0, P, chunk):
         stop = min(P, start + chunk)
         b = tbuf[: stop - start]
-        src = A[:, start:stop] if full_rows else A[list(row_idx), start:stop]
+        src = A[:, start:stop] if full_rows else A[rows, start:stop]
         np.copyto(b, src.T)
         b.sort(axis=1)
         yield start, stop, b
@@ -396,7 +396,7 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
 
     if form == "sort":
         # Sorted rows of the transposed block: the kept band is contiguous, one sum per block.
-        def block(X: Tensor) -> Tensor:
+        def band_sum_block(X: Tensor) -> Tensor:
             dtype = np.float64 if X.dtype == torch.float64 else np.float32
             out: np.ndarray[Any, Any] = np.empty(X.shape[1], dtype=dtype)
             chunk = _chunk_columns(X, m, form, chunk_size)
@@ -405,11 +405,11 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
             out /= keep
             return torch.from_numpy(out).to(dtype=X.dtype)
 
-        return map_column_ranges(block, G)
+        return map_column_ranges(band_sum_block, G)
 
     groups = [0] * c + [1] * keep + [2] * c
 
-    def block_sorted(X: Tensor) -> Tensor:
+    def sorted_rows_block(X: Tensor) -> Tensor:
         out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
         for start, stop, S in sorted_column_chunks(
             X, groups=groups, chunk_size=chunk_size, method=form
@@ -421,7 +421,7 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
             out[start:stop] = torch.as_tensor(acc).to(device=X.device, dtype=X.dtype)
         return out
 
-    return map_column_ranges(block_sorted, G)
+    return map_column_ranges(sorted_rows_block, G)
 
 
 def trimmed_mean_weights(G: Tensor, c_max: int, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
