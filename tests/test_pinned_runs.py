@@ -79,7 +79,11 @@ def _cases() -> dict[str, list[str]]:
     ]
     cases["tesseract-full_trim-loop"] = ["defense=tesseract", "attack=full_trim", 'backend="loop"']
     cases["tesseract-full_trim-vmap"] = ["defense=tesseract", "attack=full_trim", 'backend="vmap"']
-    cases["tesseract-padded-iid"] = ['model="mnist_cnn_padded"', 'partition="iid"', "defense=tesseract"]
+    cases["tesseract-padded-iid"] = [
+        'model="mnist_cnn_padded"',
+        'partition="iid"',
+        "defense=tesseract",
+    ]
     return cases
 
 
@@ -107,7 +111,8 @@ def _machine() -> str:
 
 def _run_case(tmp_path: Path, tiny_overrides: list[str], case: str) -> dict[str, Any]:
     cfg = resolve_config(
-        "mnist", overrides=[*tiny_overrides, "rounds=4", "eval_every=2", "record_every=1", *CASES[case]]
+        "mnist",
+        overrides=[*tiny_overrides, "rounds=4", "eval_every=2", "record_every=1", *CASES[case]],
     )
     store = tmp_path / "s.sqlite"
     with warnings.catch_warnings():
