@@ -54,8 +54,8 @@ def versions() -> dict[str, str]:
     """Software versions recorded with every run (numbers depend on them)."""
     return {
         "tesseract_fl": tesseract_fl.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),  # plain str: TorchVersion would need unpickling code
+        "numpy": str(np.__version__),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
@@ -219,7 +219,13 @@ def _checkpoint_payload(
         },
         "torch_rng": torch.get_rng_state(),
         "versions": versions(),
+        "execution": execution_settings(sim),
     }
+
+
+def execution_settings(sim: FedSGDSimulation) -> dict[str, str]:
+    """Settings outside the run id that still change the numbers: a resume must match them."""
+    return {"backend": str(sim.backend), "device": str(sim.device)}
 
 
 def _save_or_warn(path: Path, payload: dict[str, Any]) -> None:
@@ -250,6 +256,11 @@ def _try_resume(
                 f"it was written by other software versions ({ckpt['versions']}); numbers "
                 "would not match an uninterrupted run"
             )
+        if ckpt["execution"] != execution_settings(sim):
+            raise ValueError(
+                f"it was written with {ckpt['execution']}, this run uses "
+                f"{execution_settings(sim)}; numbers would not match an uninterrupted run"
+            )
         sim.load_state_dict(ckpt["sim"])
         if sim.round != done:
             raise ValueError(f"its simulation is at round {sim.round}, not {done}")
@@ -278,11 +289,12 @@ def run_experiment(
 
     A run already finished in the store is not repeated (its stored summary is returned with
     ``cached = True``) unless ``force``. An unfinished attempt of the same run (status running
-    or failed) continues from its checkpoint (``<store dir>/checkpoints/<run id>.pt``, written
-    every ``checkpoint_every`` rounds) when there is a usable one, giving the same numbers as an
-    uninterrupted run; otherwise, or with ``force``, it restarts from round 0. On an exception
-    or Ctrl-C the run is marked failed; the rounds written so far and the checkpoint stay.
-    The summary's ``resumed_from`` is the round the run continued from (None: from scratch).
+    or failed) continues from its checkpoint (``<store dir>/checkpoints/<store name>/<run
+    id>.pt``, written every ``checkpoint_every`` rounds) when there is a usable one, giving the
+    same numbers as an uninterrupted run; otherwise, or with ``force``, it restarts from round
+    0. On an exception or Ctrl-C the run is marked failed; the rounds written so far and the
+    checkpoint stay. The summary's ``resumed_from`` is the round the run continued from (None:
+    from scratch).
     """
     run_id = cfg.run_id()
     store_path = Path(store_path)
