@@ -12,6 +12,7 @@ from typing import Any
 
 from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, check_matrix
 from tesseract_fl.aggregators.bulyan import Bulyan, bulyan
+from tesseract_fl.aggregators.composed import PreAggregated
 from tesseract_fl.aggregators.faba import FABA, faba
 from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
 from tesseract_fl.aggregators.fltrust import FLTrust, fltrust
@@ -21,6 +22,7 @@ from tesseract_fl.aggregators.median import Median, median
 from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
 from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.preaggregators import PRE_AGGREGATORS
 
 __all__ = [
     "AGGREGATORS",
@@ -34,6 +36,7 @@ __all__ = [
     "FoolsGold",
     "Krum",
     "Median",
+    "PreAggregated",
     "Tesseract",
     "TrimmedMean",
     "bulyan",
@@ -49,6 +52,7 @@ __all__ = [
     "pairwise_sq_distances",
     "penalty_mask",
     "register_aggregator",
+    "split_defense_name",
     "trimmed_mean",
 ]
 
@@ -65,6 +69,19 @@ AGGREGATORS: dict[str, type] = {
     FoolsGold.name: FoolsGold,
     FLTrust.name: FLTrust,
 }
+
+
+def _build(cls: type, key: str, kind: str, params: dict[str, Any]) -> Any:
+    """``cls(**params)`` with unknown parameters named (a pre-aggregator takes no sizes)."""
+    accepted, var_kw = constructor_params(cls)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown and not var_kw:
+        raise ConfigError(
+            f"{kind} {key!r} does not accept parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) if accepted else '(none)'}"
+        )
+    return cls(**params)
+
 
 # Filled by make_aggregator: the round's sizes, not user-tunable parameters.
 _CONTEXT_PARAMS = ("num_clients", "c_max")
@@ -101,13 +118,47 @@ def constructor_params(cls: type) -> tuple[list[str], bool]:
     return names, var_kw
 
 
+def split_defense_name(name: str) -> tuple[list[str], str]:
+    """``"clip+tesseract"`` -> ``(["clip"], "tesseract")``; names are checked against the
+    registries (:class:`ConfigError` listing the allowed names)."""
+    parts = [p.strip().lower() for p in str(name).split("+")]
+    *pres, rule = parts
+    for pre in pres:
+        if pre not in PRE_AGGREGATORS:
+            raise ConfigError(
+                f"unknown pre-aggregator {pre!r} in defense {name!r}; allowed before '+': "
+                f"{', '.join(sorted(PRE_AGGREGATORS))}"
+            )
+    if rule not in AGGREGATORS:
+        raise ConfigError(
+            f"unknown aggregator (defense) {rule!r}; allowed: {', '.join(sorted(AGGREGATORS))}"
+        )
+    return pres, rule
+
+
 def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -> Aggregator:
     """Build the aggregator registered as ``name`` (case-insensitive).
 
     ``num_clients`` and ``c_max`` are passed only to constructors that accept them (FedSGD takes
     neither). Raises :class:`ConfigError` for an unknown name (listing the allowed names) or for
     parameters the constructor does not accept (listing the accepted ones).
+
+    A name ``"pre+...+rule"`` puts pre-aggregators (:mod:`tesseract_fl.preaggregators`) before
+    the rule; each one's parameters are the table under its name (``clip = {multiplier = 2}``).
     """
+    if "+" in str(name):
+        pres, rule = split_defense_name(name)
+        rest = dict(params)
+        built: list[Any] = []
+        for pre in pres:
+            pre_params = rest.pop(pre, {})
+            if not isinstance(pre_params, dict):
+                raise ConfigError(
+                    f"parameters of pre-aggregator {pre!r} must be a table, got {pre_params!r}"
+                )
+            built.append(_build(PRE_AGGREGATORS[pre], pre, "pre-aggregator", pre_params))
+        inner = make_aggregator(rule, num_clients=num_clients, c_max=c_max, **rest)
+        return PreAggregated(built, inner)
     key = str(name).strip().lower()
     cls = AGGREGATORS.get(key)
     if cls is None:

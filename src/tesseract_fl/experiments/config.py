@@ -246,7 +246,7 @@ def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Check ranges and names; raise ConfigError naming the key and the allowed values."""
-    from tesseract_fl.aggregators import AGGREGATORS, make_aggregator
+    from tesseract_fl.aggregators import AGGREGATORS, make_aggregator, split_defense_name
     from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE, make_attack
     from tesseract_fl.data import DATASETS
     from tesseract_fl.data.augment import AUGMENTATIONS
@@ -258,7 +258,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice("partition", cfg.partition, PARTITIONS)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("augment", cfg.augment, AUGMENTATIONS)
-    _choice("defense", cfg.defense, sorted(AGGREGATORS))
+    if "+" in cfg.defense:
+        split_defense_name(cfg.defense)  # each part named, with the allowed names
+    else:
+        _choice("defense", cfg.defense, sorted(AGGREGATORS))
     _choice("attack", cfg.attack, ["none", *sorted(ATTACKS)])
     _choice("aggregate_only", cfg.aggregate_only, AGGREGATE_ONLY)
     _choice("device", cfg.device.split(":")[0], DEVICES)
