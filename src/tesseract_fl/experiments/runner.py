@@ -346,8 +346,10 @@ def run_experiment(
                 res = sim.step(want_flip_scores=recording)
                 train_seconds += time.perf_counter() - t_round
                 if (r + 1) % cfg.eval_every == 0 or last:
-                    acc, loss = sim.evaluate()
+                    ev = sim.evaluate_model()
+                    acc, loss = ev.accuracy, ev.loss
                     res.test_accuracy, res.test_loss = acc, loss
+                    res.class_accuracy = ev.class_accuracy
                 rec = res.aggregate.record
                 rows = _client_rows(sim, res) if recording else []
                 store.write_round(
@@ -363,6 +365,7 @@ def run_experiment(
                     },
                     rows,
                     attack=res.attack,
+                    class_accuracy=res.class_accuracy,
                 )
                 if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and not last:
                     seconds = seconds_before + time.perf_counter() - t0

@@ -10,7 +10,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS clients (
     weight     REAL,
     PRIMARY KEY (run_id, round, client)
 );
+CREATE TABLE IF NOT EXISTS class_metrics (
+    run_id   TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    round    INTEGER NOT NULL,
+    class    INTEGER NOT NULL,
+    accuracy REAL,
+    PRIMARY KEY (run_id, round, class)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attack_records (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     round  INTEGER NOT NULL,
@@ -62,6 +69,10 @@ CREATE TABLE IF NOT EXISTS attack_records (
     PRIMARY KEY (run_id, round, key)
 );
 """
+
+
+#: Tables holding one run's per-round rows.
+ROUND_TABLES = ("metrics", "clients", "attack_records", "class_metrics")
 
 
 def _real(v: Any) -> float | None:
@@ -142,9 +153,8 @@ class ResultsStore:
         """Create (or restart from scratch) a run; rows of an unfinished attempt are dropped."""
         now = time.time()
         with self.transaction() as c:
-            c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
-            c.execute("DELETE FROM clients WHERE run_id = ?", (run_id,))
-            c.execute("DELETE FROM attack_records WHERE run_id = ?", (run_id,))
+            for table in ROUND_TABLES:
+                c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             c.execute(
                 "INSERT INTO runs (run_id, name, config, status, created_at, updated_at, versions) "
@@ -158,7 +168,7 @@ class ResultsStore:
         if from_round < 0:
             raise StoreError(f"from_round must be >= 0, got {from_round}")
         with self.transaction() as c:
-            for table in ("metrics", "clients", "attack_records"):
+            for table in ROUND_TABLES:
                 c.execute(
                     f"DELETE FROM {table} WHERE run_id = ? AND round >= ?", (run_id, from_round)
                 )
@@ -177,9 +187,10 @@ class ResultsStore:
         metrics: dict[str, float | None],
         clients: Iterable[tuple[int, bool, float | None, float | None, float | None]] = (),
         attack: dict[str, float] | None = None,
+        class_accuracy: Sequence[float] = (),
     ) -> None:
-        """One round's metrics, (optionally) per-client rows and what the attack did (e.g.
-        Full-Krum's ``lambda``), atomically."""
+        """One round's metrics, (optionally) per-client rows, what the attack did (e.g.
+        Full-Krum's ``lambda``) and the per-class test accuracy of an evaluation, atomically."""
         with self.transaction() as c:
             c.execute(
                 "INSERT OR REPLACE INTO metrics (run_id, round, lr, train_loss, test_accuracy, "
@@ -204,6 +215,11 @@ class ResultsStore:
                 "INSERT OR REPLACE INTO attack_records (run_id, round, key, value) "
                 "VALUES (?, ?, ?, ?)",
                 [(run_id, round_, k, _real(v)) for k, v in (attack or {}).items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO class_metrics (run_id, round, class, accuracy) "
+                "VALUES (?, ?, ?, ?)",
+                [(run_id, round_, k, _real(v)) for k, v in enumerate(class_accuracy)],
             )
             c.execute(
                 "UPDATE runs SET rounds_done = ?, updated_at = ? WHERE run_id = ?",
@@ -242,6 +258,18 @@ class ResultsStore:
             (run_id,),
         ):
             out.setdefault(int(rnd), {})[key] = value
+        return out
+
+    def class_accuracy(self, run_id: str) -> dict[int, list[float | None]]:
+        """Per-class test accuracy at each evaluated round: ``{round: [acc of class 0, ...]}``
+        (runs stored before per-class accuracy was recorded have none)."""
+        out: dict[int, list[float | None]] = {}
+        for rnd, _cls, acc in self.conn.execute(
+            "SELECT round, class, accuracy FROM class_metrics WHERE run_id = ? "
+            "ORDER BY round, class",
+            (run_id,),
+        ):
+            out.setdefault(int(rnd), []).append(acc)
         return out
 
     def client_records(self, run_id: str) -> list[dict[str, Any]]:
