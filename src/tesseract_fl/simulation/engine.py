@@ -61,7 +61,6 @@ def apply_update(model: nn.Module, update: Tensor, lr: float) -> None:
         raise UpdateError(f"update has {update.numel()} entries, model has {offset} parameters")
 
 
-@torch.no_grad()
 @dataclass(frozen=True)
 class Evaluation:
     """A test-set evaluation: accuracy (0-1), mean cross-entropy, and the accuracy on each
@@ -73,6 +72,7 @@ class Evaluation:
     class_accuracy: tuple[float, ...]
 
 
+@torch.no_grad()
 def evaluate_model(
     model: nn.Module, x: Tensor, y: Tensor, num_classes: int, batch_size: int = 256
 ) -> Evaluation:
