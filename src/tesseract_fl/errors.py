@@ -19,3 +19,7 @@ class UpdateError(TesseractFLError, ValueError):
 
 class StoreError(TesseractFLError):
     """The results store cannot be opened or written."""
+
+
+class RunBusyError(StoreError):
+    """Another live process is running the same run into the same store."""

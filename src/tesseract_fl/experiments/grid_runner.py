@@ -17,6 +17,8 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -146,6 +148,17 @@ def _init_worker(q: Any, stop: Any, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _worker_queue, _worker_stop = q, stop
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A worker whose grid process died (``kill -9``) exits at once instead of finishing its
+    run and idling: its run stays unfinished, owned by a dead process, and the next grid
+    resumes it from its checkpoint."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(3)
 
 
 def _worker_run(cfg: ExperimentConfig, store: str, force: bool) -> dict[str, Any]:

@@ -295,114 +295,146 @@ def run_experiment(
     0. On an exception or Ctrl-C the run is marked failed; the rounds written so far and the
     checkpoint stay. The summary's ``resumed_from`` is the round the run continued from (None:
     from scratch).
+
+    One process at a time writes a run: while another live process runs the same run into the
+    same store this raises :class:`~tesseract_fl.errors.RunBusyError` (an owner whose process
+    is gone is taken over). A run marked finished whose rounds are not all stored is run
+    again, with a warning.
     """
     run_id = cfg.run_id()
     store_path = Path(store_path)
-    ckpt_path = checkpoint_path(store_path, run_id)
     with ResultsStore(store_path) as store:
         existing = store.get_run(run_id)
         if existing and existing["status"] == "finished" and not force:
-            summary = dict(existing["summary"] or {})
-            summary.update(cached=True, store=str(store_path))
-            return summary
-        sim = build_simulation(cfg)
-        ckpt: dict[str, Any] | None = None
-        if (
-            existing is not None
-            and existing["status"] in ("running", "failed")
-            and not force
-            and ckpt_path.is_file()
-        ):
-            ckpt = _try_resume(cfg, sim, ckpt_path, int(existing["rounds_done"]))
-            if ckpt is None:
-                sim = build_simulation(cfg)  # the failed load may have changed part of it
-        acc: float | None = None
-        loss: float | None = None
-        train_seconds = 0.0
-        seconds_before = 0.0
-        start = 0
-        resumed_from: int | None = None
-        if ckpt is not None:
-            start = resumed_from = int(ckpt["round"])
-            prev = ckpt["runner"]
-            acc, loss = prev["acc"], prev["loss"]
-            train_seconds = float(prev["train_seconds"])
-            seconds_before = float(prev["seconds"])
-            store.resume_run(run_id, start)
-        else:
-            remove_checkpoint(ckpt_path)  # a stale one (e.g. with force) must not be resumed
-            stored_cfg = cfg.to_dict()
-            stored_cfg["resolved"] = {
-                "c_max": cfg.resolved_c_max,
-                "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
-            }
-            store.start_run(run_id, cfg.name, stored_cfg, versions())
-        t0 = time.perf_counter()
-        try:
-            for r in range(start, cfg.rounds):
-                t_round = time.perf_counter()
-                last = r == cfg.rounds - 1
-                recording = r % cfg.record_every == 0 or last
-                res = sim.step(want_flip_scores=recording)
-                train_seconds += time.perf_counter() - t_round
-                if (r + 1) % cfg.eval_every == 0 or last:
-                    ev = sim.evaluate_model()
-                    acc, loss = ev.accuracy, ev.loss
-                    res.test_accuracy, res.test_loss = acc, loss
-                    res.class_accuracy = ev.class_accuracy
-                rec = res.aggregate.record
-                rows = _client_rows(sim, res) if recording else []
-                store.write_round(
-                    run_id,
-                    r,
-                    {
-                        "lr": res.lr,
-                        "train_loss": _finite(res.train_loss),
-                        "test_accuracy": res.test_accuracy,
-                        "test_loss": _finite(res.test_loss),
-                        "fs_low": _finite(rec.get("fs_low")),
-                        "fs_high": _finite(rec.get("fs_high")),
-                    },
-                    rows,
-                    attack=res.attack,
-                    class_accuracy=res.class_accuracy,
-                )
-                if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and not last:
-                    seconds = seconds_before + time.perf_counter() - t0
-                    _save_or_warn(
-                        ckpt_path,
-                        _checkpoint_payload(cfg, sim, r + 1, acc, loss, train_seconds, seconds),
-                    )
-                if progress is not None:
-                    progress(
-                        r + 1,
-                        cfg.rounds,
-                        {"acc": acc, "loss": res.train_loss, "resumed_from": resumed_from},
-                    )
-        except BaseException as exc:
-            store.fail_run(
-                run_id, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            missing = store.missing_rounds(run_id, cfg.rounds)
+            if not missing:
+                summary = dict(existing["summary"] or {})
+                summary.update(cached=True, store=str(store_path))
+                return summary
+            # A store repaired, not trusted: the run is redone from round 0.
+            warnings.warn(
+                f"run {run_id} was marked finished in {str(store_path)!r} but {len(missing)} "
+                f"of its {cfg.rounds} rounds are missing; running it again",
+                RuntimeWarning,
+                stacklevel=2,
             )
-            raise
-        wall = seconds_before + time.perf_counter() - t0
-        summary = {
-            "run_id": run_id,
-            "name": cfg.name,
-            "dataset": cfg.dataset,
-            "defense": cfg.defense,
-            "attack": cfg.attack,
-            "malicious": cfg.malicious,
-            "rounds": cfg.rounds,
-            "final_accuracy": acc,
-            "final_loss": loss,
-            "rounds_per_second": cfg.rounds / train_seconds if train_seconds > 0 else None,
-            "seconds": wall,
-            "backend": sim.backend,
-            "device": str(sim.device),
-            "store": str(store_path),
-            "cached": False,
-            "resumed_from": resumed_from,
+            store.fail_run(run_id, f"incomplete: {len(missing)} rounds missing")
+            existing = store.get_run(run_id)
+            force = True
+        store.claim(run_id)
+        try:
+            return _run_claimed(cfg, store, store_path, existing, force, progress)
+        finally:
+            store.release(run_id)
+
+
+def _run_claimed(
+    cfg: ExperimentConfig,
+    store: ResultsStore,
+    store_path: Path,
+    existing: dict[str, Any] | None,
+    force: bool,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_experiment` once this process owns the run in the store."""
+    run_id = cfg.run_id()
+    ckpt_path = checkpoint_path(store_path, run_id)
+    sim = build_simulation(cfg)
+    ckpt: dict[str, Any] | None = None
+    if (
+        existing is not None
+        and existing["status"] in ("running", "failed")
+        and not force
+        and ckpt_path.is_file()
+    ):
+        ckpt = _try_resume(cfg, sim, ckpt_path, int(existing["rounds_done"]))
+        if ckpt is None:
+            sim = build_simulation(cfg)  # the failed load may have changed part of it
+    acc: float | None = None
+    loss: float | None = None
+    train_seconds = 0.0
+    seconds_before = 0.0
+    start = 0
+    resumed_from: int | None = None
+    if ckpt is not None:
+        start = resumed_from = int(ckpt["round"])
+        prev = ckpt["runner"]
+        acc, loss = prev["acc"], prev["loss"]
+        train_seconds = float(prev["train_seconds"])
+        seconds_before = float(prev["seconds"])
+        store.resume_run(run_id, start)
+    else:
+        remove_checkpoint(ckpt_path)  # a stale one (e.g. with force) must not be resumed
+        stored_cfg = cfg.to_dict()
+        stored_cfg["resolved"] = {
+            "c_max": cfg.resolved_c_max,
+            "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
         }
-        store.finish_run(run_id, summary)
-        remove_checkpoint(ckpt_path)
-        return summary
+        store.start_run(run_id, cfg.name, stored_cfg, versions())
+    t0 = time.perf_counter()
+    try:
+        for r in range(start, cfg.rounds):
+            t_round = time.perf_counter()
+            last = r == cfg.rounds - 1
+            recording = r % cfg.record_every == 0 or last
+            res = sim.step(want_flip_scores=recording)
+            train_seconds += time.perf_counter() - t_round
+            if (r + 1) % cfg.eval_every == 0 or last:
+                ev = sim.evaluate_model()
+                acc, loss = ev.accuracy, ev.loss
+                res.test_accuracy, res.test_loss = acc, loss
+                res.class_accuracy = ev.class_accuracy
+            rec = res.aggregate.record
+            rows = _client_rows(sim, res) if recording else []
+            store.write_round(
+                run_id,
+                r,
+                {
+                    "lr": res.lr,
+                    "train_loss": _finite(res.train_loss),
+                    "test_accuracy": res.test_accuracy,
+                    "test_loss": _finite(res.test_loss),
+                    "fs_low": _finite(rec.get("fs_low")),
+                    "fs_high": _finite(rec.get("fs_high")),
+                },
+                rows,
+                attack=res.attack,
+                class_accuracy=res.class_accuracy,
+            )
+            if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and not last:
+                seconds = seconds_before + time.perf_counter() - t0
+                _save_or_warn(
+                    ckpt_path,
+                    _checkpoint_payload(cfg, sim, r + 1, acc, loss, train_seconds, seconds),
+                )
+            if progress is not None:
+                progress(
+                    r + 1,
+                    cfg.rounds,
+                    {"acc": acc, "loss": res.train_loss, "resumed_from": resumed_from},
+                )
+    except BaseException as exc:
+        store.fail_run(run_id, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    wall = seconds_before + time.perf_counter() - t0
+    summary = {
+        "run_id": run_id,
+        "name": cfg.name,
+        "dataset": cfg.dataset,
+        "defense": cfg.defense,
+        "attack": cfg.attack,
+        "malicious": cfg.malicious,
+        "rounds": cfg.rounds,
+        "final_accuracy": acc,
+        "final_loss": loss,
+        "rounds_per_second": cfg.rounds / train_seconds if train_seconds > 0 else None,
+        "seconds": wall,
+        "backend": sim.backend,
+        "device": str(sim.device),
+        "store": str(store_path),
+        "cached": False,
+        "resumed_from": resumed_from,
+    }
+    store.finish_run(run_id, summary)
+    remove_checkpoint(ckpt_path)
+    return summary

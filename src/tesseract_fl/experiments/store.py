@@ -6,16 +6,20 @@ only whole rounds behind and every finished run stays readable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tesseract_fl.errors import StoreError
+from tesseract_fl.errors import RunBusyError, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -61,6 +65,13 @@ CREATE TABLE IF NOT EXISTS class_metrics (
     accuracy REAL,
     PRIMARY KEY (run_id, round, class)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    run_id    TEXT PRIMARY KEY,
+    token     TEXT NOT NULL,
+    host      TEXT NOT NULL,
+    pid       INTEGER NOT NULL,
+    heartbeat REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attack_records (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     round  INTEGER NOT NULL,
@@ -69,6 +80,21 @@ CREATE TABLE IF NOT EXISTS attack_records (
     PRIMARY KEY (run_id, round, key)
 );
 """
+
+
+#: An owner silent for this long (no round written) is taken to be gone, wherever it ran.
+STALE_OWNER_SECONDS = 900.0
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 #: Tables holding one run's per-round rows.
@@ -89,6 +115,7 @@ class ResultsStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._claims: dict[str, str] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=30.0)
@@ -190,8 +217,10 @@ class ResultsStore:
         class_accuracy: Sequence[float] = (),
     ) -> None:
         """One round's metrics, (optionally) per-client rows, what the attack did (e.g.
-        Full-Krum's ``lambda``) and the per-class test accuracy of an evaluation, atomically."""
+        Full-Krum's ``lambda``) and the per-class test accuracy of an evaluation, atomically.
+        Refused (:class:`RunBusyError`) when another process has taken over a claimed run."""
         with self.transaction() as c:
+            self._check_claim(c, run_id)
             c.execute(
                 "INSERT OR REPLACE INTO metrics (run_id, round, lr, train_loss, test_accuracy, "
                 "test_loss, fs_low, fs_high) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -226,15 +255,101 @@ class ResultsStore:
                 (round_ + 1, time.time(), run_id),
             )
 
+    # -- ownership: one process at a time runs a given run ------------------------------------
+    def claim(self, run_id: str, *, stale_after: float = STALE_OWNER_SECONDS) -> None:
+        """Make this store object the run's only writer, or raise :class:`RunBusyError`.
+
+        An owner counts as gone (and its claim is taken over) when it ran on this host and its
+        process no longer exists, or when it has written nothing for ``stale_after`` seconds.
+        Every :meth:`write_round` afterwards checks that the claim still holds.
+        """
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        now = time.time()
+        host = socket.gethostname()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            row = self.conn.execute(
+                "SELECT token, host, pid, heartbeat FROM owners WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is not None and row[0] not in self._claims.values():
+                o_host, o_pid, beat = row[1], int(row[2]), float(row[3])
+                gone = (o_host == host and not _pid_alive(o_pid)) or now - beat > stale_after
+                if not gone:
+                    self.conn.execute("ROLLBACK")
+                    raise RunBusyError(
+                        f"run {run_id} is being run by process {o_pid} on {o_host} (last round "
+                        f"written {now - beat:.0f} s ago) into {str(self.path)!r}; wait for it "
+                        "to end, or stop it and run again (the run resumes)"
+                    )
+            self.conn.execute(
+                "INSERT OR REPLACE INTO owners (run_id, token, host, pid, heartbeat) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run_id, token, host, os.getpid(), now),
+            )
+            self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"cannot claim run {run_id} in {str(self.path)!r}: {exc}") from None
+        self._claims[run_id] = token
+
+    def release(self, run_id: str) -> None:
+        """Give up this store object's claim on the run (no-op without one)."""
+        token = self._claims.pop(run_id, None)
+        if token is not None:
+            with self.transaction() as c:
+                c.execute("DELETE FROM owners WHERE run_id = ? AND token = ?", (run_id, token))
+
+    def _check_claim(self, c: sqlite3.Connection, run_id: str) -> None:
+        """Inside a write: refresh the heartbeat, or fail if another process took the run."""
+        token = self._claims.get(run_id)
+        if token is None:
+            return
+        cur = c.execute(
+            "UPDATE owners SET heartbeat = ? WHERE run_id = ? AND token = ?",
+            (time.time(), run_id, token),
+        )
+        if cur.rowcount != 1:
+            raise RunBusyError(
+                f"run {run_id}: another process took it over in {str(self.path)!r}; this "
+                "process stops writing it"
+            )
+
+    def missing_rounds(self, run_id: str, rounds: int) -> list[int]:
+        """Rounds in ``[0, rounds)`` without a metrics row (a finished run must have none)."""
+        have = {
+            int(r[0])
+            for r in self.conn.execute("SELECT round FROM metrics WHERE run_id = ?", (run_id,))
+        }
+        return [r for r in range(rounds) if r not in have]
+
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Mark the run finished; :class:`StoreError` (and nothing written) if any of the
+        ``summary["rounds"]`` rounds lacks its metrics row."""
+        rounds = summary.get("rounds")
+        if isinstance(rounds, int):
+            missing = self.missing_rounds(run_id, rounds)
+            if missing:
+                raise StoreError(
+                    f"run {run_id} cannot be marked finished: {len(missing)} of its {rounds} "
+                    f"rounds are missing from {str(self.path)!r} (first: {missing[:5]})"
+                )
         with self.transaction() as c:
+            self._check_claim(c, run_id)
             c.execute(
                 "UPDATE runs SET status = 'finished', summary = ?, updated_at = ? WHERE run_id = ?",
                 (json.dumps(summary, sort_keys=True), time.time(), run_id),
             )
 
     def fail_run(self, run_id: str, error: str) -> None:
+        """Mark the run failed, unless another process has taken over this object's claim
+        (then the run is theirs and nothing is written)."""
+        token = self._claims.get(run_id)
         with self.transaction() as c:
+            if token is not None:
+                row = c.execute("SELECT token FROM owners WHERE run_id = ?", (run_id,)).fetchone()
+                if row is not None and row[0] != token:
+                    return
             c.execute(
                 "UPDATE runs SET status = 'failed', error = ?, updated_at = ? WHERE run_id = ?",
                 (error, time.time(), run_id),
