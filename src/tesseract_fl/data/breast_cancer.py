@@ -27,7 +27,16 @@ def standardized_split(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, axis: tuple[int, ...]
 ) -> dict[str, torch.Tensor]:
     """Stratified split, then features standardized with the training rows' mean and std over
-    ``axis`` (a constant feature keeps std 1): ``train_x``/``train_y``/``test_x``/``test_y``."""
+    ``axis`` (a constant feature keeps std 1): ``train_x``/``train_y``/``test_x``/``test_y``.
+
+    Raises:
+        DatasetError: no samples, or non-finite features (they would turn every standardized
+            value NaN).
+    """
+    if not np.isfinite(x).all():
+        raise DatasetError(
+            f"features of shape {list(x.shape)} hold NaN or infinite values; the data are corrupt."
+        )
     train, test = stratified_split(y, test_fraction, seed)
     mean = x[train].mean(axis=axis, keepdims=True)
     std = x[train].std(axis=axis, keepdims=True)
@@ -45,7 +54,13 @@ def stratified_split(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, test) index arrays holding ``round(test_fraction * n_c)`` of each class c
-    in the test part."""
+    in the test part.
+
+    Raises:
+        DatasetError: ``labels`` is empty (there is nothing to split).
+    """
+    if len(labels) == 0:
+        raise DatasetError("cannot split an empty data set (0 samples) into train and test parts.")
     rng = np.random.default_rng(seed)
     train: list[np.ndarray] = []
     test: list[np.ndarray] = []

@@ -19,8 +19,10 @@ tiles' mean and standard deviation.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,15 @@ CLASS_FOLDERS: tuple[str, ...] = (
 IMAGE_SIZE = 64
 NPZ_NAME = "chmnist.npz"
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: Most pixels one tile image may declare (Kather's tiles have 150x150); checked before
+#: Pillow decodes it, so a small compressed image cannot expand without bound.
+_MAX_TILE_PIXELS = 4096 * 4096
+#: Deflate cannot expand data by more than 1032:1: a zip member declaring more is corrupt.
+_MAX_DEFLATE_RATIO = 1032
+_NPY_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -64,16 +75,67 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return t.clamp_(0.0, 1.0).numpy()
 
 
+def _check_npz_members(p: Path) -> None:
+    """Check, before numpy allocates anything, that the npz holds ``x.npy`` and ``y.npy``
+    whose headers declare exactly the bytes their zip members hold, and that those sizes are
+    possible for the members' compressed sizes (docs/design.md, hostile-input policy)."""
+    with zipfile.ZipFile(p) as zf:
+        names = zf.namelist()
+        for name in ("x.npy", "y.npy"):
+            if name not in names:
+                found = [n.removesuffix(".npy") for n in names]
+                raise DatasetError(f"{p}: expected arrays 'x' and 'y', found {found}.")
+            info = zf.getinfo(name)
+            if info.flag_bits & 0x1 or info.compress_type not in (
+                zipfile.ZIP_STORED,
+                zipfile.ZIP_DEFLATED,
+            ):
+                raise DatasetError(
+                    f"{p}: array {name} is encrypted or compressed with an unsupported method; "
+                    "write the file with numpy.savez or numpy.savez_compressed."
+                )
+            ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
+            if info.file_size > ratio * info.compress_size:
+                raise DatasetError(
+                    f"{p}: array {name} declares {info.file_size} bytes but its "
+                    f"{info.compress_size} stored bytes can hold at most "
+                    f"{ratio * info.compress_size}; the file is corrupt."
+                )
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                reader = _NPY_READERS.get(version)
+                if reader is None:
+                    raise DatasetError(
+                        f"{p}: array {name} uses npy format version {version}; only 1.0 and "
+                        "2.0 are read (write the file with numpy.savez)."
+                    )
+                shape, _fortran, dtype = reader(fh)
+                header_len = fh.tell()
+            if dtype.hasobject:
+                raise DatasetError(f"{p}: array {name} holds Python objects, not numbers.")
+            declared = math.prod(shape) * dtype.itemsize
+            if header_len + declared != info.file_size:
+                raise DatasetError(
+                    f"{p}: array {name} declares shape {list(shape)} of {dtype} "
+                    f"({declared} data bytes) but holds {info.file_size - header_len}; "
+                    "the file is truncated or corrupt."
+                )
+
+
 def read_chmnist_npz(
     path: str | os.PathLike[str], size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``chmnist.npz``: (float32 ``[N, 3, size, size]`` in [0, 1], int64 ``[N]``).
 
+    The arrays' headers are checked against the zip members before anything is read.
+
     Raises:
-        DatasetError: unreadable/truncated file, missing arrays, or wrong shapes/labels.
+        DatasetError: unreadable/truncated file, not an npz, missing arrays, headers that do
+            not match the data, no tiles, or wrong shapes/labels.
     """
     p = Path(path)
     try:
+        _check_npz_members(p)
         with np.load(p, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
                 raise DatasetError(f"{p}: expected arrays 'x' and 'y', found {z.files}.")
@@ -81,7 +143,15 @@ def read_chmnist_npz(
             y = np.asarray(z["y"])
     except DatasetError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
         raise DatasetError(
             f"{p}: not a readable npz file ({type(exc).__name__}: {exc}); it is truncated "
             "or corrupt."
@@ -92,6 +162,11 @@ def read_chmnist_npz(
         )
     if x.shape[1] != 3:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise DatasetError(
+            f"{p}: 'x' must hold at least one tile of at least 1x1 pixels, found "
+            f"{list(x.shape)} (as [N, 3, H, W])."
+        )
     if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(
             f"{p}: 'y' must hold {x.shape[0]} integer labels, found {y.dtype} {list(y.shape)}."
@@ -116,7 +191,8 @@ def read_chmnist_folders(root: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray
     """Read the eight class folders under ``root`` (files sorted by name within a class).
 
     Raises:
-        DatasetError: Pillow missing, a class folder missing or empty, or an unreadable tile.
+        DatasetError: Pillow missing, a class folder missing or empty, or an unreadable or
+            oversized tile.
     """
     try:
         from PIL import Image, UnidentifiedImageError
@@ -139,9 +215,20 @@ def read_chmnist_folders(root: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray
         for f in files:
             try:
                 with Image.open(f) as im:
+                    width, height = im.size
+                    if width * height > _MAX_TILE_PIXELS:
+                        raise DatasetError(
+                            f"{f}: image of {width}x{height} pixels, more than the "
+                            f"{_MAX_TILE_PIXELS} a tile may have (Kather's tiles are 150x150)."
+                        )
                     rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
                     arr = np.asarray(rgb, dtype=np.uint8)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
+            except (
+                OSError,
+                UnidentifiedImageError,
+                ValueError,
+                Image.DecompressionBombError,
+            ) as exc:
                 raise DatasetError(
                     f"{f}: not a readable image ({exc}); the file is truncated or corrupt."
                 ) from exc

@@ -9,16 +9,21 @@ cifar10`` downloads it where there is internet, see ``prepare.py``): unpack the 
 ``b"labels"`` (N ints in 0..9).
 
 The pickles are read with a restricted unpickler that only builds dicts, lists, strings,
-numbers and numpy arrays, so a hostile file cannot run code.
+numbers and numpy arrays of plain number types (rebuilt by this module from checked parts),
+so a hostile file cannot run code nor make the reader build more data than the file holds
+(docs/design.md, hostile-input policy).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -42,46 +47,211 @@ TEST_BATCH = "test_batch"
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
-_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("_codecs", "encode"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-)
+#: Plain numeric dtype strings a batch may declare (kind and size, optional byte order).
+_DTYPE_SPEC = re.compile(r"[<>|=]?[biuf][1248]")
+#: Most dimensions a pickled array may declare.
+_MAX_NDIM = 32
+
+
+def _text(value: object) -> str | None:
+    """``value`` as text (Python 2 pickles read with ``encoding="bytes"`` give bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value if isinstance(value, str) else None
+
+
+class _Global:
+    """A callable that a pickle may name: it calls ``fn`` and refuses to have its state set,
+    so a pickle cannot change the function it wraps."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, name: str, fn: Callable[..., Any] | None) -> None:
+        self._name = name
+        self._fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        if self._fn is None:
+            raise pickle.UnpicklingError(f"refusing to call {self._name}")
+        return self._fn(*args)
+
+    def __setstate__(self, state: object) -> None:
+        raise pickle.UnpicklingError(f"refusing to set the state of {self._name}")
+
+
+class _DtypeSpec:
+    """Stands for a ``numpy.dtype`` while unpickling: only plain booleans, integers and
+    floats, in either byte order; numpy itself never sees the pickle's dtype state."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, spec: object, *_flags: object) -> None:
+        text = _text(spec)
+        if text is None or not _DTYPE_SPEC.fullmatch(text):
+            raise pickle.UnpicklingError("refusing a numpy dtype that is not a plain number type")
+        self.dtype = np.dtype(text)
+
+    def __setstate__(self, state: object) -> None:
+        # numpy's dtype state: (version, byteorder, subarray, names, fields, ...)
+        if not isinstance(state, tuple) or len(state) < 5 or state[2:5] != (None, None, None):
+            raise pickle.UnpicklingError("refusing a structured or sub-array numpy dtype")
+        order = _text(state[1])
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError("refusing a numpy dtype with an unknown byte order")
+        if order == "<":
+            self.dtype = self.dtype.newbyteorder("<")
+        elif order == ">":
+            self.dtype = self.dtype.newbyteorder(">")
+
+
+class _ArraySpec:
+    """Stands for a ``numpy.ndarray`` while unpickling: the array is built by this module from
+    a checked shape, plain dtype and raw bytes of exactly the right length, charged to the
+    unpickler's byte budget."""
+
+    __slots__ = ("_owner", "array")
+
+    def __init__(self, owner: _SafeUnpickler) -> None:
+        self._owner = owner
+        self.array: np.ndarray | None = None
+
+    def build(self, shape: object, dtype: object, fortran: object, raw: object) -> None:
+        """Check the parts of a pickled array and build it (a native-endian copy)."""
+        if self.array is not None:
+            raise pickle.UnpicklingError("refusing to set a numpy array's state twice")
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) > _MAX_NDIM
+            or not all(type(d) is int and d >= 0 for d in shape)
+        ):
+            raise pickle.UnpicklingError("refusing a numpy array with a malformed shape")
+        if not isinstance(dtype, _DtypeSpec):
+            raise pickle.UnpicklingError("refusing a numpy array without a plain dtype")
+        if type(fortran) not in (bool, int):
+            raise pickle.UnpicklingError("refusing a numpy array with a malformed order flag")
+        if not isinstance(raw, bytes | bytearray):
+            raise pickle.UnpicklingError("refusing a numpy array whose data are not raw bytes")
+        nbytes = math.prod(shape) * dtype.dtype.itemsize
+        if len(raw) != nbytes:
+            raise pickle.UnpicklingError(
+                f"numpy array of shape {shape} needs {nbytes} data bytes, found {len(raw)}"
+            )
+        self._owner.charge(nbytes)
+        flat = np.frombuffer(raw, dtype=dtype.dtype)
+        shaped = flat.reshape(shape, order="F" if fortran else "C")
+        self.array = shaped.astype(dtype.dtype.newbyteorder("="), order="C")
+
+    def __setstate__(self, state: object) -> None:
+        # numpy's array state: ([version,] shape, dtype, is_fortran, raw data)
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("refusing a malformed numpy array state")
+        self.build(*state[-4:])
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except numpy's array reconstruction."""
+    """Unpickler for CIFAR batches: builtin containers, strings and numbers, and numpy arrays
+    of plain number types rebuilt by ``_ArraySpec``. Every other global is refused, so a
+    hostile file cannot run code, and the bytes it may build are capped by ``budget`` (a
+    multiple of the file size), so references to one object cannot multiply memory use."""
+
+    def __init__(self, file: BinaryIO, budget: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self._budget = budget
+
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` of newly built data against the budget."""
+        self._budget -= nbytes
+        if self._budget < 0:
+            raise pickle.UnpicklingError("the pickle builds more data than the file holds")
+
+    def _encode(self, text: object, encoding: object) -> bytes:
+        """``_codecs.encode`` as numpy's protocol-2 pickles use it: Latin-1 text to bytes."""
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError("refusing _codecs.encode except text to latin1")
+        self.charge(len(text))
+        return text.encode("latin-1")
+
+    def _reconstruct(self, cls: object, shape: object, _typecode: object) -> _ArraySpec:
+        """numpy's ``_reconstruct(ndarray, (0,), b"b")``, the first half of a pickled array."""
+        if not (isinstance(cls, _Global) and cls._name == "numpy.ndarray") or shape != (0,):
+            raise pickle.UnpicklingError("refusing _reconstruct except of an empty ndarray")
+        return _ArraySpec(self)
+
+    def _frombuffer(self, raw: object, dtype: object, shape: object, order: object) -> _ArraySpec:
+        """numpy's ``_frombuffer(data, dtype, shape, order)`` (pickle protocol 5)."""
+        spec = _ArraySpec(self)
+        spec.build(shape, dtype, _text(order) == "F", raw)
+        return spec
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
+        full = f"{module}.{name}"
+        if full == "_codecs.encode":
+            return _Global(full, self._encode)
+        if full == "numpy.ndarray":
+            return _Global(full, None)
+        if full == "numpy.dtype":
+            return _Global(full, _DtypeSpec)
+        if full in ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"):
+            return _Global(full, self._reconstruct)
+        if full in ("numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer"):
+            return _Global(full, self._frombuffer)
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _describe(value: object) -> str:
+    """Short description of an unpickled value for error messages (never its contents)."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {list(value.shape)}"
+    return type(value).__name__
+
+
+def _check_labels(p: Path, labels: object) -> np.ndarray:
+    """The batch's labels as int64, or DatasetError: a flat list of ints (or a 1-D integer
+    array) in [0, 10), checked before numpy converts anything."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DatasetError(
+                f"{p}: labels must be integers in [0, 10), found an array {_describe(labels)}."
+            )
+        values = labels.astype(np.int64)
+    elif isinstance(labels, list | tuple):
+        bad = next((v for v in labels if type(v) is not int), None)
+        if bad is not None:
+            raise DatasetError(
+                f"{p}: labels must be integers in [0, 10), found a {type(bad).__name__}."
+            )
+        if labels and (min(labels) < 0 or max(labels) > 9):
+            raise DatasetError(f"{p}: labels must lie in [0, 10).")
+        values = np.array(labels, dtype=np.int64)
+    else:
+        raise DatasetError(f"{p}: labels must be a list of integers, found {_describe(labels)}.")
+    if values.size and (int(values.min()) < 0 or int(values.max()) > 9):
+        raise DatasetError(f"{p}: labels must lie in [0, 10).")
+    return values
 
 
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch: (uint8 images ``[N, 3, 32, 32]``, int64 labels ``[N]``).
 
     Raises:
-        DatasetError: the file is missing, truncated, not a CIFAR batch, or inconsistent;
-            the message names the file.
+        DatasetError: the file is missing, truncated, not a CIFAR batch, inconsistent, or a
+            pickle naming anything but builtin values and plain numpy arrays; the message
+            names the file.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():  # a device or pipe could never end
+        raise DatasetError(f"{p}: not a regular file; expected a CIFAR-10 python batch.")
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{p}: cannot read CIFAR-10 batch ({exc}).") from exc
     try:
-        obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = _SafeUnpickler(io.BytesIO(raw), budget=2 * len(raw) + 1024).load()
     except Exception as exc:  # truncated/corrupt pickles raise many exception types
         raise DatasetError(
-            f"{p}: not a readable CIFAR-10 python batch ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupt. Unpack cifar-10-python.tar.gz again."
+            f"{p}: not a readable CIFAR-10 python batch ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); the file is truncated or corrupt. Unpack "
+            "cifar-10-python.tar.gz again."
         ) from exc
     if not isinstance(obj, dict):
         raise DatasetError(f"{p}: expected a pickled dict, found {type(obj).__name__}.")
@@ -89,21 +259,19 @@ def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarr
     labels = obj.get(b"labels", obj.get("labels"))
     if data is None or labels is None:
         raise DatasetError(f"{p}: the batch dict has no b'data' and b'labels' entries.")
-    arr = np.asarray(data)
-    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
-        raise DatasetError(
-            f"{p}: expected uint8 data of shape [N, 3072], found {arr.dtype} {list(arr.shape)}."
-        )
-    try:
-        lab = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{p}: labels are not integers ({exc}).") from exc
+    arr = data.array if isinstance(data, _ArraySpec) else data
+    if (
+        not isinstance(arr, np.ndarray)
+        or arr.dtype != np.uint8
+        or arr.ndim != 2
+        or arr.shape[1] != 3 * 32 * 32
+    ):
+        raise DatasetError(f"{p}: expected uint8 data of shape [N, 3072], found {_describe(arr)}.")
+    lab = _check_labels(p, labels.array if isinstance(labels, _ArraySpec) else labels)
     if lab.shape != (arr.shape[0],):
         raise DatasetError(
             f"{p}: {lab.size} labels for {arr.shape[0]} images; the batch is inconsistent."
         )
-    if lab.size and (int(lab.min()) < 0 or int(lab.max()) > 9):
-        raise DatasetError(f"{p}: labels must lie in [0, 10).")
     return arr.reshape(-1, 3, 32, 32), lab
 
 

@@ -2,21 +2,29 @@
 
 Layout: two zero bytes, a dtype code byte, a byte giving the number of dimensions, one
 big-endian uint32 per dimension, then the values in big-endian C order.
+
+Reading is bounded by the header (docs/design.md, hostile-input policy): the header is read
+first and checked (dimension count, the product of the dimensions in exact integers, the
+bytes the file can possibly hold) before anything is allocated, then exactly the declared
+number of data bytes is read, plus one to detect trailing data; a gzip stream is
+decompressed chunk by chunk, never as a whole.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from tesseract_fl.errors import DatasetError
 
-__all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
+__all__ = ["IDX_DTYPES", "MAX_IDX_BYTES", "MAX_NDIM", "read_idx", "write_idx"]
 
 #: IDX dtype code -> big-endian numpy dtype.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -28,80 +36,170 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 
+#: Most dimensions an IDX file may declare: images have 3 and labels 1, and numpy itself
+#: cannot build arrays with more than 64, so a larger count means a corrupt header.
+MAX_NDIM = 16
+
+#: Most data bytes ``read_idx`` accepts by default (4 GiB, far above any IDX dataset: the
+#: MNIST training images hold 47 MB), so that a header cannot make it allocate without bound.
+MAX_IDX_BYTES = 1 << 32
+
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Deflate cannot expand data by more than 1032:1, so a gzip file of n bytes holds at most
+#: this many times n decompressed bytes; a header declaring more is certainly wrong.
+_MAX_DEFLATE_RATIO = 1032
+_CHUNK = 1 << 20
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the decompressed content of ``path`` (gzip detected by its magic bytes)."""
-    if not path.exists():
+class _Reader(Protocol):
+    """A binary stream (a plain file or a gzip decompressor)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _read_up_to(fh: _Reader, n: int) -> bytes:
+    """Read ``n`` bytes from ``fh``, fewer only at the end of the stream."""
+    parts: list[bytes] = []
+    left = n
+    while left > 0:
+        part = fh.read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _fill(fh: _Reader, out: np.ndarray) -> int:
+    """Read into the bytes of the contiguous array ``out`` chunk by chunk; return the count."""
+    view = out.reshape(-1).view(np.uint8)
+    got = 0
+    while got < view.size:
+        part = fh.read(min(view.size - got, _CHUNK))
+        if not part:
+            break
+        view[got : got + len(part)] = np.frombuffer(part, dtype=np.uint8)
+        got += len(part)
+    return got
+
+
+def _parse(p: Path, fh: _Reader, file_size: int, compressed: bool, max_bytes: int) -> np.ndarray:
+    """Read and check the header from ``fh``, then the data it declares (see module docstring)."""
+    head = _read_up_to(fh, 4)
+    if len(head) < 4:
         raise DatasetError(
-            f"IDX file not found: {path}. Check the path or fetch the dataset "
-            "(`tesseract-fl datasets fetch NAME`)."
+            f"IDX file {p} is truncated: {len(head)} bytes, shorter than the 4-byte header."
         )
-    if not path.is_file():
-        raise DatasetError(f"IDX path is not a regular file: {path}.")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read IDX file {path}: {exc}") from exc
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(
-            f"IDX file {path} looks gzip-compressed but cannot be decompressed ({exc}); "
-            "the download is probably incomplete or corrupt: delete it and fetch it again."
-        ) from exc
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an IDX file (raw or gzip) into a native-endian numpy array of its stored shape.
-
-    Raises:
-        DatasetError: the file is missing, not IDX, uses an unknown dtype code, is corrupt
-            gzip, or holds fewer or more data bytes than its header declares.
-    """
-    p = Path(path)
-    data = _read_bytes(p)
-    if len(data) < 4:
-        raise DatasetError(
-            f"IDX file {p} is truncated: {len(data)} bytes, shorter than the 4-byte header."
-        )
-    if data[0] != 0 or data[1] != 0:
+    if head[0] != 0 or head[1] != 0:
         raise DatasetError(
             f"{p} is not an IDX file: it must start with two zero bytes, found "
-            f"{data[:2].hex()}. Check that the right file is in place."
+            f"{head[:2].hex()}. Check that the right file is in place."
         )
-    code, ndim = data[2], data[3]
+    code, ndim = head[2], head[3]
     if code not in IDX_DTYPES:
         allowed = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
         raise DatasetError(
             f"IDX file {p} has unknown dtype code 0x{code:02X} (allowed: {allowed}); "
             "the file is corrupt or not IDX."
         )
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
+    if ndim > MAX_NDIM:
         raise DatasetError(
-            f"IDX file {p} is truncated inside its header ({len(data)} bytes, the header "
+            f"IDX file {p} declares {ndim} dimensions; at most {MAX_NDIM} are allowed (images "
+            "have 3, labels 1): the header is corrupt or the file is not IDX."
+        )
+    header_len = 4 + 4 * ndim
+    dims = _read_up_to(fh, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DatasetError(
+            f"IDX file {p} is truncated inside its header ({4 + len(dims)} bytes, the header "
             f"declares {ndim} dimensions and needs {header_len}). Fetch it again."
         )
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = len(data) - header_len
-    if actual < expected:
+    expected = math.prod(shape) * dtype.itemsize  # exact: Python integers cannot overflow
+    if expected > max_bytes:
+        raise DatasetError(
+            f"IDX file {p} declares shape {shape} of {dtype.name} values ({expected} data "
+            f"bytes), more than the {max_bytes} allowed; the header is corrupt."
+        )
+    if not compressed:
+        actual = file_size - header_len
+        if actual < expected:
+            raise DatasetError(
+                f"IDX file {p} is truncated: header declares shape {shape} ({expected} data "
+                f"bytes) but only {actual} are present. Delete it and fetch it again."
+            )
+        if actual > expected:
+            raise DatasetError(
+                f"IDX file {p} has {actual - expected} unexpected trailing bytes after the "
+                f"{expected} data bytes its header (shape {shape}) declares; the file is corrupt."
+            )
+    elif header_len + expected > _MAX_DEFLATE_RATIO * file_size:
+        raise DatasetError(
+            f"IDX file {p} is truncated: header declares shape {shape} ({expected} data bytes) "
+            f"but a {file_size}-byte gzip file decompresses to at most "
+            f"{_MAX_DEFLATE_RATIO * file_size} bytes. Delete it and fetch it again."
+        )
+    out = np.empty(shape, dtype=dtype.newbyteorder("="))
+    got = _fill(fh, out)
+    if got < expected:
         raise DatasetError(
             f"IDX file {p} is truncated: header declares shape {shape} ({expected} data "
-            f"bytes) but only {actual} are present. Delete it and fetch it again."
+            f"bytes) but only {got} are present. Delete it and fetch it again."
         )
-    if actual > expected:
+    if fh.read(1):
         raise DatasetError(
-            f"IDX file {p} has {actual - expected} unexpected trailing bytes after the "
-            f"{expected} data bytes its header (shape {shape}) declares; the file is corrupt."
+            f"IDX file {p} has unexpected trailing data after the {expected} data bytes its "
+            f"header (shape {shape}) declares; the file is corrupt."
         )
-    arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header_len)
-    return arr.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+    if not dtype.isnative:
+        out.byteswap(inplace=True)  # the bytes were read big-endian into a native array
+    return out
+
+
+def read_idx(path: str | os.PathLike[str], *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (raw or gzip, detected by its magic bytes) into a native-endian numpy
+    array of its stored shape.
+
+    ``max_bytes`` bounds the data size a header may declare.
+
+    Raises:
+        DatasetError: the file is missing, not IDX, uses an unknown dtype code or too many
+            dimensions, declares more data than allowed or than the file can hold, is corrupt
+            gzip, or holds fewer or more data bytes than its header declares.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(
+            f"IDX file not found: {p}. Check the path or fetch the dataset "
+            "(`tesseract-fl datasets fetch NAME`)."
+        )
+    if not p.is_file():
+        raise DatasetError(f"IDX path is not a regular file: {p}.")
+    try:
+        raw = p.open("rb")
+    except OSError as exc:
+        raise DatasetError(f"cannot read IDX file {p}: {exc}") from exc
+    with raw:
+        try:
+            file_size = os.fstat(raw.fileno()).st_size
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+        except OSError as exc:
+            raise DatasetError(f"cannot read IDX file {p}: {exc}") from exc
+        if not compressed:
+            try:
+                return _parse(p, raw, file_size, False, max_bytes)
+            except OSError as exc:
+                raise DatasetError(f"cannot read IDX file {p}: {exc}") from exc
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                return _parse(p, fh, file_size, True, max_bytes)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetError(
+                f"IDX file {p} looks gzip-compressed but cannot be decompressed ({exc}); "
+                "the download is probably incomplete or corrupt: delete it and fetch it again."
+            ) from exc
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
@@ -120,8 +218,11 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
             f"cannot write dtype {arr.dtype} as IDX; use one of uint8, int8, int16, int32, "
             "float32, float64."
         )
-    if arr.ndim > 255:
-        raise DatasetError(f"IDX supports at most 255 dimensions, got {arr.ndim}.")
+    if arr.ndim > MAX_NDIM:
+        raise DatasetError(
+            f"cannot write a {arr.ndim}-dimensional array as IDX; at most {MAX_NDIM} "
+            "dimensions are allowed."
+        )
     header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
     payload = header + np.ascontiguousarray(arr, dtype=IDX_DTYPES[code]).tobytes()
     if p.name.endswith(".gz"):

@@ -35,6 +35,38 @@ _PIXELS = 28 * 28
 LeafSplit = tuple[np.ndarray, np.ndarray, list[str], np.ndarray]
 
 
+def _pixels(p: Path, user: str, value: object) -> np.ndarray:
+    """A writer's ``x`` as float32, or DatasetError unless it is a list of numbers (strings,
+    booleans and nulls are refused rather than converted)."""
+    if not isinstance(value, list):
+        raise DatasetError(f"{p}: user {user!r}: 'x' must be a list of pixel rows.")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged rows
+        raise DatasetError(f"{p}: user {user!r}: malformed x ({exc}).") from exc
+    if arr.size and arr.dtype.kind not in "fiu":
+        raise DatasetError(f"{p}: user {user!r}: 'x' must hold numbers, found {arr.dtype} values.")
+    return arr.astype(np.float32)
+
+
+def _labels(p: Path, user: str, value: object) -> np.ndarray:
+    """A writer's ``y`` as int64, or DatasetError unless it is a list of integers in
+    ``[0, 62)`` (checked before numpy converts anything, so floats, NaN, booleans, strings
+    and huge integers are refused, not truncated or overflowed)."""
+    if not isinstance(value, list):
+        raise DatasetError(f"{p}: user {user!r}: 'y' must be a list of labels.")
+    bad = next((v for v in value if type(v) is not int or not 0 <= v < FEMNIST_CLASSES), None)
+    if bad is not None:
+        if type(bad) is not int:
+            found = f"a {type(bad).__name__}"
+        else:
+            found = str(bad) if abs(bad) < 10**9 else "an integer far out of range"
+        raise DatasetError(
+            f"{p}: user {user!r}: labels must be integers in [0, {FEMNIST_CLASSES}), found {found}."
+        )
+    return np.array(value, dtype=np.int64)
+
+
 def read_leaf_json(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read one LEAF FEMNIST JSON file: writer -> (float32 ``[n, 784]``, int64 ``[n]``).
 
@@ -42,29 +74,33 @@ def read_leaf_json(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, 
         DatasetError: unreadable, truncated or malformed file (the message names it).
     """
     p = Path(path)
+    if p.exists() and not p.is_file():  # a device or pipe could never end
+        raise DatasetError(f"{p}: not a regular file; expected a LEAF JSON file.")
     try:
         with p.open("rb") as fh:
             obj: Any = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or encoding
         raise DatasetError(
             f"{p}: not a readable LEAF JSON file ({exc}); it is truncated or corrupt."
         ) from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("user_data"), dict):
         raise DatasetError(f"{p}: expected a LEAF JSON object with a 'user_data' mapping.")
     users = obj.get("users", list(obj["user_data"]))
-    if not isinstance(users, list):
-        raise DatasetError(f"{p}: 'users' must be a list.")
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        raise DatasetError(f"{p}: 'users' must be a list of writer names (strings).")
+    listed: set[str] = set()
+    for u in users:
+        if u in listed:
+            raise DatasetError(f"{p}: writer {u[:40]!r} is listed twice in 'users'.")
+        listed.add(u)
     counts = obj.get("num_samples")
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, user in enumerate(users):
         entry = obj["user_data"].get(user)
         if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
             raise DatasetError(f"{p}: user {user!r} has no 'x'/'y' data in 'user_data'.")
-        try:
-            x = np.asarray(entry["x"], dtype=np.float32)
-            y = np.asarray(entry["y"], dtype=np.int64)
-        except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{p}: user {user!r}: malformed x or y ({exc}).") from exc
+        x = _pixels(p, user, entry["x"])
+        y = _labels(p, user, entry["y"])
         if x.ndim != 2 or x.shape[1] != _PIXELS or y.shape != (x.shape[0],):
             raise DatasetError(
                 f"{p}: user {user!r}: expected x [n, 784] and y [n], found "
@@ -74,8 +110,6 @@ def read_leaf_json(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, 
             raise DatasetError(
                 f"{p}: user {user!r}: num_samples says {counts[i]}, data holds {len(y)}."
             )
-        if y.size and (int(y.min()) < 0 or int(y.max()) >= FEMNIST_CLASSES):
-            raise DatasetError(f"{p}: user {user!r}: labels must lie in [0, 62).")
         if not np.isfinite(x).all():
             raise DatasetError(f"{p}: user {user!r}: non-finite pixel values.")
         out[str(user)] = (x, y)

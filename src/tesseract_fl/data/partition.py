@@ -27,7 +27,7 @@ Non-empty guarantee: when there are at least ``m`` samples, every client gets at
 one. Random schemes (``bias``, ``dirichlet``) can leave a client empty; such clients, in
 increasing id order, each receive one sample taken (at an ``rng``-chosen position) from
 the currently largest client (lowest id on ties). With fewer than ``m`` samples some
-clients are necessarily empty.
+clients are necessarily empty; passing the ``dataset`` name makes that an error instead.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def partition(
     alpha: float = 0.5,
     num_classes: int | None = None,
     groups: np.ndarray | None = None,
+    dataset: str | None = None,
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` among ``num_clients`` clients.
@@ -156,6 +157,9 @@ def partition(
         alpha: ``dirichlet`` scheme only, concentration (> 0).
         num_classes: number of classes ``L`` (default ``max(labels) + 1``).
         groups: ``writers`` scheme only, integer owner id of each sample.
+        dataset: name of the dataset the labels come from; when given, fewer samples than
+            clients (some clients would get no data) is refused with an error naming it,
+            instead of returning empty clients.
         rng: the source of randomness; equal seeds give equal partitions.
 
     Returns:
@@ -163,7 +167,8 @@ def partition(
 
     Raises:
         ConfigError: bad ``scheme``, ``num_clients``, ``bias`` or ``alpha``.
-        DatasetError: labels not 1-D integers in ``[0, num_classes)``.
+        DatasetError: labels not 1-D integers in ``[0, num_classes)``, or (with ``dataset``)
+            fewer samples than clients.
     """
     name = scheme.strip().lower() if isinstance(scheme, str) else scheme
     if name not in PARTITIONS:
@@ -179,6 +184,12 @@ def partition(
         raise ConfigError(f"alpha must be a finite number > 0, got {alpha}.")
     lab, n_classes = _validate_labels(labels, num_classes)
     n = lab.shape[0]
+    if dataset is not None and n < num_clients:
+        fix = f"use at most {n} clients or a larger training set" if n else "check its files"
+        raise DatasetError(
+            f"dataset {dataset!r} has {n} training samples to split among {num_clients} "
+            f"clients, and every client needs at least one: {fix}."
+        )
 
     if name == "iid":
         parts = [a.astype(np.int64) for a in np.array_split(rng.permutation(n), num_clients)]

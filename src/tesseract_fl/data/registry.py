@@ -182,13 +182,19 @@ def _check_images(arr: np.ndarray, path: Path) -> None:
 
 
 def _check_labels(arr: np.ndarray, path: Path, n_images: int, images_path: Path) -> None:
-    """Raise DatasetError unless ``arr`` is a 1-D label array matching the image count."""
+    """Raise DatasetError unless ``arr`` is a 1-D integer label array in ``[0, 10)`` matching
+    the image count."""
     if arr.ndim != 1:
         raise DatasetError(f"{path}: expected a 1-D label array, found {list(arr.shape)}.")
     if arr.shape[0] != n_images:
         raise DatasetError(
             f"{path} holds {arr.shape[0]} labels but {images_path} holds {n_images} images; "
             "the files do not belong together. Fetch the dataset again."
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DatasetError(
+            f"{path}: labels must be integers in [0, {_NUM_CLASSES}), found {arr.dtype} values "
+            "(a float label file can hold NaN or fractions); is this the right file?"
         )
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= _NUM_CLASSES):
         raise DatasetError(
@@ -205,30 +211,45 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
 
     Raises:
         DatasetError: unknown name, missing files (the message says what to place where),
-            malformed files, or inconsistent image/label counts.
+            malformed files, inconsistent image/label counts, or an empty training set.
     """
     key = _check_name(name)
+    ds: Dataset
     if key == "breast_cancer":
         from tesseract_fl.data.breast_cancer import load_breast_cancer
 
-        return load_breast_cancer()
-    if key == "cifar10":
+        ds = load_breast_cancer()
+    elif key == "cifar10":
         from tesseract_fl.data.cifar import load_cifar10
 
-        return load_cifar10(data_dir)
-    if key == "femnist":
+        ds = load_cifar10(data_dir)
+    elif key == "femnist":
         from tesseract_fl.data.leaf import load_femnist
 
-        return load_femnist(data_dir)
-    if key == "chmnist":
+        ds = load_femnist(data_dir)
+    elif key == "chmnist":
         from tesseract_fl.data.chmnist import load_chmnist
 
-        return load_chmnist(data_dir)
-    if key == "shakespeare":
+        ds = load_chmnist(data_dir)
+    elif key == "shakespeare":
         from tesseract_fl.data.shakespeare import load_shakespeare
 
-        return load_shakespeare(data_dir)
-    return _load_idx_dataset(key, data_dir)
+        ds = load_shakespeare(data_dir)
+    else:
+        ds = _load_idx_dataset(key, data_dir)
+    _check_not_empty(ds)
+    return ds
+
+
+def _check_not_empty(ds: Dataset) -> None:
+    """Raise DatasetError if the training split holds no sample: there is nothing to train on,
+    and the failure would otherwise surface far from its cause."""
+    if ds.train_y.shape[0] == 0:
+        raise DatasetError(
+            f"dataset {ds.name!r}: the training set is empty (0 samples read from "
+            f"{ds.source}); the files hold no training data. Check them or fetch the dataset "
+            "again."
+        )
 
 
 def _load_idx_dataset(key: str, data_dir: str | os.PathLike[str] | None) -> Dataset:

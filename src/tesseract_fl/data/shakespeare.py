@@ -112,10 +112,13 @@ def read_roles(files: list[Path]) -> list[tuple[str, str, str]]:
     of first appearance.
 
     Raises:
-        DatasetError: a file cannot be read or holds no speeches (the message names it).
+        DatasetError: a file is not a regular file, cannot be read or holds no speeches (the
+            message names it).
     """
     out: list[tuple[str, str, str]] = []
     for f in files:
+        if not f.is_file():  # a device or pipe (e.g. a link to /dev/zero) could never end
+            raise DatasetError(f"{f}: not a regular file; expected a Gutenberg play text.")
         try:
             text = f.read_bytes().decode("latin-1")
         except OSError as exc:
