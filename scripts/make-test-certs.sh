@@ -12,11 +12,23 @@
 #                            (flower-superlink --ssl-certfile / --ssl-keyfile / --ssl-ca-certfile)
 # The server certificate is valid for localhost, 127.0.0.1 and ::1 plus every extra HOST given
 # (a DNS name or an IP address). DAYS=n sets the validity (default 30 days).
+#
+# SUPERNODE_KEYS=n also writes n SuperNode key pairs for Flower's SuperNode authentication
+# (flower-superlink --enable-supernode-auth), made with ssh-keygen (EC P-384, OpenSSH format):
+#   supernode-<i> / supernode-<i>.pub   register the .pub with `flwr supernode register`, start
+#                                       the SuperNode with --auth-supernode-private-key
 set -euo pipefail
 out="${1:-certificates}"
 shift || true
 days="${DAYS:-30}"
+keys="${SUPERNODE_KEYS:-0}"
 command -v openssl >/dev/null || { echo "error: openssl is not installed" >&2; exit 1; }
+if ! [[ "$keys" =~ ^[0-9]+$ ]]; then
+    echo "error: SUPERNODE_KEYS must be a number of key pairs, got '$keys'" >&2; exit 1
+fi
+if (( keys > 0 )) && ! command -v ssh-keygen >/dev/null; then
+    echo "error: SUPERNODE_KEYS needs ssh-keygen (package openssh-client)" >&2; exit 1
+fi
 mkdir -p "$out"
 umask 077
 
@@ -40,3 +52,11 @@ openssl x509 -req -sha256 -days "$days" -in "$out/server.csr" -CA "$out/ca.crt" 
 rm -f "$out/server.csr" "$out/server.ext" "$out/ca.srl"
 chmod 644 "$out/ca.crt" "$out/server.pem"
 echo "certificates in $out: ca.crt, server.pem, server.key (SAN: $san)"
+for ((i = 0; i < keys; i++)); do
+    rm -f "$out/supernode-$i" "$out/supernode-$i.pub"
+    ssh-keygen -q -t ecdsa -b 384 -N "" -C "tesseract-fl supernode $i" -f "$out/supernode-$i"
+done
+if (( keys > 0 )); then
+    chmod 644 "$out"/supernode-*.pub
+    echo "SuperNode keys in $out: supernode-0 .. supernode-$((keys - 1)) (+ .pub)"
+fi

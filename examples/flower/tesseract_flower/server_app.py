@@ -17,7 +17,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from torch import Tensor
 
-from tesseract_fl.flower import FlowerTask, RobustStrategy, load_arrays, model_arrays
+from tesseract_fl.flower import (
+    DEFAULT_MAX_NODES,
+    FlowerTask,
+    RobustStrategy,
+    load_arrays,
+    model_arrays,
+)
 from tesseract_fl.simulation.schedules import make_schedule
 from tesseract_flower.settings import read_run_config
 
@@ -53,6 +59,9 @@ def main(grid: Grid, context: Context) -> None:
         lr=make_schedule(cfg.lr_schedule, cfg.lr, cfg.rounds),
         defense_params=cfg.defense_params,
         capacity=cfg.clients,
+        # Room for every client twice over (a SuperNode that restarts without a registered key
+        # comes back under a new node id), never below the strategy's default cap.
+        max_nodes=max(DEFAULT_MAX_NODES, 2 * cfg.clients),
         root_gradient_fn=root_gradient if task.root is not None else None,
         store=results / "store.sqlite",
         run_id=run_id,

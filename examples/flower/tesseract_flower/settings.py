@@ -50,6 +50,22 @@ def _params(text: Any, key: str) -> dict[str, Any]:
     return out
 
 
+def _number(run_config: dict[str, Any], key: str, default: float) -> float:
+    """A numeric option (the strategy checks its range); ConfigError for anything else."""
+    value = run_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _count(run_config: dict[str, Any], key: str) -> int:
+    """A count option: an integer >= 0 (0: the default)."""
+    value = run_config.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key} must be an integer >= 0, got {value!r}")
+    return value
+
+
 #: Run-config keys besides the experiment keys (``USER_KEYS``).
 OPTION_KEYS: tuple[str, ...] = (
     "defense-params",
@@ -97,10 +113,10 @@ def read_run_config(run_config: dict[str, Any]) -> tuple[ExperimentConfig, Flowe
         gradient_format=str(run_config.get("gradient-format", "flat")),
         attack_dir=str(run_config.get("attack-dir", "")),
         results_dir=str(run_config.get("results-dir", "results/flower")),
-        fraction_train=float(run_config.get("fraction-train", 1.0)),
-        fraction_evaluate=float(run_config.get("fraction-evaluate", 0.0)),
-        min_nodes=int(run_config.get("min-nodes", 0)),
-        test_samples=int(run_config.get("test-samples", 0)),
+        fraction_train=_number(run_config, "fraction-train", 1.0),
+        fraction_evaluate=_number(run_config, "fraction-evaluate", 0.0),
+        min_nodes=_count(run_config, "min-nodes"),
+        test_samples=_count(run_config, "test-samples"),
     )
     if opts.gradient_format not in ("flat", "layers"):
         raise ConfigError(

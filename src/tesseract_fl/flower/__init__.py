@@ -31,10 +31,16 @@ from tesseract_fl.flower.records import (
     model_arrays,
 )
 from tesseract_fl.flower.slots import NodeSlots, SlotAggregator, grow_state
-from tesseract_fl.flower.strategy import NodeRound, RobustStrategy, RoundRecord
+from tesseract_fl.flower.strategy import (
+    DEFAULT_MAX_NODES,
+    NodeRound,
+    RobustStrategy,
+    RoundRecord,
+)
 from tesseract_fl.flower.task import FlowerTask
 
 __all__ = [
+    "DEFAULT_MAX_NODES",
     "GRADIENT_KEY",
     "LOCAL_ATTACKS",
     "ColludingAttackers",

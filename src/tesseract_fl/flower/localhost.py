@@ -7,6 +7,12 @@ processes on free localhost ports, with TLS by default (certificates from
 ``scripts/make-test-certs.sh``; ``insecure=True`` is the explicit opt-out), submits an app with
 ``flwr run`` and stops everything again.
 
+SuperNode authentication is on whenever TLS is (Flower requires TLS for it): the SuperLink runs
+with ``--enable-supernode-auth`` and accepts only SuperNodes whose public key was registered
+with ``flwr supernode register``; each SuperNode gets its own EC key pair
+(:func:`make_supernode_keys`, in ``workdir/keys``) and signs its requests with the private key
+(``--auth-supernode-private-key``). A SuperNode with an unregistered key, or none, is refused.
+
 Cleanup: every process is started in its own process group and all of them, with everything
 they spawn (Flower's SuperExec and app processes detach into new sessions; Ray starts its own
 daemons), carry a unique ``TESSERACT_FL_FEDERATION`` environment tag. :meth:`stop` terminates
@@ -16,6 +22,7 @@ them (Linux ``/proc``), so a test can assert that nothing is left.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,7 +36,13 @@ from typing import Any
 
 from tesseract_fl.errors import TesseractFLError
 
-__all__ = ["FederationError", "LocalFederation", "free_port", "make_certificates"]
+__all__ = [
+    "FederationError",
+    "LocalFederation",
+    "free_port",
+    "make_certificates",
+    "make_supernode_keys",
+]
 
 TAG = "TESSERACT_FL_FEDERATION"
 
@@ -61,6 +74,35 @@ def make_certificates(out_dir: Path, script: Path | None = None) -> Path:
     return out_dir
 
 
+def make_supernode_keys(out_dir: Path, count: int) -> list[Path]:
+    """``count`` SuperNode key pairs (EC P-384, OpenSSH format, as Flower's SuperNode
+    authentication reads them): ``supernode-<i>`` (private, mode 600) and ``supernode-<i>.pub``
+    in ``out_dir``; returns the private keys' paths."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = out_dir / f"supernode-{i}"
+        private.touch(mode=0o600)
+        private.chmod(0o600)
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        private.with_name(private.name + ".pub").write_bytes(public + b"\n")
+        paths.append(private)
+    return paths
+
+
 def _quote(value: Any) -> str:
     """A run-config value as a TOML literal for ``--run-config``."""
     if isinstance(value, bool):
@@ -77,9 +119,11 @@ class LocalFederation:
     ``node_configs``: each SuperNode's ``--node-config`` (default: ``partition-id=i
     num-partitions=N``). ``simulation``: start the SuperLink in simulation mode (no SuperNodes;
     ``flwr run`` runs the app on the Ray simulation engine). ``insecure``: no TLS (explicit
-    opt-in; the default generates test certificates into ``workdir/certificates``). ``env``:
-    extra environment for every process. ``cert_script``: the certificate script (default:
-    ``scripts/make-test-certs.sh`` of the source checkout).
+    opt-in; the default generates test certificates into ``workdir/certificates``).
+    ``node_auth``: SuperNode authentication (default: on with TLS and SuperNodes; it needs
+    TLS). ``env``: extra environment for every process. ``cert_script``: the certificate script
+    (default: ``scripts/make-test-certs.sh`` of the source checkout). After :meth:`start`,
+    :attr:`node_ids` holds the registered SuperNodes' node ids (empty without authentication).
     """
 
     def __init__(
@@ -90,6 +134,7 @@ class LocalFederation:
         node_configs: Sequence[str] | None = None,
         simulation: bool = False,
         insecure: bool = False,
+        node_auth: bool | None = None,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 120.0,
         cert_script: str | Path | None = None,
@@ -98,6 +143,12 @@ class LocalFederation:
             raise FederationError("a simulation SuperLink runs its own virtual SuperNodes")
         if node_configs is not None and len(node_configs) != supernodes:
             raise FederationError(f"{len(node_configs)} node configs for {supernodes} nodes")
+        if node_auth and insecure:
+            raise FederationError(
+                "SuperNode authentication needs TLS: pass insecure=False or node_auth=False"
+            )
+        if node_auth and simulation:
+            raise FederationError("a simulation SuperLink has no SuperNodes to authenticate")
         self.workdir = Path(workdir).resolve()
         self.supernodes = supernodes
         self.node_configs = (
@@ -107,6 +158,8 @@ class LocalFederation:
         )
         self.simulation = simulation
         self.insecure = insecure
+        self.node_auth = (not insecure and not simulation) if node_auth is None else node_auth
+        self.node_ids: list[int] = []
         self.startup_timeout = startup_timeout
         self.cert_script = None if cert_script is None else Path(cert_script)
         self.tag = uuid.uuid4().hex
@@ -143,7 +196,8 @@ class LocalFederation:
         self.stop()
 
     def start(self) -> None:
-        """Start the SuperLink, wait until it answers, then the SuperNodes (until registered)."""
+        """Start the SuperLink, wait until it answers, register the SuperNodes' public keys
+        (with authentication), then start the SuperNodes and wait until they are connected."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "flwr-home").mkdir(exist_ok=True)
         tls: list[str] = ["--insecure"]
@@ -171,28 +225,73 @@ class LocalFederation:
                 str(self.port),
                 "--disable-runtime-dependency-installation",
                 *(["--simulation"] if self.simulation else []),
+                *(["--enable-supernode-auth"] if self.node_auth else []),
             ],
         )
         self._wait_for_log("superlink", "Uvicorn running on")
-        client_tls = (
-            ["--insecure"] if self.insecure else ["--root-certificates", str(certs / "ca.crt")]
-        )
+        keys: list[Path] = []
+        if self.node_auth:
+            keys = make_supernode_keys(self.workdir / "keys", self.supernodes)
+            self.node_ids = self.register_supernodes([k.with_name(k.name + ".pub") for k in keys])
         for i, node_config in enumerate(self.node_configs):
-            self._spawn(
-                f"supernode-{i}",
-                [
-                    "flower-supernode",
-                    *client_tls,
-                    "--superlink",
-                    f"127.0.0.1:{self.port}",
-                    "--node-config",
-                    node_config,
-                    "--port",
-                    str(free_port()),
-                ],
-            )
+            self.spawn_supernode(f"supernode-{i}", node_config, keys[i] if keys else None)
         for i in range(self.supernodes):
             self._wait_for_log(f"supernode-{i}", "SuperNode ID:")
+
+    def register_supernodes(self, public_keys: Sequence[Path]) -> list[int]:
+        """``flwr supernode register`` for each public key (concurrently); returns the node ids
+        the SuperLink gave them. :class:`FederationError` with the CLI's output on failure."""
+        procs = []
+        for key in public_keys:
+            cmd = ["flwr", "supernode", "register", str(key), "local", "--format", "json"]
+            proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self.procs.append(proc)
+            procs.append((key, proc))
+        node_ids = []
+        for key, proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=self.startup_timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise FederationError(f"registering {key} did not finish") from None
+            text = out.decode(errors="replace")
+            try:
+                reply = json.loads(text[text.index("{") :])
+                node_ids.append(int(reply["node-id"]))
+            except (ValueError, KeyError, TypeError):
+                raise FederationError(
+                    f"flwr supernode register {key} failed (exit {proc.returncode}):\n"
+                    f"{text.strip()[-2000:]}"
+                ) from None
+        return node_ids
+
+    def spawn_supernode(self, name: str, node_config: str, private_key: Path | None) -> None:
+        """Start one ``flower-supernode`` (log ``name``) against this SuperLink, signing with
+        ``private_key`` when given (does not wait for it to connect)."""
+        certs = self.workdir / "certificates"
+        tls = ["--insecure"] if self.insecure else ["--root-certificates", str(certs / "ca.crt")]
+        auth = [] if private_key is None else ["--auth-supernode-private-key", str(private_key)]
+        self._spawn(
+            name,
+            [
+                "flower-supernode",
+                *tls,
+                *auth,
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--node-config",
+                node_config,
+                "--port",
+                str(free_port()),
+            ],
+        )
 
     def run(
         self,

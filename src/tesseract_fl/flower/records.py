@@ -15,6 +15,7 @@ order the simulator flattens gradients in), so both forms give the same row of `
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -159,11 +160,16 @@ def _check_meta(arr: Any, shape: tuple[int, ...], key: str) -> None:
     if got != tuple(shape):
         raise UpdateError(f"array {key!r} has shape {got}, expected {tuple(shape)}")
     if str(arr.dtype) not in _FLOAT_DTYPES:
-        raise UpdateError(f"array {key!r} has dtype {arr.dtype}, expected a float type")
+        raise UpdateError(f"array {key!r} has dtype {arr.dtype!r}, expected a float type")
 
 
 def _decode(arr: Array, shape: tuple[int, ...], key: str) -> Tensor:
-    """Decode an array's bytes and check them against its metadata (a lying header is caught)."""
+    """Decode an array's bytes and check them against its metadata (a lying header is caught).
+
+    The ``.npy`` header inside the bytes is read first: its shape, dtype and the number of data
+    bytes must match before anything is allocated, so a header claiming a huge shape costs
+    nothing."""
+    _check_npy_header(arr.data, shape, key)
     try:
         value = arr.numpy()
     except Exception as exc:  # corrupt bytes: any decoding error is the sender's fault
@@ -173,7 +179,39 @@ def _decode(arr: Array, shape: tuple[int, ...], key: str) -> Tensor:
             f"array {key!r} decodes to shape {tuple(value.shape)} dtype {value.dtype}, "
             f"expected {tuple(shape)} float"
         )
-    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as intended
+        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+
+
+def _check_npy_header(data: Any, shape: tuple[int, ...], key: str) -> None:
+    """UpdateError unless ``data`` is a ``.npy`` (format 1.0 or 2.0) of a float array with
+    ``shape`` and exactly the data bytes that shape needs."""
+    if not isinstance(data, bytes):
+        raise UpdateError(f"array {key!r} has no byte payload")
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            got, _fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            got, _fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise UpdateError(f"array {key!r} is in .npy format {version}, expected 1.0 or 2.0")
+    except UpdateError:
+        raise
+    except Exception as exc:  # a header that numpy cannot parse
+        raise UpdateError(f"array {key!r} cannot be decoded: {exc}") from None
+    if tuple(got) != tuple(shape) or dtype.kind != "f":
+        raise UpdateError(
+            f"array {key!r} decodes to shape {tuple(got)} dtype {dtype}, "
+            f"expected {tuple(shape)} float"
+        )
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - buf.tell() != needed:
+        raise UpdateError(
+            f"array {key!r} holds {len(data) - buf.tell()} data bytes, its shape and dtype need "
+            f"{needed}"
+        )
 
 
 def _as_tensor(value: Any) -> Tensor:

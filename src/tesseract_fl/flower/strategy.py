@@ -11,19 +11,29 @@ with state (TESSERACT's reputations, FoolsGold's histories) must follow the node
 gets a slot the first time it replies and keeps it, rows of ``G`` are ordered by slot, and the
 aggregator grows when new nodes join (:mod:`tesseract_fl.flower.slots`). A node that misses
 rounds keeps its state (TESSERACT: its reputation is neither decayed nor changed while absent).
+
+Hostile nodes (docs/design.md, hostile-input policy): every field of a reply that the strategy
+reads is checked, train and evaluate replies alike, and whatever it cannot use goes through one
+policy, ``on_malformed``, with a log line naming the node. No reply makes the strategy raise
+anything but our :class:`UpdateError`, and that only under ``on_malformed="raise"``; at most
+``max_nodes`` distinct node ids get defense state, so made-up node ids cannot grow it without
+bound.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
@@ -38,13 +48,32 @@ from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.flower.records import Layout
 from tesseract_fl.flower.slots import NodeSlots, SlotAggregator
 
-__all__ = ["MalformedPolicy", "NodeRound", "RobustStrategy", "RoundRecord"]
+__all__ = [
+    "DEFAULT_MAX_NODES",
+    "MAX_EXAMPLES",
+    "MalformedPolicy",
+    "NodeRound",
+    "RobustStrategy",
+    "RoundRecord",
+]
 
 MalformedPolicy = Literal["penalize", "drop", "raise"]
 _MALFORMED = ("penalize", "drop", "raise")
 
-#: Reply metrics kept per node for bookkeeping (shown in results, never used to aggregate).
+#: Reply metrics kept per node for bookkeeping (shown in results, never used to aggregate);
+#: each must be an integer in ``[0, 2**53]``.
 INFO_KEYS: tuple[str, ...] = ("partition-id",)
+
+#: Default cap on the distinct node ids that get defense state (FoolsGold keeps ``nodes x P``
+#: floats of history): room for a large federation, not for made-up node ids without end.
+DEFAULT_MAX_NODES = 1000
+
+#: Largest ``num-examples`` a reply may claim: integers up to 2**53 are exact in float64 and far
+#: inside float32's range (the aggregators' sample weights are float32).
+MAX_EXAMPLES = 2**53
+
+#: Largest valid Flower node id (node ids are unsigned 64-bit integers).
+_MAX_NODE_ID = 2**64 - 1
 
 
 @dataclass
@@ -93,18 +122,26 @@ class RobustStrategy(FedAvg):
     - ``defense``, ``defense_params``: the aggregator, as ``make_aggregator`` builds it (unknown
       names or parameters raise :class:`ConfigError` listing the allowed ones); ``c_max``: the
       number of nodes assumed malicious.
-    - ``lr``: server learning rate, a number or ``round -> lr`` (rounds from 0, as the
-      simulator's schedules).
+    - ``lr``: server learning rate, a finite number > 0 or ``round -> lr`` (rounds from 0, as
+      the simulator's schedules; every value must be a finite number >= 0, else the round
+      raises :class:`ConfigError`).
     - ``capacity`` / ``max_nodes``: initial and maximal number of node slots (slots grow by
-      doubling; results do not depend on the capacity).
+      doubling, never beyond ``max_nodes``; results do not depend on the capacity).
+      ``max_nodes`` (default :data:`DEFAULT_MAX_NODES`) bounds the defense state: a reply from
+      a new node once that many distinct nodes have slots goes through ``on_malformed``
+      (dropped, as it has no slot to penalize, or ``"raise"``).
     - ``root_gradient_fn(server_round, arrays) -> Tensor[P]``: the server's gradient on its clean
       root set at the current model; required by FLTrust.
-    - ``on_malformed``: a reply whose gradient has the wrong keys, shape or dtype (or lacks a
-      positive ``num-examples``) is logged naming the node, then ``"penalize"`` (default: it
-      becomes a NaN row, so the hostile-row policy gives it weight 0 and TESSERACT penalizes it
-      as maximally suspicious), ``"drop"`` (treated as absent) or ``"raise"`` (UpdateError
-      naming the node ends the run). NaN/Inf values are not malformed: the aggregators' policy
-      handles them.
+    - ``on_malformed``: a reply the strategy cannot use (not exactly one ``ArrayRecord`` and one
+      ``MetricRecord``; a gradient with the wrong keys, shape, dtype or bytes; ``num-examples``
+      missing or not a number in ``(0, 2**53]`` that float32 keeps positive; a loss that is not
+      a finite number; a label other than 0/1; a ``partition-id`` that is not an integer in
+      ``[0, 2**53]``) is logged naming the node, then ``"penalize"`` (default: it becomes a NaN
+      row, so the hostile-row policy gives it weight 0 and TESSERACT penalizes it as maximally
+      suspicious), ``"drop"`` (treated as absent) or ``"raise"`` (UpdateError naming the node
+      ends the run). NaN/Inf gradient values are not malformed: the aggregators' policy handles
+      them. Reply metrics the strategy does not read are ignored. Federated-evaluation replies
+      go through the same checks (a malformed one is left out of the average, or raises).
     - ``store`` (path or open :class:`ResultsStore`), ``run_id``, ``run_name``, ``run_config``:
       where the rounds are written (``runs``/``metrics``/``clients`` rows as the simulator's
       runner writes them; the ``clients`` table's client is the node's slot, and the run's
@@ -113,11 +150,16 @@ class RobustStrategy(FedAvg):
       loss, and an experiment's ground-truth "this node is malicious" flag (stored, shown, never
       used to aggregate).
 
+    Settings are checked here: a bad one raises one :class:`ConfigError` naming it and what is
+    allowed (``fraction_train`` in ``(0, 1]``, ``fraction_evaluate`` in ``[0, 1]``, node counts
+    positive integers no larger than ``max_nodes``, record keys distinct non-empty strings).
+
     Per round, ``aggregate_train`` returns a ``MetricRecord`` with ``train-loss``, ``lr``,
     ``round-seconds``, ``node-ids``, ``weights``, ``flip-scores`` (against the previous global
     update's sign, for every defense), ``reputations`` (TESSERACT), ``fs-low``/``fs-high`` and
     the counts of ``malformed`` and ``failed`` replies; :attr:`history` keeps the same as
-    :class:`RoundRecord` objects.
+    :class:`RoundRecord` objects. A round whose aggregated update (or the stepped model) is not
+    finite is skipped with the global model unchanged.
     """
 
     def __init__(
@@ -128,7 +170,7 @@ class RobustStrategy(FedAvg):
         lr: float | Callable[[int], float] = 0.01,
         defense_params: dict[str, Any] | None = None,
         capacity: int = 8,
-        max_nodes: int | None = None,
+        max_nodes: int = DEFAULT_MAX_NODES,
         root_gradient_fn: Callable[[int, ArrayRecord], Tensor] | None = None,
         on_malformed: MalformedPolicy = "penalize",
         store: ResultsStore | str | Path | None = None,
@@ -148,16 +190,80 @@ class RobustStrategy(FedAvg):
         configrecord_key: str = "config",
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
     ) -> None:
-        if isinstance(c_max, bool) or not isinstance(c_max, int) or c_max < 0:
-            raise ConfigError(f"c_max must be a non-negative integer, got {c_max!r}")
-        if on_malformed not in _MALFORMED:
+        if not isinstance(defense, str) or not defense:
+            raise ConfigError(f"defense must be an aggregator name (a string), got {defense!r}")
+        _check_int("c_max", c_max, 0)
+        if not isinstance(on_malformed, str) or on_malformed not in _MALFORMED:
             raise ConfigError(
                 f"on_malformed = {on_malformed!r}; allowed values: {', '.join(_MALFORMED)}"
             )
-        if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
-            raise ConfigError(f"record_every must be an integer >= 1, got {record_every!r}")
+        _check_int("record_every", record_every, 1)
+        _check_int("max_nodes", max_nodes, 1)
+        _check_int("capacity", capacity, 1)
         # TESSERACT and the trimming rules need more than 2 c_max clients per round.
         least = max(2, 2 * c_max + 1)
+        if max_nodes < least:
+            raise ConfigError(
+                f"max_nodes = {max_nodes} is below the {least} nodes that c_max = {c_max} needs"
+            )
+        if not callable(lr):
+            _check_real("lr", lr, low=0.0, low_open=True)
+        if defense_params is not None and not (
+            isinstance(defense_params, Mapping) and all(isinstance(k, str) for k in defense_params)
+        ):
+            raise ConfigError(
+                "defense_params must be a dict of parameter names to values, got "
+                f"{defense_params!r}"
+            )
+        if root_gradient_fn is not None and not callable(root_gradient_fn):
+            raise ConfigError(f"root_gradient_fn must be callable, got {root_gradient_fn!r}")
+        if evaluate_metrics_aggr_fn is not None and not callable(evaluate_metrics_aggr_fn):
+            raise ConfigError(
+                f"evaluate_metrics_aggr_fn must be callable, got {evaluate_metrics_aggr_fn!r}"
+            )
+        if store is not None and not isinstance(store, (ResultsStore, str, os.PathLike)):
+            raise ConfigError(f"store must be a path or a ResultsStore, got {store!r}")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise ConfigError(f"run_id must be a non-empty string, got {run_id!r}")
+        if not isinstance(run_name, str):
+            raise ConfigError(f"run_name must be a string, got {run_name!r}")
+        if run_config is not None and not isinstance(run_config, Mapping):
+            raise ConfigError(f"run_config must be a dict, got {run_config!r}")
+        _check_real("fraction_train", fraction_train, low=0.0, high=1.0, low_open=True)
+        _check_real("fraction_evaluate", fraction_evaluate, low=0.0, high=1.0)
+        for name, count in (
+            ("min_train_nodes", min_train_nodes),
+            ("min_available_nodes", min_available_nodes),
+        ):
+            if count is not None:
+                _check_int(name, count, 1)
+                if count > max_nodes:
+                    raise ConfigError(
+                        f"{name} = {count} exceeds max_nodes = {max_nodes} (the most nodes the "
+                        "strategy keeps state for); raise max_nodes"
+                    )
+        _check_int("min_evaluate_nodes", min_evaluate_nodes, 0)
+        keys = {
+            "weighted_by_key": weighted_by_key,
+            "loss_key": loss_key,
+            "label_key": label_key,
+            "arrayrecord_key": arrayrecord_key,
+            "configrecord_key": configrecord_key,
+        }
+        for name, key in keys.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"{name} must be a non-empty string, got {key!r}")
+        metric_keys = [weighted_by_key, loss_key, label_key, *INFO_KEYS]
+        if len(set(metric_keys)) != len(metric_keys):
+            raise ConfigError(
+                "weighted_by_key, loss_key and label_key must be different metric names, none "
+                f"of them {', '.join(map(repr, INFO_KEYS))}; got {weighted_by_key!r}, "
+                f"{loss_key!r}, {label_key!r}"
+            )
+        if arrayrecord_key == configrecord_key:
+            raise ConfigError(
+                f"arrayrecord_key and configrecord_key must differ, both are {arrayrecord_key!r}"
+            )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -169,13 +275,15 @@ class RobustStrategy(FedAvg):
             configrecord_key=configrecord_key,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
-        self.defense_name = str(defense)
+        self._custom_evaluate_aggr = evaluate_metrics_aggr_fn is not None
+        self.defense_name = defense
         self.c_max = c_max
+        self.max_nodes = max_nodes
         self.defense = SlotAggregator(
             self.defense_name,
             c_max=c_max,
-            params=defense_params,
-            capacity=capacity,
+            params=dict(defense_params) if defense_params is not None else None,
+            capacity=min(capacity, max_nodes),  # only the initial allocation
             max_capacity=max_nodes,
         )
         self.needs_root = bool(getattr(self.defense.aggregator, "needs_root_gradient", False))
@@ -226,18 +334,26 @@ class RobustStrategy(FedAvg):
         if self.arrays is None or self.layout is None:
             raise UpdateError("aggregate_train before configure_train: no global model to update")
         layout = self.layout
-        rows: dict[int, Tensor] = {}
-        examples: dict[int, float] = {}
-        losses: dict[int, float] = {}
+        lr = self._round_lr(server_round)
+        # None: a malformed reply to penalize (a NaN row).
+        usable: dict[int, _Reply | None] = {}
         malformed: list[int] = []
         failed: list[int] = []
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
+            node = self._sender(msg, server_round)
+            if node is None:
+                continue
             if msg.has_error():
                 failed.append(node)
-                log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                log(
+                    WARNING,
+                    "round %d: node %d failed: %s",
+                    server_round,
+                    node,
+                    _short(msg.error.reason),
+                )
                 continue
-            if node in rows or node in malformed:
+            if node in usable or node in malformed:
                 log(
                     WARNING,
                     "round %d: node %d replied twice; later reply ignored",
@@ -246,25 +362,44 @@ class RobustStrategy(FedAvg):
                 )
                 continue
             try:
-                grad, n = self._read_reply(msg.content, layout, node)
+                usable[node] = self._read_reply(_content(msg), layout)
             except UpdateError as exc:
-                reason = f"round {server_round}: node {node}: {exc}"
-                if self.on_malformed == "raise":
-                    raise UpdateError(reason) from None
-                log(WARNING, "%s (%s)", reason, self.on_malformed)
+                self._malformed(server_round, node, str(exc))
                 malformed.append(node)
                 if self.on_malformed == "penalize":
-                    rows[node] = torch.full((layout.num_params,), math.nan)
-                    examples[node] = 1.0
+                    usable[node] = None
+        # Slots for new nodes in ascending node-id order (as NodeSlots assigns them), up to
+        # max_nodes; a new node beyond the cap cannot be given state, so it is never penalized.
+        new = sorted(n for n in usable if n not in self.slots)
+        for node in new[max(self.max_nodes - len(self.slots), 0) :]:
+            self._malformed(
+                server_round,
+                node,
+                f"a new node, but the strategy already keeps state for max_nodes = "
+                f"{self.max_nodes} distinct nodes; its reply is ignored",
+                penalize=False,
+            )
+            del usable[node]
+            if node not in malformed:
+                malformed.append(node)
+
+        rows: dict[int, Tensor] = {}
+        examples: dict[int, float] = {}
+        losses: dict[int, float] = {}
+        for node, parsed in usable.items():
+            if parsed is None:
+                rows[node] = torch.full((layout.num_params,), math.nan)
+                examples[node] = 1.0
                 continue
-            rows[node] = grad
-            examples[node] = n
-            loss = _metric(msg.content, self.loss_key)
-            if loss is not None and not self.node_info.get(node, {}).get("malicious", False):
-                losses[node] = loss
+            info = self.node_info.setdefault(node, {})
+            info.update(parsed.info)
+            rows[node] = parsed.grad
+            examples[node] = parsed.num_examples
+            if parsed.loss is not None and not info.get("malicious", False):
+                losses[node] = parsed.loss
         record = RoundRecord(
             round=server_round,
-            lr=float(self.lr_fn(server_round - 1)),
+            lr=lr,
             seconds=0.0,
             train_loss=None,
             malformed=malformed,
@@ -285,9 +420,7 @@ class RobustStrategy(FedAvg):
             client_ids=slots, n_samples=n_samples, c_max=self.c_max, round=server_round - 1
         )
         if self.needs_root:
-            assert self.root_gradient_fn is not None
-            g0 = torch.as_tensor(self.root_gradient_fn(server_round, self.arrays))
-            ctx.extra["root_gradient"] = g0.detach().to(torch.float32).reshape(-1)
+            ctx.extra["root_gradient"] = self._root_gradient(server_round, layout)
         try:
             agg = self.defense.aggregate(G, slots, ctx)
         except UpdateError as exc:  # e.g. too few nodes for c_max this round
@@ -295,8 +428,23 @@ class RobustStrategy(FedAvg):
             record.skipped = str(exc)
             return self._finish_round(record, None)
         update = agg.update.detach().to(torch.float32).cpu()
+        # Finite but huge rows can overflow a defense without robust bounds (e.g. FedSGD); the
+        # round is skipped rather than the run ended (the defense's state has seen the round).
+        new_arrays = None
         if not bool(torch.isfinite(update).all()):
-            raise UpdateError(f"round {server_round}: aggregated update is not finite")
+            record.skipped = "aggregated update is not finite"
+        else:
+            new_arrays = self._step(update, record.lr)
+            if new_arrays is None:
+                record.skipped = "the SGD step would make the global model non-finite"
+        if new_arrays is None:
+            log(
+                ERROR,
+                "round %d skipped, the global model is unchanged: %s",
+                server_round,
+                record.skipped,
+            )
+            return self._finish_round(record, None)
 
         if losses:
             weights_l = [examples[n] for n in losses]
@@ -323,10 +471,74 @@ class RobustStrategy(FedAvg):
         ]
         record.fs_low = _finite(agg.record.get("fs_low"))
         record.fs_high = _finite(agg.record.get("fs_high"))
-        new_arrays = self._step(update, record.lr)
         self._s_g = torch.sign(update)
         self._set_model(new_arrays)
         return self._finish_round(record, new_arrays)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Federated evaluation: the weighted average (by ``weighted_by_key``, as Flower's
+        ``FedAvg``) of the replies' metrics, or ``evaluate_metrics_aggr_fn`` of them. A reply
+        needs one ``MetricRecord`` with a valid ``num-examples`` and only finite numbers (or
+        lists of them); any other goes through ``on_malformed`` (left out, or UpdateError)."""
+        usable: list[RecordDict] = []
+        seen: set[int] = set()
+        failures = 0
+        for msg in replies:
+            node = self._sender(msg, server_round)
+            if node is None:
+                continue
+            if msg.has_error():
+                failures += 1
+                log(
+                    WARNING,
+                    "round %d: node %d failed to evaluate: %s",
+                    server_round,
+                    node,
+                    _short(msg.error.reason),
+                )
+                continue
+            if node in seen:
+                log(
+                    WARNING,
+                    "round %d: node %d sent two evaluate replies; later reply ignored",
+                    server_round,
+                    node,
+                )
+                continue
+            seen.add(node)
+            try:
+                content = _content(msg)
+                metrics = _only(content.metric_records, "MetricRecord", self.weighted_by_key)
+                _examples(metrics, self.weighted_by_key)
+                for key, value in metrics.items():
+                    _check_metric_value(value, key)
+            except UpdateError as exc:
+                self._malformed(server_round, node, f"evaluate reply: {exc}", penalize=False)
+                continue
+            usable.append(content)
+        log(
+            INFO,
+            "aggregate_evaluate: %d usable replies, %d failures, %d malformed",
+            len(usable),
+            failures,
+            len(seen) - len(usable),
+        )
+        if not usable:
+            return None
+        if self._custom_evaluate_aggr:
+            return self.evaluate_metrics_aggr_fn(usable, self.weighted_by_key)
+        metrics, mixed = _mean_metrics(usable, self.weighted_by_key)
+        for key in mixed:
+            log(
+                WARNING,
+                "round %d: evaluate metric %r is a number in some replies and a list (or lists "
+                "of another length) in others; left out of the average",
+                server_round,
+                key,
+            )
+        return metrics
 
     def start(
         self,
@@ -340,7 +552,8 @@ class RobustStrategy(FedAvg):
     ) -> Result:
         """Flower's round loop; the results store's run is opened first and marked finished
         (or failed, with the error) at the end. ``evaluate_fn``'s ``accuracy`` and ``loss``
-        metrics are stored as the round's test accuracy and loss."""
+        metrics are stored as the round's test accuracy and loss. ``num_rounds`` must be an
+        integer >= 0 and ``timeout`` (seconds a round waits for replies) a finite number > 0."""
 
         def evaluate_and_store(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             assert evaluate_fn is not None
@@ -349,6 +562,10 @@ class RobustStrategy(FedAvg):
                 self._record_test(server_round, res)
             return res
 
+        _check_int("num_rounds", num_rounds, 0)
+        _check_real("timeout", timeout, low=0.0, low_open=True)
+        if evaluate_fn is not None and not callable(evaluate_fn):
+            raise ConfigError(f"evaluate_fn must be callable, got {evaluate_fn!r}")
         self._open_store()
         try:
             result = super().start(
@@ -419,37 +636,87 @@ class RobustStrategy(FedAvg):
             )
         self.arrays, self.layout = arrays, layout
 
-    def _read_reply(self, content: RecordDict, layout: Layout, node: int) -> tuple[Tensor, float]:
-        """``(gradient [P], num-examples)`` of one reply; UpdateError says what is malformed."""
-        info = self.node_info.setdefault(node, {})
-        if len(content.array_records) != 1:
-            raise UpdateError(
-                f"expected one ArrayRecord with the gradient, got {len(content.array_records)}"
-            )
-        label = _metric(content, self.label_key)
-        if label is not None:
-            info["malicious"] = bool(label)
-        for key in INFO_KEYS:
-            value = _metric(content, key)
-            if value is not None:
-                info[key] = int(value)
-        n = _metric(content, self.weighted_by_key)
-        if n is None or not (math.isfinite(n) and n > 0):
-            raise UpdateError(
-                f"metric {self.weighted_by_key!r} must be a positive number, got {n!r}"
-            )
-        record = next(iter(content.array_records.values()))
-        return layout.read_gradient(record), float(n)
+    def _sender(self, msg: Message, server_round: int) -> int | None:
+        """The reply's node id; None (after the malformed policy) when it is not a valid one."""
+        node = getattr(getattr(msg, "metadata", None), "src_node_id", None)
+        if isinstance(node, int) and not isinstance(node, bool) and 0 <= node <= _MAX_NODE_ID:
+            return node
+        self._malformed(
+            server_round,
+            None,
+            f"src_node_id {_show(node)} is not a node id (an integer in [0, 2**64)); "
+            "the reply is ignored",
+            penalize=False,
+        )
+        return None
 
-    def _step(self, update: Tensor, lr: float) -> ArrayRecord:
+    def _malformed(
+        self, server_round: int, node: int | None, what: str, *, penalize: bool = True
+    ) -> None:
+        """Apply ``on_malformed`` to a reply: raise an UpdateError naming the node, or log it
+        (the caller drops or penalizes it; ``penalize=False`` when it cannot be penalized)."""
+        who = "a reply" if node is None else f"node {node}"
+        reason = f"round {server_round}: {who}: {what}"
+        if self.on_malformed == "raise":
+            raise UpdateError(reason)
+        action = "penalized" if penalize and self.on_malformed == "penalize" else "dropped"
+        log(WARNING, "%s (malformed reply, %s)", reason, action)
+
+    def _read_reply(self, content: RecordDict, layout: Layout) -> _Reply:
+        """Everything the strategy uses from one train reply, each field checked; UpdateError
+        says what is malformed (the caller adds the node). Nothing is stored here."""
+        arrays = _only(content.array_records, "ArrayRecord", self.weighted_by_key)
+        metrics = _only(content.metric_records, "MetricRecord", self.weighted_by_key)
+        num_examples = _examples(metrics, self.weighted_by_key)
+        loss = None
+        if self.loss_key in metrics:
+            loss = _finite_number(metrics[self.loss_key], self.loss_key)
+        info: dict[str, Any] = {}
+        if self.label_key in metrics:
+            info["malicious"] = _label(metrics[self.label_key], self.label_key)
+        for key in INFO_KEYS:
+            if key in metrics:
+                info[key] = _index(metrics[key], key)
+        return _Reply(layout.read_gradient(arrays), num_examples, loss, info)
+
+    def _round_lr(self, server_round: int) -> float:
+        """The learning rate of a round; ConfigError unless it is a finite number >= 0."""
+        value = self.lr_fn(server_round - 1)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.floating, np.integer))
+            or not math.isfinite(float(value))
+            or float(value) < 0
+        ):
+            raise ConfigError(
+                f"lr schedule gave {_show(value)} for round {server_round} (from 0: "
+                f"{server_round - 1}); it must return a finite number >= 0"
+            )
+        return float(value)
+
+    def _root_gradient(self, server_round: int, layout: Layout) -> Tensor:
+        """``root_gradient_fn``'s gradient as float32 Tensor[P]; ConfigError for another shape."""
+        assert self.root_gradient_fn is not None and self.arrays is not None
+        g0 = torch.as_tensor(self.root_gradient_fn(server_round, self.arrays))
+        if g0.numel() != layout.num_params:
+            raise ConfigError(
+                f"root_gradient_fn returned {g0.numel()} values for round {server_round}, the "
+                f"model has P = {layout.num_params} parameters"
+            )
+        return g0.detach().to(torch.float32).reshape(-1)
+
+    def _step(self, update: Tensor, lr: float) -> ArrayRecord | None:
         """``theta <- theta - lr * update`` per array, with the simulator's own tensor op
-        (``apply_update``: ``p.add_(u.view_as(p), alpha=-lr)``), so both give identical bits."""
+        (``apply_update``: ``p.add_(u.view_as(p), alpha=-lr)``), so both give identical bits;
+        None when the new model would not be finite."""
         assert self.arrays is not None and self.layout is not None
         out: dict[str, Array] = {}
         offset = 0
         for key, n in zip(self.layout.keys, self.layout.sizes, strict=True):
             p = torch.from_numpy(self.arrays[key].numpy().copy())
             p.add_(update[offset : offset + n].view_as(p).to(p.dtype), alpha=-lr)
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                return None
             out[key] = Array(p.numpy())
             offset += n
         return ArrayRecord(out)
@@ -546,16 +813,164 @@ class RobustStrategy(FedAvg):
             self._store.write_round(self.run_id, server_round - 1, self._store_metrics(record))
 
 
+@dataclass
+class _Reply:
+    """What the strategy uses from one checked train reply."""
+
+    grad: Tensor
+    num_examples: float
+    loss: float | None
+    info: dict[str, Any]
+
+
 def _constant(value: float) -> Callable[[int], float]:
     """``round -> value``: a constant learning rate."""
     return lambda _round: value
 
 
-def _metric(content: RecordDict, key: str) -> float | None:
-    """A scalar metric from a reply's (first) MetricRecord, or None when absent/not a number."""
-    for rec in content.metric_records.values():
-        value = rec.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+def _check_int(name: str, value: Any, low: int) -> None:
+    """ConfigError unless ``value`` is an integer (not a bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_real(
+    name: str, value: Any, *, low: float, high: float | None = None, low_open: bool = False
+) -> None:
+    """ConfigError unless ``value`` is a finite number in the given range."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        try:
+            v = float(value)
+        except OverflowError:
+            v = math.inf
+        ok = math.isfinite(v) and (v > low if low_open else v >= low)
+        ok = ok and (high is None or v <= high)
+    if not ok:
+        if high is None:
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"{name} must be {allowed}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    """A received value for a one-line message (huge integers and lists abbreviated)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, list):
+        return f"a list of {len(value)} values"
+    return _short(value, 60)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr`` of a value cut to ``limit`` characters (a node's text stays on one log line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_float(value: Any) -> float | None:
+    """A metric scalar as float (integers beyond float's range as +-inf); None for lists."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _content(msg: Message) -> RecordDict:
+    """A reply's content; UpdateError for a reply that carries neither content nor an error."""
+    if not msg.has_content():
+        raise UpdateError("the reply carries no content")
+    return msg.content
+
+
+def _only(records: Mapping[str, Any], kind: str, weight_key: str) -> Any:
+    """The single record of a kind in a reply; UpdateError for none or several."""
+    if len(records) != 1:
+        what = "the gradient" if kind == "ArrayRecord" else f"{weight_key!r}"
+        raise UpdateError(f"expected one {kind} with {what}, got {len(records)}")
+    return next(iter(records.values()))
+
+
+def _examples(metrics: Mapping[str, Any], key: str) -> float:
+    """A reply's sample count: a number in ``(0, 2**53]`` that float32 does not round to 0."""
+    value = metrics.get(key)
+    v = _as_float(value)
+    if v is None or not 0 < v <= MAX_EXAMPLES or not np.float32(v) > 0:
+        got = "nothing" if key not in metrics else _show(value)
+        raise UpdateError(
+            f"metric {key!r} must be a positive number at most 2**53 that float32 keeps above "
+            f"0, got {got}"
+        )
+    return v
+
+
+def _finite_number(value: Any, key: str) -> float:
+    v = _as_float(value)
+    if v is None or not math.isfinite(v):
+        raise UpdateError(f"metric {key!r} must be a finite number, got {_show(value)}")
+    return v
+
+
+def _label(value: Any, key: str) -> bool:
+    v = _as_float(value)
+    if v is None or v not in (0.0, 1.0):
+        raise UpdateError(f"metric {key!r} must be 0 or 1, got {_show(value)}")
+    return bool(v)
+
+
+def _index(value: Any, key: str) -> int:
+    v = _as_float(value)
+    if v is None or not v.is_integer() or not 0 <= v <= MAX_EXAMPLES:
+        raise UpdateError(f"metric {key!r} must be an integer in [0, 2**53], got {_show(value)}")
+    return int(value) if isinstance(value, int) else int(v)
+
+
+def _check_metric_value(value: Any, key: str) -> None:
+    """An evaluate metric: a finite number or a list of finite numbers."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        v = _as_float(item)
+        if v is None or not math.isfinite(v):
+            raise UpdateError(
+                f"metric {key!r} must be a finite number or a list of them, got {_show(value)}"
+            )
+
+
+def _mean_metrics(records: list[RecordDict], weight_key: str) -> tuple[MetricRecord, list[str]]:
+    """Flower's weighted average of checked evaluate metrics (``aggregate_metricrecords``: each
+    value times ``w / sum w``, summed in reply order), per key over the replies reporting it;
+    a key whose replies disagree on its shape (number or list length) is left out and named."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    weights = [float(m[weight_key]) for m in metrics]  # type: ignore[arg-type]
+    shapes: dict[str, int | None] = {}
+    mixed: list[str] = []
+    for m in metrics:
+        for key, value in m.items():
+            shape = len(value) if isinstance(value, list) else None
+            if key == weight_key or key in mixed:
+                continue
+            if key in shapes and shapes[key] != shape:
+                mixed.append(key)
+            shapes.setdefault(key, shape)
+    out = MetricRecord()
+    for key in shapes:
+        if key in mixed:
+            continue
+        reporting = [(w, m[key]) for w, m in zip(weights, metrics, strict=True) if key in m]
+        total = sum(w for w, _ in reporting)
+        acc: Any = None
+        for w, value in reporting:
+            f = w / total
+            if isinstance(value, list):
+                acc = (
+                    [v * f for v in value]
+                    if acc is None
+                    else [a + v * f for a, v in zip(acc, value, strict=True)]
+                )
+            else:
+                acc = value * f if acc is None else acc + value * f
+        out[key] = acc
+    return out, mixed
