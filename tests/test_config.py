@@ -52,7 +52,7 @@ def test_overrides_types_and_nesting() -> None:
         ("model=vgg", ["model", "mnist_cnn"]),
         ("rounds=0", ["rounds", ">= 1"]),
         ("rounds=1.5", ["rounds", "integer"]),
-        ("lr=-1", ["lr", "> 0"]),
+        ("lr=-1", ["lr", "(0, "]),
         ("bias=1.5", ["bias", "[0, 1]"]),
         ("malicious=100", ["malicious", "[0, 100)"]),
         ("c_max=50", ["c_max", "2*c_max"]),

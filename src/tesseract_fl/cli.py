@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _diverged_note(summary: dict[str, Any]) -> str:
+    """``" (diverged at round r)"`` for a run that diverged, else ``""``."""
+    at = summary.get("diverged_at")
+    return "" if at is None else f" (diverged at round {at})"
+
+
 def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(
         title=f"run {summary.get('run_id')}" + (" (from store)" if summary.get("cached") else "")
@@ -136,6 +143,8 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(key, str(summary.get(key)))
     acc = summary.get("final_accuracy")
     table.add_row("final test accuracy", "-" if acc is None else f"{100 * acc:.2f}%")
+    if summary.get("diverged_at") is not None:
+        table.add_row("diverged", f"at round {summary['diverged_at']} (accuracy measured there)")
     loss = summary.get("final_loss")
     table.add_row("final test loss", "-" if loss is None else f"{loss:.4f}")
     rps = summary.get("rounds_per_second")
@@ -190,7 +199,7 @@ def _check_resumable(cfg: Any, args: argparse.Namespace) -> None:
     run_id = cfg.run_id()
     if not store.is_file():
         raise TesseractFLError(f"--resume: no results store at {str(store)!r}")
-    with ResultsStore(store) as s:
+    with ResultsStore(store, readonly=True) as s:
         run = s.get_run(run_id)
     if run is None or run["status"] == "finished":
         what = "is not in" if run is None else "is already finished in"
@@ -213,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_resumable(cfg, args)
     summary = _run_with_progress(cfg, args)
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print(json_text(summary))
     else:
         out_console.print(_summary_table(summary))
     return 0
@@ -243,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _check_resumable(cfg, args)
     summaries = [_run_with_progress(cfg, args) for cfg in cfgs]
     if args.json:
-        print(json.dumps({"runs": summaries}, sort_keys=True))
+        print(json_text({"runs": summaries}))
         return 0
     first = cfgs[0]
     table = Table(
@@ -354,7 +363,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
                 bar.console.print(
                     f"[green]done[/] {res['name']}: accuracy {_pct(res['final_accuracy'])}, "
                     f"{res['seconds']:.1f} s"
-                    + ("" if resumed is None else f" (resumed at round {resumed})"),
+                    + ("" if resumed is None else f" (resumed at round {resumed})")
+                    + _diverged_note(res),
                     highlight=False,
                 )
             else:
@@ -373,6 +383,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for res in results:
         status = "finished (before)" if res["status"] == "skipped" else res["status"]
+        status += _diverged_note(res)
         table.add_row(res["name"], res["run_id"], status, _pct(res["final_accuracy"]))
     out_console.print(table)
     failed = [r for r in results if r["status"] == "failed"]
@@ -501,7 +512,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from tesseract_fl.experiments.runner import DEFAULT_STORE
     from tesseract_fl.experiments.store import ResultsStore
 
-    with ResultsStore(args.store or DEFAULT_STORE) as store:
+    with ResultsStore(args.store or DEFAULT_STORE, readonly=True) as store:
         if args.run_id is None:
             table = Table(title=str(store.path))
             for col in ("run_id", "name", "defense", "attack", "status", "rounds", "final acc"):
@@ -514,7 +525,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                     run["name"],
                     cfg["defense"],
                     cfg["attack"],
-                    run["status"],
+                    run["status"] + _diverged_note(run["summary"] or {}),
                     f"{run['rounds_done']}/{cfg['rounds']}",
                     "-" if acc is None else f"{100 * acc:.2f}%",
                 )
@@ -583,6 +594,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     figures = [str(f) for fig in result.figures for f in fig.files]
     out_console.print(f"figures: {', '.join(figures) if figures else '(none drawn)'}")
     return 0
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/Inf float replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """Strict JSON (non-finite numbers as null), keys sorted."""
+    return json.dumps(_finite_or_none(value), sort_keys=True, allow_nan=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,3 +23,12 @@ class StoreError(TesseractFLError):
 
 class RunBusyError(StoreError):
     """Another live process is running the same run into the same store."""
+
+
+class DivergedError(UpdateError):
+    """The global model diverged: its update, its parameters or every benign client's loss
+    became non-finite. The runner records this as a result (the run's ``diverged_at``)."""
+
+    def __init__(self, round_: int, what: str) -> None:
+        super().__init__(f"round {round_}: the global model diverged ({what})")
+        self.round = round_

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -171,6 +172,8 @@ def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as a TOML literal (number, bool, string, array), else a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
+    except RecursionError:
+        raise ConfigError(f"--set value nests too deeply: {text[:40]!r}...") from None
     except tomllib.TOMLDecodeError:
         return text
 
@@ -288,8 +291,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"checkpoint_every must be >= 0 (0 disables checkpoints), got {cfg.checkpoint_every}"
         )
-    if not cfg.lr > 0:
-        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= MAX_LR):
+        raise ConfigError(f"lr must be a finite number in (0, {MAX_LR:g}], got {cfg.lr}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {cfg.seed}")
+    if cfg.batch_size > MAX_BATCH:
+        raise ConfigError(f"batch_size must be in [1, {MAX_BATCH}], got {cfg.batch_size}")
+    _check_device(cfg.device)
     if not 0.0 <= cfg.bias <= 1.0:
         raise ConfigError(f"bias must be in [0, 1], got {cfg.bias}")
     if not cfg.alpha > 0:
@@ -342,6 +350,23 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     if cfg.attack in ("full_krum", "adaptive_krum") and cfg.clients - c_max - 2 < 1:
         raise ConfigError(f"attack {cfg.attack!r} tests Krum, which needs clients - c_max - 2 >= 1")
+
+
+#: Largest learning rate accepted: beyond it the first server step overflows float32 weights.
+MAX_LR = 1e6
+#: Seeds are 63-bit (torch.manual_seed and NumPy's SeedSequence both take them).
+MAX_SEED = 2**63 - 1
+#: Largest client batch accepted (a batch is sampled from one client's partition).
+MAX_BATCH = 65536
+
+
+def _check_device(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; anything else is a ConfigError."""
+    kind, sep, index = name.partition(":")
+    if kind == "cuda" and sep and not (index.isdigit() and len(index) <= 4):
+        raise ConfigError(f"device = {name!r}: the CUDA index must be a number (cuda:0)")
+    if kind != "cuda" and sep:
+        raise ConfigError(f"device = {name!r} takes no index; allowed: auto, cpu, cuda, cuda:N")
 
 
 def machine_memory_bytes() -> int | None:
@@ -419,6 +444,8 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{what} {str(p)!r} does not exist")
     try:
         return tomllib.loads(p.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise ConfigError(f"{what} {str(p)!r} nests arrays or tables too deeply") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (TOML must be): {exc}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -32,7 +32,7 @@ from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.checkpoints import checkpoint_path
 from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.experiments.grid import Grid, RunSpec
-from tesseract_fl.experiments.runner import DEFAULT_STORE, run_experiment
+from tesseract_fl.experiments.runner import DEFAULT_STORE, rounds_claimed, run_experiment
 from tesseract_fl.experiments.store import ResultsStore
 
 __all__ = ["GridEvent", "GridProgressFn", "grid_status", "run_grid"]
@@ -66,14 +66,20 @@ def grid_status(grid: Grid, store: str | Path = DEFAULT_STORE) -> list[dict[str,
     ``rounds_done`` and whether a checkpoint exists) or ``new``; in grid order."""
     store_path = Path(store)
     out: list[dict[str, Any]] = []
-    with ResultsStore(store_path) as s:
+    if not store_path.exists():  # nothing run yet: every run is new (and no store is made)
+        return [_new_state(spec) for spec in grid.runs]
+    with ResultsStore(store_path, readonly=True) as s:
         for spec in grid.runs:
             row = s.get_run(spec.run_id)
             if row is None:
-                status, done = "new", 0
-            else:
-                status = "finished" if row["status"] == "finished" else "partial"
-                done = int(row["rounds_done"])
+                out.append(_new_state(spec))
+                continue
+            status = "finished" if row["status"] == "finished" else "partial"
+            done = int(row["rounds_done"])
+            if status == "finished" and s.missing_rounds(
+                spec.run_id, rounds_claimed(spec.config, row["summary"])
+            ):
+                status = "partial"  # finished with holes: the run is redone (run_experiment)
             out.append(
                 {
                     "spec": spec,
@@ -86,6 +92,10 @@ def grid_status(grid: Grid, store: str | Path = DEFAULT_STORE) -> list[dict[str,
     return out
 
 
+def _new_state(spec: RunSpec) -> dict[str, Any]:
+    return {"spec": spec, "status": "new", "rounds_done": 0, "checkpoint": False, "summary": None}
+
+
 def _result(spec: RunSpec, status: str, **fields: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "run_id": spec.run_id,
@@ -96,6 +106,7 @@ def _result(spec: RunSpec, status: str, **fields: Any) -> dict[str, Any]:
         "final_loss": None,
         "seconds": None,
         "resumed_from": None,
+        "diverged_at": None,
         "error": None,
     }
     out.update(fields)
@@ -133,6 +144,7 @@ def _execute(
         "final_loss": summary.get("final_loss"),
         "seconds": summary.get("seconds"),
         "resumed_from": summary.get("resumed_from"),
+        "diverged_at": summary.get("diverged_at"),
     }
 
 
@@ -332,6 +344,7 @@ def run_grid(
                 final_accuracy=summary.get("final_accuracy"),
                 final_loss=summary.get("final_loss"),
                 seconds=summary.get("seconds"),
+                diverged_at=summary.get("diverged_at"),
             )
         else:
             pending.append(spec)

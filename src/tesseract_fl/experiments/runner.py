@@ -18,7 +18,7 @@ from tesseract_fl.aggregators import make_aggregator
 from tesseract_fl.attacks import make_attack
 from tesseract_fl.data import Dataset, load_dataset, partition
 from tesseract_fl.data.augment import black_pixel, make_augment
-from tesseract_fl.errors import ConfigError, DatasetError
+from tesseract_fl.errors import ConfigError, DatasetError, DivergedError
 from tesseract_fl.experiments.checkpoints import (
     CHECKPOINT_FORMAT,
     checkpoint_path,
@@ -96,6 +96,11 @@ def split_clients(
     and kept out of every client's partition.
     """
     labels = ds.train_y.numpy()
+    if len(labels) < cfg.clients:
+        raise DatasetError(
+            f"dataset {cfg.dataset!r} has {len(labels)} training samples to split among "
+            f"{cfg.clients} clients, and every client needs at least one"
+        )
     pool = np.arange(len(labels))
     root: np.ndarray | None = None
     if root_size is not None:
@@ -114,6 +119,7 @@ def split_clients(
             alpha=cfg.alpha,
             num_classes=ds.num_classes,
             groups=None if ds.train_groups is None else ds.train_groups.numpy()[pool],
+            dataset=cfg.dataset,
             rng=np.random.default_rng([cfg.seed, 0]),
         )
     ]
@@ -125,6 +131,30 @@ def root_size_of(aggregator: Any) -> int | None:
     if not getattr(aggregator, "needs_root_gradient", False):
         return None
     return int(getattr(aggregator, "root_size", 100))
+
+
+def check_model_fits(model: torch.nn.Module, cfg: ExperimentConfig, ds: Dataset) -> None:
+    """One forward pass on two training samples: a model that cannot take the dataset's inputs,
+    or does not output one logit per class, is a ConfigError before anything runs."""
+    x = ds.train_x[:2]
+    was_training = model.training
+    model.eval()  # no batch-norm statistics or dropout draws change
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model {cfg.model!r} does not fit dataset {cfg.dataset!r} (inputs of shape "
+            f"{tuple(x.shape[1:])}): {first}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != ds.num_classes:
+        raise ConfigError(
+            f"model {cfg.model!r} outputs shape {tuple(out.shape[1:])} per sample; dataset "
+            f"{cfg.dataset!r} needs {ds.num_classes} logits"
+        )
 
 
 def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
@@ -144,6 +174,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     parts, root = split_clients(cfg, ds, root_size_of(aggregator))
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, num_classes=ds.num_classes)
+    check_model_fits(model, cfg, ds)
     attack = None if cfg.attack == "none" else make_attack(cfg.attack, **cfg.attack_params)
     test_idx = evaluation_indices(len(ds.test_y), cfg.test_subset)
     return FedSGDSimulation(
@@ -306,7 +337,7 @@ def run_experiment(
     with ResultsStore(store_path) as store:
         existing = store.get_run(run_id)
         if existing and existing["status"] == "finished" and not force:
-            missing = store.missing_rounds(run_id, cfg.rounds)
+            missing = store.missing_rounds(run_id, rounds_claimed(cfg, existing["summary"]))
             if not missing:
                 summary = dict(existing["summary"] or {})
                 summary.update(cached=True, store=str(store_path))
@@ -326,6 +357,12 @@ def run_experiment(
             return _run_claimed(cfg, store, store_path, existing, force, progress)
         finally:
             store.release(run_id)
+
+
+def rounds_claimed(cfg: ExperimentConfig, summary: dict[str, Any] | None) -> int:
+    """How many rounds a finished run holds: all of them, or up to the one it diverged at."""
+    at = (summary or {}).get("diverged_at")
+    return cfg.rounds if at is None else int(at) + 1
 
 
 def _run_claimed(
@@ -372,12 +409,26 @@ def _run_claimed(
         }
         store.start_run(run_id, cfg.name, stored_cfg, versions())
     t0 = time.perf_counter()
+    diverged_at: int | None = None
     try:
         for r in range(start, cfg.rounds):
             t_round = time.perf_counter()
             last = r == cfg.rounds - 1
             recording = r % cfg.record_every == 0 or last
-            res = sim.step(want_flip_scores=recording)
+            try:
+                res = sim.step(want_flip_scores=recording)
+            except DivergedError:
+                # A result, not a crash: the round and the accuracy measured there are kept.
+                diverged_at = r
+                ev = sim.evaluate_model()
+                acc, loss = ev.accuracy, _finite(ev.loss)
+                store.write_round(
+                    run_id,
+                    r,
+                    {"lr": float(sim.lr_fn(r)), "test_accuracy": acc, "test_loss": loss},
+                    class_accuracy=ev.class_accuracy,
+                )
+                break
             train_seconds += time.perf_counter() - t_round
             if (r + 1) % cfg.eval_every == 0 or last:
                 ev = sim.evaluate_model()
@@ -434,6 +485,7 @@ def _run_claimed(
         "store": str(store_path),
         "cached": False,
         "resumed_from": resumed_from,
+        "diverged_at": diverged_at,
     }
     store.finish_run(run_id, summary)
     remove_checkpoint(ckpt_path)

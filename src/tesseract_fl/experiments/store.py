@@ -113,11 +113,29 @@ def _real(v: Any) -> float | None:
 class ResultsStore:
     """Thin wrapper around a SQLite results file; safe to open from several processes."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        """Open (or, unless ``readonly``, create) the store at ``path``.
+
+        ``readonly``: for commands that only read (``show``, ``report``, ``grid --dry-run``): a
+        missing store is a :class:`StoreError` naming the path, never an empty new file, and
+        nothing is written (a store on read-only media can be read).
+        """
         self.path = Path(path)
         self._claims: dict[str, str] = {}
+        self.readonly = readonly
+        if readonly:
+            self._open_readonly()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder {str(self.path.parent)!r} for results store "
+                f"{str(self.path)!r}: {exc.strerror or exc}"
+            ) from None
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"results store {str(self.path)!r} exists but is not a file")
+        try:
             self.conn = sqlite3.connect(self.path, timeout=30.0)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -135,6 +153,23 @@ class ResultsStore:
                 )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open results store {str(self.path)!r}: {exc}") from None
+
+    def _open_readonly(self) -> None:
+        if not self.path.is_file():
+            raise StoreError(f"no results store at {str(self.path)!r}")
+        try:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+            self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read results store {str(self.path)!r}: {exc}") from None
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store has table ``name`` (a read-only older store may lack new ones)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
 
     def close(self) -> None:
         self.conn.close()
@@ -327,6 +362,8 @@ class ResultsStore:
         """Mark the run finished; :class:`StoreError` (and nothing written) if any of the
         ``summary["rounds"]`` rounds lacks its metrics row."""
         rounds = summary.get("rounds")
+        if summary.get("diverged_at") is not None:
+            rounds = int(summary["diverged_at"]) + 1  # a diverged run stops at that round
         if isinstance(rounds, int):
             missing = self.missing_rounds(run_id, rounds)
             if missing:
@@ -379,6 +416,8 @@ class ResultsStore:
         """Per-class test accuracy at each evaluated round: ``{round: [acc of class 0, ...]}``
         (runs stored before per-class accuracy was recorded have none)."""
         out: dict[int, list[float | None]] = {}
+        if not self.has_table("class_metrics"):
+            return out
         for rnd, _cls, acc in self.conn.execute(
             "SELECT round, class, accuracy FROM class_metrics WHERE run_id = ? "
             "ORDER BY round, class",

@@ -313,7 +313,7 @@ def _open_store(store: ResultsStore | str | Path) -> tuple[ResultsStore, bool]:
             f"results store {str(path)!r} does not exist; run a grid first "
             "(e.g. `tesseract-fl grid experiments/table2-quick.toml`) or pass --store"
         )
-    return ResultsStore(path), True
+    return ResultsStore(path, readonly=True), True
 
 
 def generate_report(

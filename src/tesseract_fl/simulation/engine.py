@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator
 from tesseract_fl.aggregators.tesseract import flip_scores
 from tesseract_fl.attacks.base import AttackContext, DefenseView, Poison
-from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.errors import ConfigError, DivergedError, UpdateError
 from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params
 from tesseract_fl.simulation.heap import keep_freed_memory
 from tesseract_fl.simulation.sampler import RoundRobinSampler
@@ -59,6 +59,11 @@ def apply_update(model: nn.Module, update: Tensor, lr: float) -> None:
             offset += n
     if offset != update.numel():
         raise UpdateError(f"update has {update.numel()} entries, model has {offset} parameters")
+
+
+def params_finite(model: nn.Module) -> bool:
+    """Whether every trainable parameter of ``model`` is finite."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 @dataclass(frozen=True)
@@ -263,6 +268,9 @@ class FedSGDSimulation:
         update's sign when the defense does not report them (always done with ``aggregate_only``).
         """
         G, losses = self.compute_gradients()
+        benign = losses[~self.malicious] if bool((~self.malicious).any()) else losses
+        if benign.numel() and not bool(torch.isfinite(benign).any()):
+            raise DivergedError(self.round, "every benign client's loss is non-finite")
         attack_record: dict[str, float] = {}
         if self.attack is not None and not self.data_attack and bool(self.malicious.any()):
             attack_record = self.poison(G)
@@ -285,7 +293,7 @@ class FedSGDSimulation:
             ctx_agg.extra["root_gradient"] = self.root_gradient()
         agg = self.aggregator.aggregate(G if rows is None else G[sel], ids, ctx_agg)
         if not bool(torch.isfinite(agg.update).all()):
-            raise UpdateError(f"round {self.round}: aggregated update is not finite")
+            raise DivergedError(self.round, "the aggregated update is not finite")
         if rows is not None:
             agg = self._widen(agg, rows)
         fs = agg.record.get("flip_scores") if rows is None else None
@@ -295,6 +303,8 @@ class FedSGDSimulation:
             fs = flip_scores(G, s_g.to(G.device)).cpu()
         lr = float(self.lr_fn(self.round))
         apply_update(self.model, agg.update, lr)
+        if not params_finite(self.model):
+            raise DivergedError(self.round, "the server step made parameters non-finite")
         self.s_g = torch.sign(agg.update.detach()).cpu()
         benign_loss = losses[~self.malicious] if bool((~self.malicious).any()) else losses
         result = RoundResult(
