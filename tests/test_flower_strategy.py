@@ -77,12 +77,15 @@ SIM_DEFENSES = [
 
 
 @pytest.mark.filterwarnings("ignore:Bulyan with m=:RuntimeWarning")
+@pytest.mark.parametrize("safeguard", [None, 3.0], ids=["plain", "safeguard"])
 @pytest.mark.parametrize(("defense", "params"), SIM_DEFENSES)
 def test_same_update_as_the_simulator(
-    tiny_data_dir: Path, defense: str, params: dict[str, Any]
+    tiny_data_dir: Path, defense: str, params: dict[str, Any], safeguard: float | None
 ) -> None:
     """The simulator's gradient matrices, sent as Flower replies (random node ids, shuffled
-    order), give bit-identical global models round after round."""
+    order), give bit-identical global models round after round; with the strategy's default
+    safeguard, those of the simulator's ``clip+DEFENSE``."""
+    sim_defense = defense if safeguard is None else f"clip+{defense}"
     cfg = build_config(
         {
             "data_dir": str(tiny_data_dir),
@@ -91,8 +94,8 @@ def test_same_update_as_the_simulator(
             "rounds": 3,
             "batch_size": 8,
             "lr": 0.05,
-            "defense": {"name": defense, **params},
-            "attack": "full_trim",
+            "defense": {"name": sim_defense, **params},
+            "attack": {"name": "sign_flip", "scale": 50.0} if safeguard else "full_trim",
         }
     )
     sim = build_simulation(cfg)
@@ -112,6 +115,7 @@ def test_same_update_as_the_simulator(
         c_max=cfg.resolved_c_max,
         lr=cfg.lr,
         defense_params=params,
+        safeguard=safeguard,
         capacity=3,  # grows during the first round: must not change anything
         root_gradient_fn=lambda r, _arrays: rec.calls[r - 1]["root"],
     )
@@ -337,10 +341,34 @@ def test_metrics_and_results_store(tmp_path: Path) -> None:
     with ResultsStore(store_path) as store:
         run = store.get_run("flower-test")
         assert run is not None and run["status"] == "finished"
-        assert run["config"]["x"] == 1 and run["config"]["defense"] == "tesseract"
+        assert run["config"]["x"] == 1 and run["config"]["defense"] == "clip+tesseract"
         assert run["summary"]["nodes"]["11"]["malicious"] is True
         assert [r["round"] for r in store.metrics("flower-test")] == [0, 1]
         rows = store.client_records("flower-test")
         assert len(rows) == 10
         mal = [row for row in rows if row["malicious"]]
         assert {row["client"] for row in mal} == {4}  # node 11 has slot 4
+
+
+def test_default_safeguard_bounds_a_magnitude_attack() -> None:
+    """Two of ten nodes sending 3e38 in one coordinate: without the safeguard TESSERACT moves
+    that parameter by about 1e37 in one round; with the default one it moves by at most a few
+    benign gradient norms."""
+    gen = torch.Generator().manual_seed(0)
+    moves = {}
+    for safeguard in (None, 3.0):
+        strategy = RobustStrategy("tesseract", c_max=2, lr=0.1, safeguard=safeguard)
+        node_ids = list(range(101, 111))
+        grads = torch.randn(10, P, generator=gen)
+        grads[:2, 0] = 3e38
+        arrays = arrays_of(SHAPES)
+        replies = [reply(node_ids[i], 1, grads[i], 10.0) for i in range(10)]
+        new = play_round(strategy, 1, arrays, replies, node_ids)
+        assert new is not None
+        moves[safeguard] = float((flat(new) - flat(arrays)).abs().max())
+    assert moves[None] > 1e30
+    assert moves[3.0] < 0.1 * 3 * 2 * float(torch.linalg.vector_norm(grads[2:], dim=1).max())
+    assert RobustStrategy("median", c_max=1).defense_name == "clip+median"
+    assert RobustStrategy("median", c_max=1, safeguard=None).defense_name == "median"
+    with pytest.raises(ConfigError, match="safeguard"):
+        RobustStrategy("median", c_max=1, safeguard=0.5)

@@ -47,6 +47,7 @@ from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.flower.records import Layout
 from tesseract_fl.flower.slots import NodeSlots, SlotAggregator
+from tesseract_fl.preaggregators.clip import DEFAULT_MULTIPLIER
 
 __all__ = [
     "DEFAULT_MAX_NODES",
@@ -114,6 +115,19 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def with_safeguard(
+    defense: str, params: dict[str, Any] | None, multiplier: float | None
+) -> tuple[str, dict[str, Any]]:
+    """The defense name and parameters with the median-norm clip in front (unless ``multiplier``
+    is None or the name already starts with a ``clip`` pre-aggregator)."""
+    out = dict(params) if params is not None else {}
+    if multiplier is None or defense.strip().lower().startswith("clip+"):
+        return defense, out
+    _check_real("safeguard", multiplier, low=1.0, low_open=False)
+    out["clip"] = {"multiplier": float(multiplier)}
+    return f"clip+{defense}", out
+
+
 class RobustStrategy(FedAvg):
     """FedSGD over Flower with any tesseract-fl defense (``defense``: a registry name).
 
@@ -130,6 +144,12 @@ class RobustStrategy(FedAvg):
       ``max_nodes`` (default :data:`DEFAULT_MAX_NODES`) bounds the defense state: a reply from
       a new node once that many distinct nodes have slots goes through ``on_malformed``
       (dropped, as it has no slot to penalize, or ``"raise"``).
+    - ``safeguard``: every reply's gradient is clipped to this many times the round's median
+      norm before the defense (the ``clip`` pre-aggregator, :mod:`tesseract_fl.preaggregators`):
+      a deployed server meets magnitude attacks that the paper's threat model leaves out (two
+      nodes sending 3e38 would otherwise move the model by about 1e37 under TESSERACT, whose
+      softmax never gives a row weight 0). ``None`` switches it off (the simulator's paper
+      presets run without it); a ``defense`` already starting with ``clip+`` is left as given.
     - ``root_gradient_fn(server_round, arrays) -> Tensor[P]``: the server's gradient on its clean
       root set at the current model; required by FLTrust.
     - ``on_malformed``: a reply the strategy cannot use (not exactly one ``ArrayRecord`` and one
@@ -171,6 +191,7 @@ class RobustStrategy(FedAvg):
         defense_params: dict[str, Any] | None = None,
         capacity: int = 8,
         max_nodes: int = DEFAULT_MAX_NODES,
+        safeguard: float | None = DEFAULT_MULTIPLIER,
         root_gradient_fn: Callable[[int, ArrayRecord], Tensor] | None = None,
         on_malformed: MalformedPolicy = "penalize",
         store: ResultsStore | str | Path | None = None,
@@ -276,13 +297,14 @@ class RobustStrategy(FedAvg):
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
         self._custom_evaluate_aggr = evaluate_metrics_aggr_fn is not None
+        defense, defense_params = with_safeguard(defense, defense_params, safeguard)
         self.defense_name = defense
         self.c_max = c_max
         self.max_nodes = max_nodes
         self.defense = SlotAggregator(
             self.defense_name,
             c_max=c_max,
-            params=dict(defense_params) if defense_params is not None else None,
+            params=defense_params,
             capacity=min(capacity, max_nodes),  # only the initial allocation
             max_capacity=max_nodes,
         )
