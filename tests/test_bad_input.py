@@ -133,3 +133,15 @@ def test_store_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert s.get_run("r") is not None
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             s.conn.execute("DELETE FROM runs")
+
+
+def test_version_is_one_string(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    import tesseract_fl
+
+    assert tesseract_fl.__version__ == version("tesseract-fl")
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tesseract-fl {tesseract_fl.__version__}"

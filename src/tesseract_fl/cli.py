@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+import tesseract_fl
 from tesseract_fl.errors import ConfigError, TesseractFLError
 
 err_console = Console(stderr=True)
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tesseract-fl",
         description="Byzantine-robust federated learning: TESSERACT and baselines, simulated.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tesseract-fl {tesseract_fl.__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("run", help="run one experiment"), preset_required=False)

@@ -32,6 +32,7 @@ from tesseract_fl.models import make_model
 from tesseract_fl.simulation.engine import FedSGDSimulation, RoundResult
 from tesseract_fl.simulation.gradients import Backend, default_backend
 from tesseract_fl.simulation.schedules import make_schedule
+from tesseract_fl.tuning import tune_cpu
 
 DEFAULT_STORE = Path("results") / "store.sqlite"
 #: Seed of the test subset (``test_subset``): the same samples for every run.
@@ -160,6 +161,8 @@ def check_model_fits(model: torch.nn.Module, cfg: ExperimentConfig, ds: Dataset)
 def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     """Load data, partition it, build model, defense and simulator, all seeded from ``cfg.seed``."""
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        tune_cpu()  # the runner's explicit switch (tesseract_fl/tuning.py)
     backend: Backend = default_backend(device) if cfg.backend == "auto" else cfg.backend  # type: ignore[assignment]
     try:
         ds = load_dataset(cfg.dataset, cfg.data_dir)

@@ -25,7 +25,6 @@ from tesseract_fl.aggregators.tesseract import flip_scores
 from tesseract_fl.attacks.base import AttackContext, DefenseView, Poison
 from tesseract_fl.errors import ConfigError, DivergedError, UpdateError
 from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params
-from tesseract_fl.simulation.heap import keep_freed_memory
 from tesseract_fl.simulation.sampler import RoundRobinSampler
 
 AggregateOnly = Literal["benign", "malicious"]
@@ -151,8 +150,6 @@ class FedSGDSimulation:
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # per-round temporaries reuse heap memory (simulation/heap.py)
         self.model = model.to(self.device)
         self.train_x = train_x.to(self.device)
         self.train_y = train_y.to(self.device)
