@@ -159,7 +159,13 @@ def test_non_finite_rows_are_excluded(bad: float, c: int) -> None:
         gram64(G)
 
 
-def test_float64_overflow_is_an_update_error() -> None:
+def test_float64_rows_whose_squares_overflow_are_handled() -> None:
+    """Squared norms of 1e300 overflow float64: FABA works on a power-of-two scaled Gram
+    matrix (the same removals) instead of failing the round; gram64 itself stays strict."""
     G = torch.tensor([[1e300, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    assert faba_removed(G, 1) == [0]
+    torch.testing.assert_close(faba(G, 1), torch.tensor([0.5, 1.0], dtype=torch.float64))
+    out = FABA(c_max=1).aggregate(G)
+    assert out.record["removed"] == [0] and out.weights.tolist() == [0.0, 0.5, 0.5]
     with pytest.raises(UpdateError, match="too large"):
-        faba(G, 1)
+        gram64(G)

@@ -132,9 +132,10 @@ def _run(tmp_path: Path, tiny_overrides: list[str], *extra: str) -> dict:
 def test_safeguard_holds_tesseract_under_magnitude_attacks(
     tmp_path: Path, tiny_overrides: list[str], attack: list[str]
 ) -> None:
-    """Without the clip, one round of huge rows ends the run; with it TESSERACT trains on."""
-    with pytest.raises(TesseractFLError):
-        _run(tmp_path, tiny_overrides, "defense=tesseract", *attack)
+    """Without the clip, one round of huge rows makes the model diverge; with it TESSERACT
+    trains on."""
+    plain = _run(tmp_path, tiny_overrides, "defense=tesseract", *attack)
+    assert plain["diverged_at"] is not None
     clean = _run(tmp_path, tiny_overrides, "defense=tesseract")
     safe = _run(tmp_path, tiny_overrides, "defense=clip+tesseract", *attack)
     assert safe["final_loss"] < 1.2 * clean["final_loss"]

@@ -4,7 +4,9 @@ Byzantium", ICML; DESIGN.md section 4).
 1. Selection: ``theta = m - 2 c_max`` gradients are chosen by applying Krum (Blanchard et al.
    2017) to the remaining set and removing the winner, theta times. The set shrinks, so Krum's
    neighbour count is ``max(1, n - c_max - 2)`` for the current size n (as Flower does). One
-   pairwise distance matrix is computed and masked, never recomputed.
+   pairwise distance matrix is computed and sorted row by row once; each pick then updates the
+   remaining rows' scores for the removed row instead of recomputing them (the same picks,
+   see :func:`bulyan_select`).
 2. Aggregation: per coordinate, the ``beta = theta - 2 c_max`` selected values closest to the
    coordinate median of the selected values are averaged.
 
@@ -14,6 +16,7 @@ otherwise (the TESSERACT paper's m=10, c=2 runs are in that regime: theta = 6, b
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -65,20 +68,126 @@ def bulyan_select(D: Tensor, c_max: int) -> Tensor:
 
     Repeated Krum on the remaining rows, neighbour count ``max(1, n - c_max - 2)`` (capped at
     ``n - 1``), ties to the lowest row index; returns the winners in selection order.
+
+    Each pick is exactly the one of recomputing every remaining row's Krum score from scratch
+    (:func:`_select_direct`, O(m^2) per pick), but found in O(m) per pick on average
+    (:func:`_select_incremental`) when D is finite.
     """
-    Dn = torch.as_tensor(D, dtype=torch.float64).cpu().numpy()
+    Dn = np.ascontiguousarray(torch.as_tensor(D, dtype=torch.float64).cpu().numpy())
     m = Dn.shape[0]
     c = as_count(c_max, "c_max")
     theta = m - 2 * c
-    remaining = list(range(m))
+    if theta <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    if bool(np.isfinite(Dn).all()):
+        chosen = _select_incremental(Dn, c, theta)
+    else:
+        chosen = _select_direct(Dn, c, theta)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def _direct_pick(Dn: np.ndarray, remaining: list[int], c: int) -> int:
+    """Position in ``remaining`` of the row with the smallest Krum score among ``remaining``
+    (scores recomputed on the sub-matrix; the first minimum, i.e. the lowest index, on ties)."""
+    idx = np.asarray(remaining)
+    scores = _scores_np(Dn[np.ix_(idx, idx)], max(1, len(remaining) - c - 2))
+    return int(np.argmin(scores))
+
+
+def _select_direct(Dn: np.ndarray, c: int, theta: int) -> list[int]:
+    """Bulyan's selection by definition: Krum scores recomputed for every pick (O(m^3))."""
+    remaining = list(range(Dn.shape[0]))
     chosen: list[int] = []
     for _ in range(theta):
-        n = len(remaining)
-        idx = np.asarray(remaining)
-        scores = _scores_np(Dn[np.ix_(idx, idx)], max(1, n - c - 2))
-        win = int(np.argmin(scores))  # first minimum: lowest remaining index
-        chosen.append(remaining.pop(win))
-    return torch.tensor(chosen, dtype=torch.long)
+        chosen.append(remaining.pop(_direct_pick(Dn, remaining, c)))
+    return chosen
+
+
+#: Rows of D argsorted per block in :func:`_select_incremental` (bounds its temporaries).
+_SORT_BLOCK_ROWS = 512
+_U = 2.0**-53  # unit roundoff of float64
+
+
+def _select_incremental(Dn: np.ndarray, c: int, theta: int) -> list[int]:
+    """:func:`_select_direct`'s picks from one row-wise sort of the finite matrix ``Dn``.
+
+    While ``k = n - c - 2 >= 1`` every pick lowers k by one, so each remaining row's set of its
+    k nearest remaining rows loses exactly one member: the removed row if it was in the set,
+    else the set's farthest member. Each row keeps its set as a boundary position ``p`` in its
+    sorted row (ties ordered by column, as a stable sort gives) and a running sum ``s``. The
+    running sums are rounded differently from a fresh sum, so they only shortlist: every row
+    whose score could be the minimum within a rigorous bound on both roundings is rescored
+    exactly as :func:`_direct_pick` scores it (NumPy's partition and sum of that row, which do
+    not depend on the other rows), and the smallest exact score wins, ties to the lowest index.
+    Usually one row is shortlisted; rows with identical distances (duplicates) tie and are all
+    rescored. When ``k`` would drop below 1 (``n < c + 4``, a few rows) picks are direct.
+    """
+    m = Dn.shape[0]
+    order = np.empty((m, m), dtype=np.int32 if m < 2**31 else np.int64)
+    for b0 in range(0, m, _SORT_BLOCK_ROWS):
+        b1 = min(m, b0 + _SORT_BLOCK_ROWS)
+        blk = Dn[b0:b1].copy()
+        blk[np.arange(b1 - b0), np.arange(b0, b1)] = np.inf  # self last (D is finite)
+        order[b0:b1] = np.argsort(blk, axis=1, kind="stable")
+    alive = np.ones(m, dtype=bool)
+    remaining = list(range(m))
+    chosen: list[int] = []
+    n = m
+    k = n - c - 2
+    if k < 1:
+        return _select_direct(Dn, c, theta)
+    s = _scores_np(Dn, k)  # the first pick's exact scores
+    err = s * (1.01 * k * _U)  # |s - exact| (the sums' rounding)
+    p = np.full(m, k - 1, dtype=np.int64)  # boundary: position of the k-th nearest
+    first = True
+    for _ in range(theta):
+        if k < 1:  # too few rows for the running sums: score the remaining rows directly
+            r = remaining.pop(_direct_pick(Dn, remaining, c))
+            chosen.append(r)
+            n -= 1
+            continue
+        rows = np.flatnonzero(alive)
+        if first:
+            r = int(rows[np.argmin(s[rows])])  # exact scores: the first minimum
+            first = False
+        else:
+            sr = s[rows]
+            tol = err[rows] + (np.abs(sr) + err[rows]) * (
+                1.01 * k * _U
+            )  # + the fresh sum's rounding
+            cand = rows[sr - tol <= float(np.min(sr + tol))]
+            if cand.size == 1:
+                r = int(cand[0])
+            else:
+                sub = Dn[np.ix_(cand, rows)]
+                sub[np.arange(cand.size), np.searchsorted(rows, cand)] = np.inf
+                exact = np.partition(sub, k - 1, axis=1)[:, :k].sum(axis=1)
+                r = int(cand[np.argmin(exact)])
+        chosen.append(r)
+        remaining.remove(r)
+        alive[r] = False
+        n -= 1
+        if len(chosen) == theta:
+            break
+        k_next = n - c - 2
+        if k_next < 1:
+            k = k_next
+            continue
+        rows = np.flatnonzero(alive)
+        d = Dn[rows, r]
+        pb = p[rows]
+        bcol = order[rows, pb]
+        bval = Dn[rows, bcol]
+        in_set = (d < bval) | ((d == bval) & (r <= bcol))
+        new_s = s[rows] - np.where(in_set, d, bval)
+        s[rows] = new_s
+        err[rows] += np.abs(new_s) * (1.01 * _U)
+        move = rows[~in_set | (bcol == r)]
+        while move.size:  # step each moved boundary back to the previous remaining row
+            p[move] -= 1
+            move = move[~alive[order[move, p[move]]]]
+        k = k_next
+    return chosen
 
 
 def _window_start(S: list[np.ndarray], med: np.ndarray, theta: int, beta: int) -> np.ndarray:
@@ -127,12 +236,22 @@ def _bulyan_coordinates(
         G, rows=sel.tolist(), chunk_size=chunk_size, method=method
     ):
         Sn = [x.cpu().numpy() if isinstance(x, Tensor) else x for x in S]
-        val = _window_mean(Sn, theta, beta)
+        with np.errstate(over="ignore"):  # overflowed window sums are redone below
+            val = _window_mean(Sn, theta, beta)
         out[start:stop] = torch.from_numpy(val).to(device=G.device, dtype=G.dtype)
     if G.dtype != torch.float64 and not bool(torch.isfinite(out).all()):
         # The window sums of values near the float32 limit overflowed; their means cannot.
         out = _bulyan_coordinates(G.double(), sel, beta, chunk_size=chunk_size, method=method)
         out = out.to(G.dtype)
+    elif not bool(torch.isfinite(out).all()):
+        # float64 values near its limit: the window means of the values divided by a power of
+        # two >= beta (exact; no window sum can overflow), multiplied back and clamped (a mean
+        # of finite values is within their range; only rounding could step out)
+        big = float(torch.finfo(G.dtype).max)
+        k = max(1, math.ceil(math.log2(beta)))
+        low = _bulyan_coordinates(G * 2.0**-k, sel, beta, chunk_size=chunk_size, method=method)
+        bad = ~torch.isfinite(out)
+        out[bad] = (low[bad] * 2.0**k).clamp(-big, big)
     return out
 
 

@@ -11,6 +11,7 @@ row ``r`` updates ``s <- s - K[:, r]`` and ``T <- T - 2 s_r + K_rr`` (with the o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +28,19 @@ from tesseract_fl.aggregators.base import (
     check_matrix,
     split_finite,
 )
+from tesseract_fl.aggregators.fedsgd import weighted_mean
 from tesseract_fl.errors import ConfigError, UpdateError
 
-__all__ = ["FABA", "check_layout", "faba", "faba_removed", "faba_select", "gram64"]
+__all__ = [
+    "FABA",
+    "check_layout",
+    "downscale_exponent",
+    "faba",
+    "faba_removed",
+    "faba_select",
+    "gram64",
+    "gram64_scaled",
+]
 
 # Column block of the blocked Gram matrix: each block's [m, m] product is accumulated by BLAS in
 # the input dtype over at most this many columns, the blocks are summed in float64.
@@ -38,7 +49,36 @@ _GRAM_BLOCK = 4096
 _GRAM_MAX_ELEMENTS = 1 << 24
 
 
+#: Sums of squares of a matrix scaled by :func:`downscale_exponent` stay below 2**_SAFE_LOG2.
+_SAFE_LOG2 = 1000
+
+
+def downscale_exponent(max_abs: float, factor: float) -> int:
+    """The smallest ``e >= 0`` with ``(max_abs * 2**-e)**2 * factor <= 2**1000``.
+
+    Sums of ``factor`` squares of entries of magnitude ``<= max_abs`` (squared norms, Gram
+    entries, sums of them) overflow float64 only when ``e > 0``; computing them on the matrix
+    scaled by ``2**-e`` (exact: a power of two) keeps them finite and every comparison between
+    them unchanged. ``max_abs`` must be finite; ``factor >= 1``.
+    """
+    if not max_abs > 0.0:
+        return 0
+    _, ex = math.frexp(max_abs)  # max_abs < 2**ex
+    need = 2 * ex + math.log2(max(float(factor), 1.0)) - _SAFE_LOG2
+    return max(0, math.ceil(need / 2))
+
+
+def _max_abs(t: Tensor) -> float:
+    """``max |t|`` as a Python float (0 for an empty tensor)."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))
+
+
 def _gram_blocks(G: Tensor) -> Tensor:
+    if G.dtype.itemsize < 4:
+        G = G.float()  # half precision: accumulate the products in float32 at least
     m, P = G.shape
     K = torch.zeros(m, m, dtype=torch.float64, device=G.device)
     if m == 0 or P == 0:
@@ -81,6 +121,37 @@ def gram64(G: Tensor) -> Tensor:
     return K
 
 
+def gram64_scaled(G: Tensor, factor: float = 1.0) -> tuple[Tensor, int]:
+    """``(K, e)``: the float64 Gram matrix ``K`` of ``G * 2**-e`` [m, P], never overflowing.
+
+    ``e = 0`` (and ``K`` is :func:`gram64` of G, bit for bit) unless a Gram entry overflows or
+    ``factor * max(diag K)`` would (callers pass the number of Gram entries they sum, e.g.
+    ``m * m`` for FABA's ``T``); then the matrix is scaled by the power of two
+    :func:`downscale_exponent` gives for its largest entry, which is exact (up to entries
+    underflowing) and keeps cosines and every comparison of distances unchanged. NaN/Inf
+    entries raise :class:`UpdateError` as in :func:`gram64`.
+    """
+    check_layout(G)
+    K = _gram_blocks(G)
+    if bool(torch.isfinite(K).all()) and _fits(K, factor):
+        return K, 0
+    check_matrix(G)  # raises for NaN/Inf entries
+    if G.dtype != torch.float64:
+        K = _gram_blocks(G.double())
+        if bool(torch.isfinite(K).all()) and _fits(K, factor):
+            return K, 0
+    X = G.to(torch.float64)
+    e = downscale_exponent(_max_abs(X), float(G.shape[1]) * max(float(factor), 1.0))
+    return _gram_blocks(X * 2.0**-e), e
+
+
+def _fits(K: Tensor, factor: float) -> bool:
+    """``factor * max(diag K)`` is finite (diag K holds squared norms, >= every |K_ij|)."""
+    if K.numel() == 0:
+        return True
+    return math.isfinite(float(K.diagonal().max()) * max(float(factor), 1.0))
+
+
 def _check_c_max(c_max: Any, m: int | None = None) -> int:
     try:
         c = int(c_max)
@@ -121,18 +192,27 @@ def _removal_order(K: Tensor, c: int) -> list[int]:
     return removed
 
 
+def _faba_gram(X: Tensor) -> Tensor:
+    """The Gram matrix FABA's distances are computed from: :func:`gram64`, or when its entries
+    (or the sums ``T`` of up to ``m^2`` of them) would overflow float64, that of the matrix
+    scaled by a power of two (:func:`gram64_scaled`), which removes the same rows."""
+    m = X.shape[0]
+    return gram64_scaled(X, factor=4.0 * m * m)[0]
+
+
 def faba_removed(G: Tensor, c_max: int) -> list[int]:
     """Row indices FABA removes from ``G`` [m, P], in the order it removes them.
 
     Ties (equal distances) go to the lowest row index. Raises :class:`UpdateError` for a bad
-    matrix and :class:`ConfigError` unless ``0 <= c_max < m/2``.
+    matrix and :class:`ConfigError` unless ``0 <= c_max < m/2``. Finite rows too large for
+    float64 squared distances (e.g. 1e200) are handled in a power-of-two scaled space.
     """
     check_layout(G)
     c = _check_c_max(c_max, G.shape[0])
     if c == 0:
         check_matrix(G)
         return []
-    return _removal_order(gram64(G), c)  # gram64 rejects NaN/Inf
+    return _removal_order(_faba_gram(G), c)  # rejects NaN/Inf
 
 
 def faba_select(G: Tensor, c_max: int) -> Tensor:
@@ -162,8 +242,15 @@ def _faba_weights(G: Tensor, c_max: int) -> tuple[Tensor, list[int], FiniteRows,
     if fin.m_finite == 0:
         return G.new_zeros(0), [], fin, 0
     X = fin.G
-    if c > 0 and (K is None or fin.kept is not None or not bool(torch.isfinite(K).all())):
-        K = gram64(X)  # rows excluded, or huge rows overflowed float32: float64 fallback
+    if c > 0 and (
+        K is None
+        or fin.kept is not None
+        or not bool(torch.isfinite(K).all())
+        or not _fits(K, 4.0 * fin.m_finite**2)
+    ):
+        # rows excluded, or huge rows overflowed float32 (float64 fallback) or would overflow
+        # the float64 distances (power-of-two scaled Gram matrix)
+        K = _faba_gram(X)
     removed = _removal_order(K, c) if c > 0 and K is not None else []
     w = torch.full((fin.m_finite,), 1.0 / (fin.m_finite - c), dtype=G.dtype, device=G.device)
     if removed:
@@ -184,7 +271,7 @@ def faba(G: Tensor, c_max: int) -> Tensor:
     w, _, fin, _ = _faba_weights(G, c_max)
     if fin.m_finite == 0:
         return fin.zero_update().update
-    return w @ fin.G
+    return weighted_mean(w, fin.G)
 
 
 class FABA(Stateless):
@@ -228,7 +315,7 @@ class FABA(Stateless):
         if ids is not None:
             id_list = torch.as_tensor(ids).detach().cpu().tolist()
             record["removed_clients"] = [id_list[r] for r in removed]
-        return Aggregate(update=w_fin @ fin.G, weights=w, record=record)
+        return Aggregate(update=weighted_mean(w_fin, fin.G), weights=w, record=record)
 
     def __repr__(self) -> str:
         return f"FABA(c_max={self.c_max})"

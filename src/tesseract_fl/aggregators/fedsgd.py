@@ -22,7 +22,27 @@ from tesseract_fl.aggregators.base import (
 )
 from tesseract_fl.errors import UpdateError
 
-__all__ = ["FedSGD", "fedsgd", "sample_weights"]
+__all__ = ["FedSGD", "fedsgd", "sample_weights", "weighted_mean"]
+
+
+def weighted_mean(w: Tensor, X: Tensor) -> Tensor:
+    """``w @ X`` for convex weights ``w`` [m] (>= 0, summing to 1) and rows ``X`` [m, P].
+
+    The product in X's dtype is returned whenever it is finite (so ordinary inputs get exactly
+    ``w @ X``). For finite rows a convex combination lies within the rows' range, so a
+    non-finite product can only be an overflow of the partial sums (values near the dtype's
+    maximum): then it is recomputed in float64 on the rows scaled by 1/4 (exact), scaled back
+    and clamped to the dtype's range (only rounding can step out of it). Rows with NaN/Inf keep
+    the non-finite product (callers exclude such rows first; docs/design.md, hostile-input
+    policy).
+    """
+    out = w @ X
+    if bool(torch.isfinite(out).all()) or not bool(torch.isfinite(X).all()):
+        return out
+    big = float(torch.finfo(X.dtype).max)
+    w64 = w.to(torch.float64)
+    safe = (w64 @ (X.to(torch.float64) * 0.25)) * 4.0
+    return safe.clamp(-big, big).to(X.dtype)
 
 
 def sample_weights(
@@ -63,7 +83,9 @@ def fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None = None) -> Tens
     """Sample-weighted mean of the rows of ``G`` [m, P] -> Tensor[P] (DESIGN.md section 4, FedSGD).
 
     Computed as one matrix-vector product ``w @ G`` in G's dtype (float32 for the simulator),
-    which on CPU is one BLAS pass over G (much faster than ``(w[:, None] * G).sum(0)``).
+    which on CPU is one BLAS pass over G (much faster than ``(w[:, None] * G).sum(0)``); when
+    values near the dtype's maximum make that product overflow, it is redone so that it cannot
+    (:func:`weighted_mean`): the mean of finite rows is always finite.
     Rows with NaN/Inf entries are excluded (hostile-row policy, :func:`.base.split_finite`).
     """
     return _fedsgd(G, n_samples).update
@@ -86,7 +108,7 @@ def _fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None) -> Aggregate:
         if not float(n.sum()) > 0:
             return fin.zero_update()
     w = sample_weights(n, fin.m_finite, dtype=G.dtype, device=G.device)
-    return Aggregate(update=w @ fin.G, weights=fin.scatter(w), record=fin.record())
+    return Aggregate(update=weighted_mean(w, fin.G), weights=fin.scatter(w), record=fin.record())
 
 
 class FedSGD(Stateless):

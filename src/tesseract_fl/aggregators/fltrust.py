@@ -3,7 +3,10 @@
 The server computes its own gradient ``g_0`` on a small clean root set at the current model.
 Each client gets the trust score ``TS_i = ReLU(cos(g_i, g_0))``, its gradient is rescaled to the
 root gradient's norm, ``g_i' = g_i * ||g_0|| / ||g_i||``, and the update is
-``sum_i TS_i g_i' / sum_i TS_i`` (the zero vector when every trust score is 0).
+``sum_i TS_i g_i' / sum_i TS_i`` (the zero vector when every trust score is 0). For finite
+inputs the update is finite: values whose squares overflow are handled in a power-of-two scaled
+space, and when the root norm is so large that a coordinate of the update would leave the range
+of G's dtype, the update's norm is lowered until it fits (its direction is kept).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tesseract_fl.aggregators.base import (
     check_matrix,
     split_finite,
 )
+from tesseract_fl.aggregators.faba import _max_abs, downscale_exponent
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["ROOT_GRADIENT_KEY", "FLTrust", "fltrust", "fltrust_weights"]
@@ -46,7 +50,13 @@ def _check_root(G: Tensor, g0: Any) -> Tensor:
     # Fast path: a finite sum means finite entries (NaN/Inf propagate); else check exactly.
     if not math.isfinite(float(g0.sum())) and not bool(torch.isfinite(g0).all()):
         raise UpdateError("root gradient g0 has NaN/Inf entries")
-    return g0.to(dtype=G.dtype, device=G.device)
+    out = g0.to(dtype=G.dtype, device=G.device)
+    if out.dtype != g0.dtype and not bool(torch.isfinite(out).all()):
+        raise UpdateError(
+            f"root gradient g0 has entries beyond the range of {G.dtype} (the dtype of G): "
+            f"max |g0| = {float(g0.abs().max()):.3g}"
+        )
+    return out
 
 
 def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
@@ -56,7 +66,11 @@ def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
     is ``check_matrix`` run (saving a pass). Two memory-bound passes over G in its dtype:
     ``G @ g0`` and the row norms (float32 norms: ~10 ms on [100, 270000] here, where asking for
     float64 accumulation takes ~200 ms). A row or root of norm 0 has cosine 0 (so trust 0).
+    Half precision inputs are multiplied in float32; values too large for float64 norms are
+    handled by :func:`_trust_scaled`.
     """
+    if G.dtype.itemsize < 4:
+        G, g0 = G.float(), g0.float()
     dots = (G @ g0).to(torch.float64)
     norms = torch.linalg.vector_norm(G, dim=1).to(torch.float64)
     if not bool(torch.isfinite(dots).all() & torch.isfinite(norms).all()):
@@ -64,8 +78,10 @@ def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
         if G.dtype != torch.float64:
             # huge finite entries overflowed the float32 products: redo in float64 (rare, slow)
             return _trust(G.double(), g0.double())
-        raise UpdateError("gradient entries are too large: their norms overflow float64")
+        return _trust_scaled(G, g0)
     n0 = float(torch.linalg.vector_norm(g0.to(torch.float64)))
+    if not math.isfinite(n0):
+        return _trust_scaled(G.double(), g0.double())
     ok = norms > 0
     denom = torch.where(ok, norms, torch.ones_like(norms)) * n0
     if n0 > 0:
@@ -74,6 +90,33 @@ def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
         cos = torch.zeros_like(dots)
     ts = cos.clamp(min=0.0)
     return cos, ts, norms, n0
+
+
+def _scaled(X: Tensor) -> tuple[Tensor, int]:
+    """``(X * 2**-e, e)`` for float64 ``X`` [..., P]: sums of P squares of it cannot overflow."""
+    e = downscale_exponent(_max_abs(X), float(X.shape[-1]))
+    return (X * 2.0**-e if e else X), e
+
+
+def _trust_scaled(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+    """:func:`_trust` for finite float64 values whose squares overflow (e.g. 1e200).
+
+    Cosines are invariant to scaling each vector, so G and g0 are scaled by powers of two
+    (exact) until their norms fit; the norms reported are scaled back (+inf where even that
+    overflows float64, which then gives that row weight 0 in the effective weights).
+    """
+    Xs, e = _scaled(G)
+    gs, e0 = _scaled(g0)
+    dots = Xs @ gs
+    ns = torch.linalg.vector_norm(Xs, dim=1)
+    n0s = float(torch.linalg.vector_norm(gs))
+    ok = ns > 0
+    if n0s > 0:
+        denom = torch.where(ok, ns, torch.ones_like(ns)) * n0s
+        cos = torch.where(ok, dots / denom, torch.zeros_like(dots)).clamp(-1.0, 1.0)
+    else:
+        cos = torch.zeros_like(dots)
+    return cos, cos.clamp(min=0.0), ns * 2.0**e, n0s * 2.0**e0
 
 
 def _split(G: Tensor) -> FiniteRows:
@@ -91,20 +134,68 @@ def _effective_weights(ts: Tensor, norms: Tensor, n0: float) -> Tensor:
     return ts * scale / total
 
 
+def _fltrust(X: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float, Tensor, Tensor]:
+    """``(cos, ts, norms, n0, w, update)`` for finite rows ``X`` and a root ``g0`` in X's dtype.
+
+    ``w`` (X's dtype) are the effective weights and ``update = w @ X``, computed so in X's
+    dtype whenever that is finite. Otherwise (values near the dtype's limit, or a root norm
+    far beyond it) :func:`_unit_row_update` forms the update from unit rows in float64.
+    """
+    cos, ts, norms, n0 = _trust(X, g0)
+    w = _effective_weights(ts, norms, n0).to(X.dtype)
+    if bool(torch.isfinite(w).all()):
+        update = w @ X
+        if bool(torch.isfinite(update).all()):
+            return cos, ts, norms, n0, w, update
+    w, update = _unit_row_update(X, g0, ts)
+    return cos, ts, norms, n0, w, update
+
+
+def _unit_row_update(X: Tensor, g0: Tensor, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """FLTrust's ``(weights, update)`` for finite X and g0, computed so that it cannot overflow.
+
+    ``update = t * v`` with ``v = sum_i a_i g_i / ||g_i||``, ``a_i = TS_i / sum_j TS_j``
+    (convex, so ``|v_j| <= 1``) and the target norm ``t = ||g0||``, all in float64 on
+    power-of-two scaled rows and root. When a coordinate of that update lies beyond the range
+    of X's dtype (only a root norm beyond it can do this), ``t`` is lowered until the largest
+    coordinate is the dtype's maximum: the direction is kept and the update is finite. Effective
+    weights beyond the dtype's range are reported as its maximum.
+    """
+    big = float(torch.finfo(X.dtype).max)
+    total = float(ts.sum())
+    if not total > 0.0:
+        return X.new_zeros(X.shape[0]), X.new_zeros(X.shape[1])
+    Xs, e = _scaled(X.to(torch.float64))
+    gs, e0 = _scaled(g0.to(torch.float64))
+    ns = torch.linalg.vector_norm(Xs, dim=1)
+    n0s = float(torch.linalg.vector_norm(gs))  # ||g0|| = n0s * 2**e0
+    a = ts.to(device=X.device, dtype=torch.float64) / total
+    use = (a > 0) & (ns > 0)
+    safe_ns = torch.where(use, ns, torch.ones_like(ns))
+    v = torch.where(use, a, torch.zeros_like(a)) @ (Xs / safe_ns[:, None])
+    v_max = _max_abs(v)
+    t_s = n0s  # the target norm, scaled by 2**-e0
+    if v_max > 0.0:
+        t_s = min(n0s, big / v_max * 2.0**-e0)
+    update = ((v * t_s) * 2.0**e0).clamp(-big, big).to(X.dtype)
+    w = torch.where(use, a * (t_s / safe_ns) * 2.0 ** (e0 - e), torch.zeros_like(a))
+    return w.clamp(max=big).to(X.dtype), update
+
+
 def fltrust_weights(G: Tensor, g0: Tensor) -> Tensor:
     """FLTrust's effective weight of each row of ``G`` [m, P] -> Tensor[m] in G's dtype.
 
     ``w_i = TS_i * ||g0|| / ||g_i|| / sum_j TS_j`` with ``TS_i = ReLU(cos(g_i, g0))``, so that
     ``fltrust(G, g0) == w @ G``. Rows of norm 0 (and every row when ``g0 = 0``) get trust 0; when
     every trust score is 0 all weights are 0. Rows with NaN/Inf get weight 0 (hostile-row
-    policy: excluded, the others are weighted as if they were absent).
+    policy: excluded, the others are weighted as if they were absent). Values near the dtype's
+    limit: see :func:`_unit_row_update` (weights are capped at the dtype's maximum).
     """
     g0 = _check_root(G, g0)
     fin = _split(G)
     if fin.m_finite == 0:
         return G.new_zeros(fin.m)
-    _, ts, norms, n0 = _trust(fin.G, g0)
-    return fin.scatter(_effective_weights(ts, norms, n0).to(G.dtype))
+    return fin.scatter(_fltrust(fin.G, g0)[4])
 
 
 def fltrust(G: Tensor, g0: Tensor) -> Tensor:
@@ -112,14 +203,15 @@ def fltrust(G: Tensor, g0: Tensor) -> Tensor:
 
     ``sum_i TS_i g_i' / sum_i TS_i`` with ``g_i' = g_i ||g0|| / ||g_i||``; the zero vector when
     every trust score is 0. Invariant to scaling any ``g_i`` by a positive constant. Rows with
-    NaN/Inf are excluded (hostile-row policy).
+    NaN/Inf are excluded (hostile-row policy). Finite for finite inputs: when a coordinate
+    would lie beyond G's dtype's range (a root norm beyond it), the update's norm is lowered
+    until it fits, keeping its direction (:func:`_unit_row_update`).
     """
     g0 = _check_root(G, g0)
     fin = _split(G)
     if fin.m_finite == 0:
         return fin.zero_update().update
-    _, ts, norms, n0 = _trust(fin.G, g0)
-    return _effective_weights(ts, norms, n0).to(G.dtype) @ fin.G
+    return _fltrust(fin.G, g0)[5]
 
 
 class FLTrust(Stateless):
@@ -169,8 +261,7 @@ class FLTrust(Stateless):
             out = fin.zero_update()
             out.record["all_zero"] = True
             return out
-        cos, ts, norms, n0 = _trust(fin.G, g0)
-        w = _effective_weights(ts, norms, n0).to(G.dtype)
+        cos, ts, norms, n0, w, update = _fltrust(fin.G, g0)
 
         def full(x: Tensor, fill: float) -> Tensor:
             """Per-finite-row values -> per-received-row (``fill`` for excluded rows)."""
@@ -189,7 +280,7 @@ class FLTrust(Stateless):
             "all_zero": not bool((ts > 0).any()),
             **fin.record(),
         }
-        return Aggregate(update=w @ fin.G, weights=fin.scatter(w), record=record)
+        return Aggregate(update=update, weights=fin.scatter(w), record=record)
 
     def __repr__(self) -> str:
         return f"FLTrust(root_size={self.root_size})"

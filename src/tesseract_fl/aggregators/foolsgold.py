@@ -27,13 +27,15 @@ from torch import Tensor
 from tesseract_fl.aggregators.base import (
     Aggregate,
     AggregationContext,
+    FiniteRows,
     all_finite,
     check_layout,
     check_matrix,
     resolve_client_ids,
     split_finite,
 )
-from tesseract_fl.aggregators.faba import gram64
+from tesseract_fl.aggregators.faba import gram64, gram64_scaled
+from tesseract_fl.aggregators.fedsgd import weighted_mean
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["FoolsGold", "foolsgold_weights", "foolsgold_weights_from_gram"]
@@ -103,6 +105,29 @@ def _max_abs(t: Tensor) -> float:
     return max(-float(lo), float(hi))
 
 
+def _without_rows_beyond_float32(fin: FiniteRows, g_max: float | None) -> FiniteRows:
+    """``fin`` less the finite rows with an entry beyond float32's range (e.g. 1e300 in float64).
+
+    The histories are float32, so such a row cannot be added to its client's history; it is
+    treated like a row with NaN/Inf (hostile-row policy: excluded, weight 0, history not
+    updated, listed in ``record["excluded"]``). ``g_max``: ``max |fin.G|`` when known. Float32
+    and half precision rows always fit, so this costs nothing for them.
+    """
+    X = fin.G
+    if X.dtype.itemsize <= 4 or X.shape[0] == 0:
+        return fin
+    top = _max_abs(X) if g_max is None else g_max
+    if math.isfinite(float(torch.tensor(top, dtype=torch.float64).to(torch.float32))):
+        return fin
+    fits = torch.isfinite(X.abs().amax(dim=1).to(torch.float32)).cpu()
+    local = fits.nonzero().flatten()
+    rows = torch.arange(fin.m) if fin.kept is None else fin.kept
+    excluded = sorted(fin.excluded + rows[~fits].tolist())
+    return FiniteRows(
+        G=X.index_select(0, local.to(X.device)), kept=rows[local], excluded=excluded, m=fin.m
+    )
+
+
 def _as_int(value: Any, what: str, minimum: int) -> int:
     try:
         v = int(value)
@@ -153,7 +178,9 @@ class FoolsGold:
 
         Hostile-row policy: a row with NaN/Inf is excluded (weight 0, alpha 0,
         ``record["excluded"]``) and its client's history is NOT updated; the similarity and
-        weights are computed over the finite rows only. Absent clients keep their histories.
+        weights are computed over the finite rows only. With ``use_history`` so is a finite
+        row with entries beyond float32's range (the histories' dtype). Absent clients keep
+        their histories.
         """
         check_layout(G)
         m, P = G.shape
@@ -164,6 +191,8 @@ class FoolsGold:
             )
         g_max = _max_abs(G)  # one pass; finite only if every entry is
         fin = split_finite(G, row_probe=torch.tensor([g_max]))
+        if self.use_history:
+            fin = _without_rows_beyond_float32(fin, g_max if fin.kept is None else None)
         X = fin.G
         fids = ids if fin.kept is None else ids[fin.kept]
         mf = fin.m_finite
@@ -172,7 +201,7 @@ class FoolsGold:
         elif self.use_history:
             gram = self._add_to_history(X, fids)
         else:
-            gram = gram64(X)
+            gram = gram64_scaled(X)[0]  # a common power-of-two scale keeps every cosine
         alpha = foolsgold_weights_from_gram(gram, self.kappa)
         total = float(alpha.sum())
         all_zero = total <= 0.0
@@ -181,7 +210,7 @@ class FoolsGold:
             update = torch.zeros(P, dtype=G.dtype, device=G.device)
         else:
             w = (alpha / total).to(dtype=G.dtype, device=G.device)
-            update = w @ X
+            update = weighted_mean(w, X)
         self.rounds_seen[fids] += 1
         self.round += 1
         record: dict[str, Any] = {
@@ -221,6 +250,12 @@ class FoolsGold:
         g_max = _max_abs(upd)
         if not math.isfinite(g_max):
             check_matrix(G)  # NaN/Inf in G: raise before touching the histories
+            # finite entries beyond float32 (aggregate excludes such rows): halving the
+            # histories could never make room for them
+            raise UpdateError(
+                f"update entries up to {_max_abs(G):.3g} are beyond the float32 range of the "
+                "FoolsGold histories"
+            )
         id_list = ids.tolist()
         if self._bound + g_max < 0.5 * _F32_MAX:
             self._bound += g_max

@@ -28,6 +28,8 @@ from tesseract_fl.aggregators.base import (
     check_matrix,
     split_finite,
 )
+from tesseract_fl.aggregators.faba import _fits, _max_abs, downscale_exponent
+from tesseract_fl.aggregators.fedsgd import weighted_mean
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["Krum", "krum", "krum_scores", "krum_select", "pairwise_sq_distances"]
@@ -42,28 +44,49 @@ def pairwise_sq_distances(G: Tensor) -> Tensor:
     distance between two nearly identical rows of large norm is resolved only to that level.
     """
     check_matrix(G)
-    return _pairwise_sq_distances(G)
+    D, e = _scaled_sq_distances(G, factor=4.0)
+    if e:
+        raise UpdateError("gradient entries are too large: their Gram matrix overflows float64")
+    return D
 
 
 def _pairwise_sq_distances(G: Tensor) -> Tensor:
-    """:func:`pairwise_sq_distances` without validating ``G`` (callers have checked it).
+    """:func:`pairwise_sq_distances` without validating ``G`` (callers have checked it), in a
+    power-of-two scaled space when the distances would overflow (:func:`_scaled_sq_distances`):
+    the same comparisons, so Krum and Bulyan select the same rows."""
+    return _scaled_sq_distances(G, factor=4.0 * max(G.shape[0], 1))[0]
+
+
+def _scaled_sq_distances(G: Tensor, factor: float) -> tuple[Tensor, int]:
+    """``(D, e)``: the squared distances of the rows of ``G * 2**-e`` (float64, CPU), e >= 0.
 
     Finite rows of huge magnitude (e.g. 1e30) overflow the float32 Gram matrix; that is seen on
     the small [m, m] result, and only then is it recomputed in float64 (exact enough, no inf).
+    Rows too large even for float64 are scaled by the power of two of
+    :func:`~.faba.downscale_exponent` first, so that ``factor * max_i |g_i|^2`` stays finite
+    (``D_ij <= 4 max_i |g_i|^2``: ``factor = 4`` keeps D finite, ``4 m`` also Krum's scores,
+    sums of fewer than m distances); ``e = 0`` otherwise. Half precision inputs are multiplied
+    in float32.
     """
     X = G.detach()
+    if X.dtype.itemsize < 4:
+        X = X.float()
+    e = 0
     gram = (X @ X.T).to(device="cpu", dtype=torch.float64)
     if not bool(torch.isfinite(gram).all()) and X.dtype != torch.float64:
         X64 = X.double()
         gram = (X64 @ X64.T).cpu()
-    if not bool(torch.isfinite(gram).all()):
-        raise UpdateError("gradient entries are too large: their Gram matrix overflows float64")
+    if not (bool(torch.isfinite(gram).all()) and _fits(gram, factor)):
+        X64 = X.double()
+        e = downscale_exponent(_max_abs(X64), factor * X.shape[1])
+        X64 = X64 * 2.0**-e
+        gram = (X64 @ X64.T).cpu()
     gram = (gram + gram.T) * 0.5
     norms = gram.diagonal().clone()
     D = norms[:, None] + norms[None, :] - 2.0 * gram
     D.clamp_(min=0.0)
     D.fill_diagonal_(0.0)
-    return D
+    return D, e
 
 
 def _check_neighbours(m: int, c_max: Any) -> int:
@@ -153,7 +176,7 @@ def _krum(G: Tensor, c_max: int, k: int) -> tuple[Tensor, Tensor, Tensor, Finite
     else:
         w = torch.zeros(mf, dtype=X.dtype, device=X.device)
         w[sel.to(X.device)] = 1.0 / kk
-        update = w @ X.detach()
+        update = weighted_mean(w, X.detach())
     return update, sel, scores, fin, c
 
 
@@ -175,6 +198,9 @@ class Krum(Stateless):
     ``c_max``: clients assumed malicious; ``k``: rows averaged (1 = Krum). ``weights`` are
     one-hot on the selected row (``1/k`` on each of the k selected for Multi-Krum); ``record``
     holds the float64 ``scores`` and the ``selected`` row indices. ``ctx.c_max`` is ignored.
+    Rows so large that the scores would overflow float64 (e.g. 1e200) are scored on the matrix
+    scaled by a power of two (the same selection; the recorded scores are then the scaled
+    ones).
     """
 
     name = "krum"

@@ -24,6 +24,8 @@ from tesseract_fl.aggregators.base import (
     resolve_client_ids,
     split_finite,
 )
+from tesseract_fl.aggregators.faba import _max_abs, downscale_exponent
+from tesseract_fl.aggregators.fedsgd import weighted_mean
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = [
@@ -66,10 +68,14 @@ def _flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
     ``s_j = 0`` every coordinate counts (zeros add 0), so those columns add their plain sum of
     squares. Rows are processed in cache-sized chunks with a reused buffer; measured on
     ``[100, 266060]`` float32 (2-core CPU): ~12 ms, versus ~170-215 ms for the naive masked
-    ``(G * G * mask).sum(1)`` and ~85 ms for the same clamp form without chunking.
+    ``(G * G * mask).sum(1)`` and ~85 ms for the same clamp form without chunking. Half
+    precision rows are converted chunk by chunk and summed in float32 (:func:`_score_dtype`).
     """
     m, P = G.shape
-    out = torch.zeros(m, dtype=G.dtype, device=G.device)
+    acc_dtype = _score_dtype(G.dtype)
+    if s.dtype != acc_dtype:
+        s = s.to(acc_dtype)
+    out = torch.zeros(m, dtype=acc_dtype, device=G.device)
     if m == 0 or P == 0:
         return out
     zero_idx = (s == 0).nonzero().flatten()
@@ -80,9 +86,11 @@ def _flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
         rows = max(1, min(m, _CHUNK_ELEMENTS_CPU // P))
     else:
         rows = m
-    buf = torch.empty(rows, P, dtype=G.dtype, device=G.device) if has_signed else None
+    buf = torch.empty(rows, P, dtype=acc_dtype, device=G.device) if has_signed else None
     for i in range(0, m, rows):
         g = G[i : i + rows]
+        if g.dtype != acc_dtype:
+            g = g.to(acc_dtype)
         acc = out[i : i + rows]
         if buf is not None:
             u = buf[: g.shape[0]]
@@ -95,17 +103,19 @@ def _flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
     return out
 
 
-_F32_MAX = float(torch.finfo(torch.float32).max)
+def _score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Flip-scores are sums of squares: float32 for half precision rows (whose squares exceed
+    float16's 65504 already for entries of 256), else G's own dtype."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _safe_flip_scores(G: Tensor, s: Tensor) -> Tensor:
     """:func:`_flip_scores_fast` that never returns NaN and never overflows silently.
 
-    Only rows whose fast (G-dtype) score is not finite are revisited, so the cost is nil in the
-    normal case: a row with a NaN/Inf entry gets ``+inf`` (maximally suspicious, hostile-row
-    policy); a finite row whose sum of squares overflowed (entries ~1e30 in float32) is
-    recomputed in float64 and capped at the dtype's maximum (its rank is kept unless several
-    rows exceed the cap, which then tie and are ordered by client id).
+    Only rows whose fast score is not finite are revisited, so the cost is nil in the normal
+    case: a row with a NaN/Inf entry gets ``+inf`` (maximally suspicious, hostile-row policy);
+    a finite row whose sum of squares overflowed (entries ~1e30 in float32) is recomputed in
+    float64 and capped at the score dtype's maximum (see :func:`_rank_keys` for its rank).
     """
     fs = _flip_scores_fast(G, s)
     bad = (~torch.isfinite(fs)).nonzero().flatten()
@@ -114,10 +124,26 @@ def _safe_flip_scores(G: Tensor, s: Tensor) -> Tensor:
     rows = G.index_select(0, bad)
     finite_rows = torch.isfinite(rows).all(dim=1)
     redo = _flip_scores_fast(rows.double(), s.double())
-    cap = float(torch.finfo(G.dtype).max)
+    cap = float(torch.finfo(fs.dtype).max)
     vals = torch.where(finite_rows, redo.clamp(max=cap), torch.full_like(redo, math.inf))
     fs[bad] = vals.to(fs.dtype)
     return fs
+
+
+def _rank_keys(G: Tensor, s: Tensor, fs: Tensor) -> Tensor:
+    """What the penalties rank finite rows ``G`` by: ``fs`` itself, unless a score reached the
+    cap of :func:`_safe_flip_scores` (capped rows would tie and be ordered by client id).
+
+    Then every row is rescored in float64 on ``G`` scaled by a power of two (none for float32
+    rows; a common scale keeps the order of the scores), so rows above the cap keep their true
+    order. Only such hostile rounds pay for the extra pass.
+    """
+    cap = float(torch.finfo(fs.dtype).max)
+    if fs.numel() == 0 or not float(fs.max()) >= cap:
+        return fs
+    X = G.detach().to(torch.float64)
+    e = downscale_exponent(_max_abs(X), float(max(G.shape[1], 1)))
+    return _flip_scores_fast(X * 2.0**-e if e else X, s.to(torch.float64)).cpu()
 
 
 def flip_scores(G: Tensor, s_g: Tensor) -> Tensor:
@@ -125,10 +151,11 @@ def flip_scores(G: Tensor, s_g: Tensor) -> Tensor:
 
     ``G`` is the [m, P] gradient matrix, ``s_g`` the sign of the previous global update (entries
     in {-1, 0, +1}). With ``s_g = 0`` (round 1) every nonzero coordinate counts; a zero gradient
-    entry never counts (``sign(0) = 0``). Accumulated in G's dtype; agrees with
-    :func:`flip_scores_reference` to float32 rounding (~1e-7 relative). Hostile rows: a row
-    with NaN/Inf scores ``+inf``; a finite row whose score overflows G's dtype is recomputed in
-    float64 and capped at the dtype's maximum (see :func:`_safe_flip_scores`).
+    entry never counts (``sign(0) = 0``). Accumulated in G's dtype (float32 for half precision
+    G, and then returned as float32: float16 cannot hold squares of entries above 256); agrees
+    with :func:`flip_scores_reference` to float32 rounding (~1e-7 relative). Hostile rows: a
+    row with NaN/Inf scores ``+inf``; a finite row whose score overflows the score dtype is
+    recomputed in float64 and capped at that dtype's maximum (see :func:`_safe_flip_scores`).
     """
     check_layout(G)
     _check_sign_vector(G, s_g)
@@ -330,14 +357,18 @@ class Tesseract:
         else:
             s = self._s_g.to(dtype=G.dtype, device=G.device)
         fin = split_finite(G)
-        fs = torch.full((m,), math.inf, dtype=G.dtype)
+        fs = torch.full((m,), math.inf, dtype=_score_dtype(G.dtype))
+        keys = fs
         if fin.m_finite:
-            fs = fin.scatter(_safe_flip_scores(fin.G, s).detach().cpu())
+            fs_fin = _safe_flip_scores(fin.G, s).detach().cpu()
+            fs = fin.scatter(fs_fin)
+            keys = fin.scatter(_rank_keys(fin.G, s, fs_fin))
             if fin.kept is not None:
                 fs[fin.excluded] = math.inf
+                keys[fin.excluded] = math.inf
 
         # Lines 4-6: penalize c_max on either end (ties by client id), reward the rest.
-        order = _rank(fs, ids)
+        order = _rank(keys, ids)
         penalized = torch.zeros(m, dtype=torch.bool)
         if c > 0:
             penalized[order[:c]] = True
@@ -381,7 +412,7 @@ class Tesseract:
         if fin.m_finite == 0:
             update, weights = fin.zero_update().update, w
         elif self._inner is None:
-            update = w64_fin.to(dtype=G.dtype, device=G.device) @ fin.G
+            update = weighted_mean(w64_fin.to(dtype=G.dtype, device=G.device), fin.G)
             weights = w
         else:
             update, weights = self._filter_and_aggregate(G, ids, ctx, w64, record)

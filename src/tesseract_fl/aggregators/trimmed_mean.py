@@ -28,6 +28,7 @@ two tie near m = 64, hence ``SORT_MIN_ROWS``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -380,12 +381,21 @@ def _trimmed_mean(G: Tensor, c: int, *, chunk_size: int | None, method: str) -> 
     """The trimmed-mean kernel on a finite matrix with a valid ``c`` (no validation).
 
     A sum of kept values near the float32 limit can overflow even though their mean cannot:
-    then the kernel is rerun in float64 and the mean cast back (finite by construction).
+    then the kernel is rerun in float64 and the mean cast back (finite by construction). Near
+    the float64 limit the overflowed coordinates are recomputed on the values divided by a
+    power of two ``>= m`` (exact; no sum of them can overflow) and multiplied back, clamped to
+    the dtype's range (a mean cannot leave it; only rounding could).
     """
     out = _trimmed_mean_kernel(G, c, chunk_size=chunk_size, method=method)
     if G.dtype != torch.float64 and not bool(torch.isfinite(out).all()):
         out = _trimmed_mean_kernel(G.double(), c, chunk_size=chunk_size, method=method)
         out = out.to(G.dtype)
+    if not bool(torch.isfinite(out).all()):
+        big = float(torch.finfo(out.dtype).max)
+        k = max(1, math.ceil(math.log2(G.shape[0])))
+        low = _trimmed_mean_kernel(G.double() * 2.0**-k, c, chunk_size=chunk_size, method=method)
+        bad = ~torch.isfinite(out)
+        out[bad] = (low[bad] * 2.0**k).clamp(-big, big).to(out.dtype)
     return out
 
 
@@ -400,9 +410,10 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
             dtype = np.float64 if X.dtype == torch.float64 else np.float32
             out: np.ndarray[Any, Any] = np.empty(X.shape[1], dtype=dtype)
             chunk = _chunk_columns(X, m, form, chunk_size)
-            for start, stop, b in sorted_row_blocks(X, range(m), chunk):
-                np.sum(b[:, c : m - c], axis=1, out=out[start:stop])
-            out /= keep
+            with np.errstate(over="ignore"):  # an overflowed sum is redone by the caller
+                for start, stop, b in sorted_row_blocks(X, range(m), chunk):
+                    np.sum(b[:, c : m - c], axis=1, out=out[start:stop])
+                out /= keep
             return torch.from_numpy(out).to(dtype=X.dtype)
 
         return map_column_ranges(band_sum_block, G)
@@ -415,9 +426,10 @@ def _trimmed_mean_kernel(G: Tensor, c: int, *, chunk_size: int | None, method: s
             X, groups=groups, chunk_size=chunk_size, method=form
         ):
             acc = S[c] + 0  # a copy, for NumPy arrays and tensors alike
-            for k in range(c + 1, m - c):
-                acc += S[k]
-            acc /= keep
+            with np.errstate(over="ignore"):  # an overflowed sum is redone by the caller
+                for k in range(c + 1, m - c):
+                    acc += S[k]
+                acc /= keep
             out[start:stop] = torch.as_tensor(acc).to(device=X.device, dtype=X.dtype)
         return out
 
