@@ -371,6 +371,38 @@ def test_figures_without_runs_are_skipped_with_a_note(
     assert "Not drawn: only its reference runs are finished" in text
 
 
+def test_fig6_shows_the_source_class_and_fig3_titles_only_what_is_drawn(
+    filled: dict[str, Any], report: Any, tiny_data_dir: Path
+) -> None:
+    svg = (filled["root"] / "out" / "figures" / "fig6.svg").read_text()
+    assert "accuracy on class 7, the targeted flip" in svg
+    # Fig. 3 with its c/m = 0.3 panel unrun: the title promises only panel (a).
+    only_a = filled["root"] / "fig3-only-a.toml"
+    body = (
+        '[[cells]]\nattack = "full_krum"\ndefense = ["fedsgd", "tesseract"]\n'
+        '[[cells]]\nattack = "full_krum"\ndefense = "faba"\nmalicious_fraction = 0.3\n'
+        "seed = 9\n"  # never run
+    )
+    only_a.write_text(_grid_text("fig3-only-a", body, tiny_data_dir))
+    result = generate_report(filled["store"], filled["root"] / "only-a", [load_grid(only_a)])
+    fig3 = next(f for f in result.figures if f.key == "fig3")
+    assert fig3.drawn and fig3.title == "Figure 3: test loss under Full-Krum"
+    assert "## Figure 3: test loss under Full-Krum\n" in result.path.read_text()
+
+
+def test_wrap_and_spread() -> None:
+    from tesseract_fl.report.figures import spread_curve, wrap
+
+    assert wrap("short", 10) == "short"
+    wrapped = wrap("Figure 3: test loss under Full-Krum; FABA vs TESSERACT at c/m = 0.3", 40)
+    assert "\n" in wrapped and all(len(line) <= 40 for line in wrapped.splitlines())
+    assert spread_curve([[(1, 2.0), (2, 4.0)]]) is None
+    assert spread_curve([[(1, 2.0), (2, 4.0)], [(1, 1.0), (2, 6.0), (3, 9.0)]]) == (
+        [1.0, 4.0],
+        [2.0, 6.0],
+    )
+
+
 def test_write_report_returns_the_markdown_path(filled: dict[str, Any]) -> None:
     grids = [g for g in filled["grids"] if g.name == "table2-tiny"]
     path = write_report(filled["store"], filled["root"] / "w", grids)

@@ -8,6 +8,7 @@ a figure without any is not drawn (the report says which runs would fill it).
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,10 @@ STYLE: dict[str, Any] = {
 }
 PNG_DPI = 150
 PANEL_SIZE = (5.0, 3.6)
+#: Characters that fit across one panel at the style's title size, and up its height for a
+#: y-axis label: longer text is wrapped, never clipped.
+PANEL_CHARS = 52
+LABEL_CHARS = 38
 
 #: Fixed colours so that a defense looks the same in every figure.
 DEFENSE_COLORS: dict[str, str] = {
@@ -148,6 +153,8 @@ class Series:
     linestyle: str = "-"
     linewidth: float | None = None
     alpha: float = 1.0
+    #: Lowest and highest value over the seeds at each x (drawn as a band when n > 1).
+    band: tuple[list[float], list[float]] | None = None
     reference: bool = False
 
 
@@ -185,6 +192,24 @@ def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> tuple[list[int]
     maps = [dict(c) for c in curves]
     rounds = sorted(set.intersection(*(set(m) for m in maps)))
     return rounds, [statistics.fmean(m[r] for m in maps) for r in rounds]
+
+
+def spread_curve(
+    curves: Sequence[Sequence[tuple[int, float]]],
+) -> tuple[list[float], list[float]] | None:
+    """Per round (those all curves have), the lowest and highest value over the curves: the
+    spread over seeds; None for fewer than two curves."""
+    if len(curves) < 2:
+        return None
+    maps = [dict(c) for c in curves]
+    rounds = sorted(set.intersection(*(set(m) for m in maps)))
+    return [min(m[r] for m in maps) for r in rounds], [max(m[r] for m in maps) for r in rounds]
+
+
+def wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (titles and axis labels
+    that would otherwise be clipped or run into the next panel)."""
+    return "\n".join(textwrap.wrap(text, width)) if len(text) > width else text
 
 
 def group_means(
@@ -230,10 +255,17 @@ def _metric_series(
     out = []
     scale = 100.0 if key == "test_accuracy" else 1.0
     for setting, ids in groups.items():
-        x, y = mean_curve([reader.curve(i, key) for i in ids])
+        curves = [reader.curve(i, key) for i in ids]
+        x, y = mean_curve(curves)
         if not x:
             continue
         label, color, ls = style(setting)
+        spread = spread_curve(curves)
+        band = (
+            None
+            if spread is None
+            else ([scale * v for v in spread[0]], [scale * v for v in spread[1]])
+        )
         out.append(
             Series(
                 label + _n(ids),
@@ -242,6 +274,7 @@ def _metric_series(
                 color,
                 ls,
                 reference=reference(setting),
+                band=band,
             )
         )
     return out
@@ -264,14 +297,16 @@ def _draw(ax: Axes, panel: Panel) -> None:
             linewidth=s.linewidth,
             alpha=s.alpha,
         )
+        if s.band is not None:
+            ax.fill_between(s.x, s.band[0], s.band[1], color=s.color, alpha=0.15, linewidth=0)
     ylabel = panel.ylabel
     if panel.logy and _spans_decade([v for s in panel.series for v in s.y]):
         ax.set_yscale("log")
         ylabel += ", log scale"
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(panel.title)
+    ax.set_title(wrap(panel.title, PANEL_CHARS))
     ax.set_xlabel(ROUND_LABEL)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(wrap(ylabel, LABEL_CHARS))
     if panel.legend:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")
@@ -288,7 +323,7 @@ def render(panels: Sequence[Panel], title: str, out_dir: Path, key: str) -> list
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, panel in zip(axes, panels, strict=True):
             _draw(ax, panel)
-        fig.suptitle(title)
+        fig.suptitle(wrap(title, int(PANEL_CHARS * len(panels) * 0.9)))
         png, svg = out_dir / f"{key}.png", out_dir / f"{key}.svg"
         fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})
         fig.savefig(svg, metadata={"Date": None, "Creator": None})
@@ -307,9 +342,16 @@ def _result(key: str, reader: RunReader, runs: Sequence[GridRun]) -> FigureResul
     )
 
 
-def _finish(result: FigureResult, panels: list[Panel], out_dir: Path) -> FigureResult:
+def _finish(
+    result: FigureResult,
+    panels: list[Panel],
+    out_dir: Path,
+    title_of: Callable[[list[Panel]], str] | None = None,
+) -> FigureResult:
     """Render the panels that have a line of their own (not only reference lines, e.g. the
-    no-attack runs of Fig. 6); a figure without any is skipped with a note."""
+    no-attack runs of Fig. 6); a figure without any is skipped with a note. ``title_of(drawn
+    panels)`` gives the title when it depends on which panels are drawn (a title never
+    promises a panel that is left out)."""
     drawn = [p for p in panels if any(not s.reference for s in p.series)]
     if not drawn:
         for suffix in (".png", ".svg"):  # never leave an earlier report's figure behind
@@ -324,6 +366,8 @@ def _finish(result: FigureResult, panels: list[Panel], out_dir: Path) -> FigureR
     for p in panels:
         if p not in drawn:
             result.notes.append(f"Panel '{p.title}' left out: none of its runs is finished.")
+    if title_of is not None:
+        result.title = title_of(drawn)
     result.files = render(drawn, result.title, out_dir, result.key)
     return result
 
@@ -406,7 +450,15 @@ def figure3(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureRe
     ]
     if not high:
         panels.pop()
-    return _finish(result, panels, out_dir)
+
+    def title_of(drawn: list[Panel]) -> str:
+        if len(drawn) == len(panels) == 2:
+            return result.title
+        if drawn[0] is panels[0]:
+            return f"Figure 3: test loss under {attacks_low}"
+        return f"Figure 3: FABA vs TESSERACT under {attacks_high} at c/m = 0.3"
+
+    return _finish(result, panels, out_dir, title_of)
 
 
 def figure4(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureResult:
@@ -466,18 +518,14 @@ def figure4(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureRe
     return _finish(result, panels, out_dir)
 
 
-def _accuracy_by_dataset(
+def _accuracy_panels(
     key: str,
     reader: RunReader,
-    grids: Iterable[Grid],
-    out_dir: Path,
+    runs: Sequence[GridRun],
     style: Callable[[tuple[Any, ...]], tuple[str, str, str]],
     reference: Callable[[tuple[Any, ...]], bool],
-) -> FigureResult:
-    """Test accuracy per round, one panel per dataset, one line per (defense, attack); a
-    panel with only ``reference`` lines is left out."""
-    runs = [r for r in grid_runs(grids, key) if r.spec.config.aggregate_only == "all"]
-    result = _result(key, reader, runs)
+) -> list[Panel]:
+    """Test accuracy per round, one panel per dataset, one line per (defense, attack)."""
     datasets: list[str] = []
     for r in runs:
         if r.labels["dataset"] not in datasets:
@@ -495,7 +543,21 @@ def _accuracy_by_dataset(
                 series=_metric_series(reader, groups, "test_accuracy", style, reference),
             )
         )
-    return _finish(result, panels, out_dir)
+    return panels
+
+
+def _accuracy_by_dataset(
+    key: str,
+    reader: RunReader,
+    grids: Iterable[Grid],
+    out_dir: Path,
+    style: Callable[[tuple[Any, ...]], tuple[str, str, str]],
+    reference: Callable[[tuple[Any, ...]], bool],
+) -> FigureResult:
+    """:func:`_accuracy_panels` drawn; a panel with only ``reference`` lines is left out."""
+    runs = [r for r in grid_runs(grids, key) if r.spec.config.aggregate_only == "all"]
+    result = _result(key, reader, runs)
+    return _finish(result, _accuracy_panels(key, reader, runs, style, reference), out_dir)
 
 
 def figure5(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureResult:
@@ -516,7 +578,8 @@ def figure5(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureRe
 
 
 def figure6(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureResult:
-    """Paper Fig. 6: FedSGD and TESSERACT under untargeted / targeted label flipping."""
+    """Paper Fig. 6: FedSGD and TESSERACT under untargeted / targeted label flipping, and the
+    accuracy on the targeted attack's source class (which the overall accuracy hides)."""
 
     def style(s: tuple[Any, ...]) -> tuple[str, str, str]:
         defense, attack, _ = s
@@ -529,7 +592,63 @@ def figure6(reader: RunReader, grids: Iterable[Grid], out_dir: Path) -> FigureRe
     def no_attack(s: tuple[Any, ...]) -> bool:
         return s[1] == "none"
 
-    return _accuracy_by_dataset("fig6", reader, grids, out_dir, style, no_attack)
+    runs = [r for r in grid_runs(grids, "fig6") if r.spec.config.aggregate_only == "all"]
+    panels = _accuracy_panels("fig6", reader, runs, style, no_attack)
+    source = _source_class_panel(reader, runs, style, len(panels))
+    return _finish(_result("fig6", reader, runs), [*panels, *([source] if source else [])], out_dir)
+
+
+def _source_class(run: GridRun) -> int:
+    """The targeted label flip's source class (its parameter, else the attack's default)."""
+    from tesseract_fl.attacks import make_attack
+
+    attack = make_attack("targeted_label_flip", **run.spec.config.attack_params)
+    return int(attack.source)
+
+
+def _source_class_panel(
+    reader: RunReader,
+    runs: Sequence[GridRun],
+    style: Callable[[tuple[Any, ...]], tuple[str, str, str]],
+    index: int,
+) -> Panel | None:
+    """Accuracy on the source class of the targeted runs (and, as references, of the no-attack
+    runs on the same class); None when no targeted run with per-class records is finished."""
+    targeted = [r for r in runs if r.labels["attack"] == "targeted_label_flip"]
+    done = [r for r in targeted if reader.finished(r.run_id)]
+    if not done:
+        return None
+    cls = _source_class(done[0])
+    series: list[Series] = []
+    keys = ("defense", "attack", "malicious_fraction")
+    for ref, group in (
+        (False, targeted),
+        (True, [r for r in runs if r.labels["attack"] == "none"]),
+    ):
+        for setting, ids in _group_finished(reader, group, keys).items():
+            curves = [reader.class_curve(i, cls) for i in ids]
+            x, y = mean_curve(curves)
+            if not x:
+                continue
+            label, color, ls = style(setting)
+            spread = spread_curve(curves)
+            band = (
+                None
+                if spread is None
+                else ([100 * v for v in spread[0]], [100 * v for v in spread[1]])
+            )
+            series.append(
+                Series(
+                    label + _n(ids), x, [100 * v for v in y], color, ls, reference=ref, band=band
+                )
+            )
+    if not any(not s.reference for s in series):
+        return None
+    return Panel(
+        title=f"({chr(ord('a') + index)}) accuracy on class {cls}, the targeted flip's source",
+        ylabel=f"test accuracy on class {cls} (%)",
+        series=series,
+    )
 
 
 def write_figures(reader: RunReader, grids: Sequence[Grid], out_dir: Path) -> list[FigureResult]:

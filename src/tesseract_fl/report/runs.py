@@ -111,6 +111,16 @@ class RunReader:
                 return float(row[key])
         return None
 
+    def class_curve(self, run_id: str, cls: int) -> list[tuple[int, float]]:
+        """``(round, accuracy on class cls)`` at every evaluated round; rounds count from 1
+        (empty for runs stored before per-class accuracy was recorded)."""
+        out = []
+        for rnd, accs in sorted(self.store.class_accuracy(run_id).items()):
+            value = accs[cls] if cls < len(accs) else None
+            if value is not None:
+                out.append((rnd + 1, float(value)))
+        return out
+
     def curve(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """``(round, value)`` for every round that recorded ``key``; rounds count from 1."""
         return [
