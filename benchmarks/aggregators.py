@@ -4,9 +4,9 @@ Times each aggregator in :data:`tesseract_fl.aggregators.AGGREGATORS` (Multi-Kru
 with ``k = m - c_max``, the ``m - f`` rows ByzFL's MultiKrum averages) on random float32
 matrices ``[100, 270000]`` (MNIST DNN, ``c_max = 20``) and ``[10, 11_000_000]`` (about 440 MB,
 ``c_max = 2``), next to the memory bound (one pass over the matrix: the faster of
-``torch.ones(1, m) @ G`` and numpy ``G.sum(0)``, DESIGN.md section 7) and ByzFL 0.0.11's times
-measured on this machine for DESIGN.md (``[100, 270000]``: trimmed mean 81 ms, median 391 ms,
-Krum 408 ms, Multi-Krum 505 ms). When ByzFL is importable (``pip install --no-deps
+``torch.ones(1, m) @ G`` and numpy ``G.sum(0)``; docs/design.md, "Performance") and ByzFL
+0.0.11's times measured earlier on this machine (``[100, 270000]``: trimmed mean 81 ms, median
+391 ms, Krum 408 ms, Multi-Krum 505 ms). When ByzFL is importable (``pip install --no-deps
 byzfl==0.0.11``; ``--no-byzfl`` skips it), its TrMean, Median, Krum and MultiKrum are timed side
 by side. Stateful rules (FoolsGold, TESSERACT) are timed in
 steady state (after a first round). Names the registry does not hold yet are listed as skipped.
@@ -48,7 +48,7 @@ EXPECTED = (
     "tesseract",
 )
 
-#: ByzFL 0.0.11 on [100, 270000] float32 on this machine, best of numpy/torch (DESIGN.md 7), ms.
+#: ByzFL 0.0.11 on [100, 270000] float32 on this machine, best of numpy/torch, ms.
 BYZFL_REFERENCE_MS = {"trimmed_mean": 81.0, "median": 391.0, "krum": 408.0, "multi_krum": 505.0}
 BYZFL_REFERENCE_SHAPE = (100, 270_000)
 #: Our name -> ByzFL class name in ``byzfl.aggregators.aggregators``.
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "registered": sorted(AGGREGATORS),
         "byzfl_reference_ms": {
             "shape": list(BYZFL_REFERENCE_SHAPE),
-            "source": "DESIGN.md section 7 (ByzFL 0.0.11, best of numpy/torch)",
+            "source": "ByzFL 0.0.11 measured on this machine, best of numpy/torch",
             **BYZFL_REFERENCE_MS,
         },
         "shapes": [],

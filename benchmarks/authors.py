@@ -1,6 +1,6 @@
 """Ours against the authors' published code on the same model and settings.
 
-The authors' MNIST loop (FLAIR repository) was measured on this machine (issue 8; numbers in
+The authors' MNIST loop (FLAIR repository) was measured on this machine (numbers in
 ``benchmarks/reference.toml``): 3.26 s per round with their test evaluation every round,
 1.51 s without it (local training 1.09 s, attack + aggregation 0.42 s), and about 20 s for the
 Full-Krum attack alone. Here the ``mnist`` preset runs with their padded DNN

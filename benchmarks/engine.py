@@ -2,10 +2,10 @@
 vmap chunk size.
 
 One round's unavoidable work is each client's forward and backward pass on its batch
-(DESIGN.md section 7). This times that alone, for the per-client loop, the threaded loop and
-chunked vmap, on random MNIST-shaped batches (the cost does not depend on pixel values), and
-reports the cost per client so that the scaling shows. At 100 clients it also sweeps the vmap
-chunk size.
+(docs/design.md, "Performance"). This times that alone, for the per-client loop, the threaded
+loop and chunked vmap, on random MNIST-shaped batches (the cost does not depend on pixel
+values), and reports the cost per client so that the scaling shows. At 100 clients it also
+sweeps the vmap chunk size.
 
     .venv/bin/python -m benchmarks engine [--clients 10,100,1000] [--model mnist_cnn]
         [--device cpu|cuda] [--repeats 3] [--quick] [--out results/benchmarks/engine.json]

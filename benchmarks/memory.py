@@ -4,7 +4,7 @@ Each size runs in a fresh child process (so one measurement cannot inherit anoth
 the child builds the ``mnist`` preset's simulation with ``clients = m`` and 20% attackers, runs
 two rounds, and reports its peak resident set size (``VmHWM``) and its resident size just
 before the first round. The ``[m, P]`` gradient matrix alone is ``4 m P`` bytes (1 GiB at
-1000 x 266,060); the target (issue 8) is a peak below 4 GiB at 1000 clients.
+1000 x 266,060); the target is a peak below 4 GiB at 1000 clients.
 
     .venv/bin/python -m benchmarks memory [--clients 100,1000] [--defense tesseract]
         [--attack full_trim] [--out results/benchmarks/memory.json]

@@ -10,7 +10,7 @@ few defense/attack pairs, plus one test-set evaluation amortized over ``eval_eve
 A whole round's ratio to its gradients is measured inside each round (the step's wall time over
 the time of the ``compute_gradients`` call it made), so that both sides of the ratio see the same
 machine load; the ratio to the separately timed gradients is reported beside it.
-Targets (issue 8): a TESSERACT + Full-Trim round at most 1.25x the gradients alone; every
+Targets: a TESSERACT + Full-Trim round at most 1.25x the gradients alone; every
 defense at most 25% of them (FoolsGold and Bulyan 50%).
 
     .venv/bin/python -m benchmarks overhead [--preset mnist] [--repeats 3] [--quick]
@@ -37,7 +37,7 @@ from tesseract_fl.experiments.config import resolve_config
 from tesseract_fl.experiments.runner import build_simulation
 from tesseract_fl.simulation.gradients import client_gradients
 
-#: Defense overhead targets as a fraction of the gradient computation (issue 8).
+#: Defense overhead targets as a fraction of the gradient computation.
 DEFENSE_TARGET = 0.25
 SLOW_DEFENSE_TARGET = {"foolsgold": 0.5, "bulyan": 0.5}
 ROUND_TARGET = 1.25

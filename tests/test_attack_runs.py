@@ -1,4 +1,4 @@
-"""Attacks inside the simulator (issue 4): engine hooks, label flipping, Figure 2 modes, store."""
+"""Attacks inside the simulator: engine hooks, label flipping, Figure 2 modes, store."""
 
 from __future__ import annotations
 

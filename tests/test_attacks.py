@@ -1,4 +1,4 @@
-"""Paper attacks (issue 4): Full-Trim, Full-Krum, adaptive Krum/Trim, label flipping."""
+"""Paper attacks: Full-Trim, Full-Krum, adaptive Krum/Trim, label flipping."""
 
 from __future__ import annotations
 

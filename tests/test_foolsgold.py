@@ -16,7 +16,7 @@ from tesseract_fl.errors import ConfigError, UpdateError
 
 
 def foolsgold_naive(H: torch.Tensor, kappa: float = 1.0) -> list[float]:
-    """DESIGN.md section 4 step by step with Python loops, in float64."""
+    """FoolsGold step by step (docs/design.md, "FoolsGold") with Python loops, in float64."""
     H64 = H.double()
     m = H64.shape[0]
     cs = [[0.0] * m for _ in range(m)]

@@ -1,4 +1,4 @@
-"""Grids (issue 5): expansion, checkpoint/resume, the parallel grid runner and `tesseract-fl grid`.
+"""Grids: expansion, checkpoint/resume, the parallel grid runner and `tesseract-fl grid`.
 
 Runs use the tiny IDX fixture. Torch runs on one thread here: the resume tests compare numbers
 with runs done in other processes (with one thread each), and one thread is also the fastest

@@ -1,5 +1,6 @@
-"""Hostile inputs (issue 9): every aggregator under NaN/Inf/zero/huge/duplicate rows, dropouts,
-``stack_updates``, and fuzzing of the config loader, the grid expander and the IDX reader.
+"""Hostile inputs (docs/design.md, "Hostile-input policy"): every aggregator under
+NaN/Inf/zero/huge/duplicate rows, dropouts, ``stack_updates``, and fuzzing of the config loader,
+the grid expander and the IDX reader.
 
 The policy under test is documented in ``aggregators/base.py`` (``split_finite``) and in the
 README section "Hostile input policy".

@@ -1,4 +1,4 @@
-"""Models of DESIGN.md section 5: exact parameter counts, shapes, and vmap == loop gradients."""
+"""Models (docs/design.md, "Models"): exact parameter counts, shapes, and vmap == loop gradients."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from tesseract_fl.errors import ConfigError, DatasetError
 from tesseract_fl.experiments.config import list_presets, load_preset, resolve_config
 from tesseract_fl.experiments.runner import build_simulation, evaluation_indices, run_experiment
 
-PAPER = {  # DESIGN.md section 5 / paper Table 1: dataset, model, m, c, rounds, b, lr, schedule
+PAPER = {  # paper Table 1 (docs/design.md, "Presets"): dataset, model, m, c, rounds, b, lr, sched.
     "mnist": ("mnist", "mnist_cnn", 100, 20, 500, 32, 0.01, "constant"),
     "cifar10": ("cifar10", "resnet18_cifar", 10, 2, 2000, 128, 0.1, "cifar"),
     "shakespeare": ("shakespeare", "char_gru", 10, 2, 2000, 100, 0.01, "constant"),

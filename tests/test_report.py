@@ -1,4 +1,4 @@
-"""The report (issue 5): paper values, Tables 2-3 from a real store, figures, report.md, CLI.
+"""The report: paper values, Tables 2-3 from a real store, figures, report.md, CLI.
 
 The store is filled by really running small grids on the tiny IDX fixture dataset.
 """

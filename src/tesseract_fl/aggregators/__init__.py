@@ -1,4 +1,4 @@
-"""Aggregation rules (defenses) and a registry to build them by name (DESIGN.md sections 2-4).
+"""Aggregation rules (defenses) and a registry to build them by name (docs/design.md, "Defenses").
 
 Public API: :func:`fedsgd`, :class:`FedSGD`, :func:`flip_scores`, :class:`Tesseract`, the shared
 types :class:`Aggregate`, :class:`AggregationContext`, :class:`Aggregator`, and the registry

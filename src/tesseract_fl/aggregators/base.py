@@ -14,7 +14,8 @@ from tesseract_fl.errors import ConfigError, UpdateError
 
 @dataclass
 class AggregationContext:
-    """What a defense may know about the round besides the gradient matrix (DESIGN.md section 3).
+    """What a defense may know about the round besides the gradient matrix (docs/design.md,
+    "Aggregators").
 
     ``client_ids`` are stable integer ids (row i of G belongs to client ``client_ids[i]``);
     ``n_samples`` are the clients' local dataset sizes (FedSGD weights);

@@ -1,5 +1,5 @@
 """Bulyan (El Mhamdi et al. 2018, "The Hidden Vulnerability of Distributed Learning in
-Byzantium", ICML; DESIGN.md section 4).
+Byzantium", ICML; docs/design.md, "Bulyan").
 
 1. Selection: ``theta = m - 2 c_max`` gradients are chosen by applying Krum (Blanchard et al.
    2017) to the remaining set and removing the winner, theta times. The set shrinks, so Krum's

@@ -1,9 +1,11 @@
-"""FABA: Fast Aggregation against Byzantine Attacks (Xia et al., IJCAI 2019; DESIGN.md section 4).
+"""FABA: Fast Aggregation against Byzantine Attacks (Xia et al., IJCAI 2019; docs/design.md,
+"FABA").
 
 ``c_max`` times, remove the gradient farthest (L2) from the mean of the gradients that remain
 (the mean includes the candidate itself); the update is the mean of the ``m - c_max`` survivors.
 
-Fast form (DESIGN.md section 7): everything after one Gram matrix ``K = G G^T`` is O(m^2). With
+Fast form (docs/design.md, "Performance"): everything after one Gram matrix ``K = G G^T`` is
+O(m^2). With
 ``S`` the remaining rows, ``n = |S|``, ``s_i = sum_{j in S} K_ij`` and ``T = sum_{j,l in S} K_jl``,
 the squared distance of row ``i`` to the mean of ``S`` is ``K_ii - 2 s_i / n + T / n^2``; removing
 row ``r`` updates ``s <- s - K[:, r]`` and ``T <- T - 2 s_r + K_rr`` (with the old ``s_r``).

@@ -1,4 +1,4 @@
-"""FedSGD: the sample-weighted mean of the clients' gradients (DESIGN.md section 4).
+"""FedSGD: the sample-weighted mean of the clients' gradients (docs/design.md, "FedSGD").
 
 ``update = sum_i n_i g_i / sum_i n_i`` where ``n_i`` is client i's local sample count; uniform
 weights (the plain mean) when no counts are given.
@@ -80,7 +80,7 @@ def sample_weights(
 
 
 def fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None = None) -> Tensor:
-    """Sample-weighted mean of the rows of ``G`` [m, P] -> Tensor[P] (DESIGN.md section 4, FedSGD).
+    """Sample-weighted mean of the rows of ``G`` [m, P] -> Tensor[P] (docs/design.md, "FedSGD").
 
     Computed as one matrix-vector product ``w @ G`` in G's dtype (float32 for the simulator),
     which on CPU is one BLAS pass over G (much faster than ``(w[:, None] * G).sum(0)``); when

@@ -1,4 +1,5 @@
-"""FLTrust: trust bootstrapping from a clean root gradient (Cao et al., NDSS 2021; DESIGN.md 4).
+"""FLTrust: trust bootstrapping from a clean root gradient (Cao et al., NDSS 2021;
+docs/design.md, "FLTrust").
 
 The server computes its own gradient ``g_0`` on a small clean root set at the current model.
 Each client gets the trust score ``TS_i = ReLU(cos(g_i, g_0))``, its gradient is rescaled to the

@@ -2,7 +2,7 @@
 
 Sybils pushing the same poisoned objective send similar updates round after round, while honest
 clients with different local data diverge. FoolsGold keeps each client's history
-``H_i = sum of its updates``; per round (DESIGN.md section 4):
+``H_i = sum of its updates``; per round (docs/design.md, "FoolsGold"):
 
 1. ``cs_ij`` = cosine similarity of ``H_i`` and ``H_j``, the diagonal excluded (set to 0, as
    ``cs - I`` in the authors' code; so ``v_i = max_j cs_ij >= 0``);
@@ -89,9 +89,9 @@ def _check_kappa(kappa: Any) -> float:
 def foolsgold_weights(H: Tensor, kappa: float = 1.0) -> Tensor:
     """FoolsGold's raw weights ``alpha`` (before normalizing to sum 1) for histories ``H`` [m, P].
 
-    Fung et al. 2020, Algorithm 1 (DESIGN.md section 4, steps 1-4): returns float64 Tensor[m] on
-    H's device, entries in [0, 1]. Cosines come from the blockwise float64-accumulated Gram
-    matrix of H (:func:`~tesseract_fl.aggregators.faba.gram64`).
+    Fung et al. 2020, Algorithm 1 (docs/design.md, "FoolsGold", steps 1-4): returns float64
+    Tensor[m] on H's device, entries in [0, 1]. Cosines come from the blockwise
+    float64-accumulated Gram matrix of H (:func:`~tesseract_fl.aggregators.faba.gram64`).
     """
     k = _check_kappa(kappa)
     return foolsgold_weights_from_gram(gram64(H), k)  # gram64 validates H

@@ -1,10 +1,10 @@
 """Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine
-Tolerant Gradient Descent", NeurIPS; DESIGN.md section 4).
+Tolerant Gradient Descent", NeurIPS; docs/design.md, "Krum and Multi-Krum").
 
 ``score_i`` = sum of the squared L2 distances from g_i to its ``m - c_max - 2`` nearest other
 gradients; Krum returns the gradient with the smallest score, Multi-Krum(k) the mean of the k
-best. All pairwise distances come from one Gram matrix ``G @ G.T`` (one BLAS call; DESIGN.md 7:
-121 ms on [100, 270000] against 222 ms for ``cdist``), combined in float64:
+best. All pairwise distances come from one Gram matrix ``G @ G.T`` (one BLAS call;
+docs/design.md, "Performance"), combined in float64:
 ``d_ij = n_i + n_j - 2 g_ij`` clamped at 0.
 """
 

@@ -1,5 +1,5 @@
 """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards
-Optimal Statistical Rates", ICML, Def. 1; DESIGN.md section 4).
+Optimal Statistical Rates", ICML, Def. 1; docs/design.md, "Median").
 
 NumPy semantics: for an even number of clients the median of a coordinate is the mean of the two
 middle values (``torch.median`` would return the lower one). Computed with the pruned sorting

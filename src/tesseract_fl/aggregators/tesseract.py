@@ -1,4 +1,5 @@
-"""TESSERACT: flip-score reputation aggregation (paper Sec. 3, Algorithm 1; DESIGN.md section 4).
+"""TESSERACT: flip-score reputation aggregation (paper Sec. 3, Algorithm 1; docs/design.md,
+"TESSERACT").
 
 Each round the server computes every client's flip-score against the sign of the previous global
 update (Alg. 1 line 3), penalizes the ``c_max`` lowest and ``c_max`` highest flip-scores and

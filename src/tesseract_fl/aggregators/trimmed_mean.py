@@ -1,5 +1,6 @@
 """Coordinate-wise trimmed mean (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards
-Optimal Statistical Rates", ICML; DESIGN.md section 4) and the shared column-sorting kernel.
+Optimal Statistical Rates", ICML; docs/design.md, "Trimmed mean") and the shared column-sorting
+kernel.
 
 Per coordinate the ``c_max`` largest and ``c_max`` smallest client values are dropped and the
 remaining ``m - 2 c_max`` are averaged.

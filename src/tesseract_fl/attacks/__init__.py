@@ -1,4 +1,4 @@
-"""Poisoning attacks (DESIGN.md sections 3-4) and a registry to build them by name.
+"""Poisoning attacks (docs/design.md, "Attacks") and a registry to build them by name.
 
 Model poisoning (``poison(G_honest, ctx) -> Poison``): :class:`FullTrim`, :class:`FullKrum`,
 :class:`AdaptiveKrum`, :class:`AdaptiveTrim`. Data poisoning (``poison_labels``):

@@ -1,4 +1,5 @@
-"""Adaptive attacks against TESSERACT (paper Sec. 6.2, Figure 5; DESIGN.md section 4).
+"""Adaptive attacks against TESSERACT (paper Sec. 6.2, Figure 5; docs/design.md, "Adaptive Krum
+and adaptive Trim").
 
 The attacker knows the defense's previous-round cut-off ``FS_high`` (the c_max-th highest
 flip-score) and its ``s_g``. It starts from the Full-Krum (resp. Full-Trim) target; if the

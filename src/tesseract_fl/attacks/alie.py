@@ -1,5 +1,5 @@
 """A Little Is Enough (Baruch, Baruch and Goldberg 2019, "A Little Is Enough: Circumventing
-Defenses For Distributed Learning", NeurIPS; DESIGN.md section 4, "Beyond the paper").
+Defenses For Distributed Learning", NeurIPS; docs/design.md, "ALIE").
 
 Every attacker sends ``mu + sign * z * sigma``, where ``mu`` and ``sigma`` are the per-coordinate
 mean and sample standard deviation (unbiased, ``n - 1``) of the benign gradients. The shift stays

@@ -1,4 +1,5 @@
-"""Shared types of all attacks (DESIGN.md section 3): what an attack sees and what it returns.
+"""Shared types of all attacks (docs/design.md, "Attack interface"): what an attack sees and
+what it returns.
 
 A *model-poisoning* attack maps the round's honest gradient matrix ``G_honest`` [m, P] (row i is
 client i's honest gradient, attackers included: full knowledge) to the ``[c, P]`` rows the
@@ -19,8 +20,8 @@ from tesseract_fl.errors import ConfigError, UpdateError
 
 
 class DefenseView:
-    """Read-only window on the defense for adaptive attacks (issue 4: the attack cannot change
-    the defense's state).
+    """Read-only window on the defense for adaptive attacks: the attack cannot change the
+    defense's state.
 
     Exposes the defense's ``name``, ``c_max`` and :meth:`public_state` (copies of what the paper's
     adaptive attacker is assumed to know: TESSERACT's previous-round ``fs_low``/``fs_high`` and
@@ -59,7 +60,7 @@ class DefenseView:
 
 @dataclass
 class AttackContext:
-    """Full knowledge of the round (DESIGN.md section 3).
+    """Full knowledge of the round (docs/design.md, "Attack interface").
 
     ``malicious``: bool mask [m] of the attackers' rows in ``G_honest``; ``c_max``: clients the
     server assumes malicious; ``generator``: the run's seeded RNG (every random draw of an attack

@@ -1,5 +1,5 @@
 """Full-Krum: the full-knowledge directed-deviation attack on Krum (Fang et al. 2020, USENIX
-Security, Sec. 4.2 "Attacking Krum"; DESIGN.md section 4).
+Security, Sec. 4.2 "Attacking Krum"; docs/design.md, "Full-Krum").
 
 Attacker 0 sends ``-lambda * s`` with ``s = sign(sum of the honest gradients)``; lambda starts at
 the paper's upper bound (Fang et al., Theorem 1 / Eq. 5)::

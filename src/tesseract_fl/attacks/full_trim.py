@@ -1,6 +1,6 @@
 """Full-Trim: the full-knowledge directed-deviation attack on trimmed mean / median (Fang et al.
 2020, "Local Model Poisoning Attacks to Byzantine-Robust Federated Learning", USENIX Security,
-Sec. 4; DESIGN.md section 4).
+Sec. 4; docs/design.md, "Full-Trim").
 
 With ``s_j = sign(sum_i g_ij)`` the benign direction of coordinate j and ``max_j``/``min_j`` the
 extremes of the honest gradients, the attack pushes every coordinate past the extreme *opposite*

@@ -1,5 +1,5 @@
-"""Gaussian noise attack (DESIGN.md section 4, "Beyond the paper"; the usual untargeted
-baseline, e.g. Blanchard et al. 2017, "Machine Learning with Adversaries", NeurIPS).
+"""Gaussian noise attack (docs/design.md, "Gaussian noise"; the usual untargeted baseline,
+e.g. Blanchard et al. 2017, "Machine Learning with Adversaries", NeurIPS).
 
 Each attacker sends an independent ``N(0, sigma^2)`` draw per coordinate. Default
 ``sigma = 1.0``: far above typical per-coordinate gradient magnitudes, so the noise dominates the

@@ -1,6 +1,5 @@
 """Inner Product Manipulation (Xie, Koyejo and Gupta 2020, "Fall of Empires: Breaking
-Byzantine-tolerant SGD by Inner Product Manipulation", UAI; DESIGN.md section 4, "Beyond the
-paper").
+Byzantine-tolerant SGD by Inner Product Manipulation", UAI; docs/design.md, "IPM").
 
 Every attacker sends ``-eps * mu``, ``mu`` the mean of the benign gradients. A small ``eps``
 (default 0.1, the paper's setting against Krum) keeps the malicious rows close to the benign

@@ -1,5 +1,5 @@
-"""Label flipping, a data-poisoning attack (paper App. A.2; Fang et al. 2020 Sec. 5; DESIGN.md
-section 4).
+"""Label flipping, a data-poisoning attack (paper App. A.2; Fang et al. 2020 Sec. 5;
+docs/design.md, "Label flipping").
 
 The malicious clients compute honest gradients, but on poisoned labels: *untargeted* flipping
 relabels every sample ``y -> (L - 1) - y``; *targeted* flipping relabels one source class as a

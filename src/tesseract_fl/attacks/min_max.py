@@ -1,6 +1,6 @@
 """Min-Max and Min-Sum (Shejwalkar and Houmansadr 2021, "Manipulating the Byzantine: Optimizing
-Model Poisoning Attacks and Defenses for Federated Learning", NDSS; DESIGN.md section 4,
-"Beyond the paper").
+Model Poisoning Attacks and Defenses for Federated Learning", NDSS; docs/design.md, "Min-Max and
+Min-Sum").
 
 Every attacker sends ``mu + gamma * p``: ``mu`` the mean of the benign gradients, ``p`` a
 perturbation direction (``"std"``: ``-sigma``, the per-coordinate sample standard deviation,

@@ -1,5 +1,5 @@
-"""Sign flipping (DESIGN.md section 4, "Beyond the paper"; a standard baseline, e.g. Li et al.
-2019, "RSA: Byzantine-Robust Stochastic Aggregation Methods", AAAI; Allen-Zhu et al. 2021).
+"""Sign flipping (docs/design.md, "Sign flipping"; a standard baseline, e.g. Li et al. 2019,
+"RSA: Byzantine-Robust Stochastic Aggregation Methods", AAAI; Allen-Zhu et al. 2021).
 
 Each attacker sends the negation of its own honest gradient, times ``scale`` (default 1.0):
 ``rows = -scale * G_honest[malicious]``. It needs no knowledge of the benign clients.

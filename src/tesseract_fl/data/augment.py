@@ -1,12 +1,12 @@
 """Training-time data augmentation written in torch, applied to whole batches at once.
 
-``crop_flip`` is the standard CIFAR-10 augmentation (paper Table 1's ResNet-18 runs; DESIGN.md
-section 5): pad each image by 4 pixels on every side, take a random 32x32 crop, and flip it
-horizontally with probability 1/2, independently per image. The padding is black in pixel
-space, i.e. the dataset's normalized value of a zero pixel (``-mean / std`` per channel), as
-with torchvision's ``RandomCrop(32, padding=4)`` applied before ``Normalize``. Offsets and
-flips are drawn on the CPU from the caller's generator, so a run is reproducible and
-resumable on any device.
+``crop_flip`` is the standard CIFAR-10 augmentation (paper Table 1's ResNet-18 runs;
+docs/design.md, "Presets"): pad each image by 4 pixels on every side, take a random 32x32
+crop, and flip it horizontally with probability 1/2, independently per image. The padding is
+black in pixel space, i.e. the dataset's normalized value of a zero pixel (``-mean / std`` per
+channel), as with torchvision's ``RandomCrop(32, padding=4)`` applied before ``Normalize``.
+Offsets and flips are drawn on the CPU from the caller's generator, so a run is reproducible
+and resumable on any device.
 """
 
 from __future__ import annotations

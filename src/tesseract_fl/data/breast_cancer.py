@@ -1,4 +1,4 @@
-"""Breast Cancer Wisconsin (Diagnostic) for paper Fig. 3b (DESIGN.md section 5).
+"""Breast Cancer Wisconsin (Diagnostic) for paper Fig. 3b (docs/design.md, "Presets").
 
 Source: scikit-learn's ``load_breast_cancer()``, which ships the 569 x 30 table with the
 package (no download). Labels as scikit-learn gives them (0 = malignant, 1 = benign).

@@ -1,4 +1,4 @@
-"""CIFAR-10 from its python pickle batches (DESIGN.md section 5; paper Table 1).
+"""CIFAR-10 from its python pickle batches (docs/design.md, "Where real data comes from").
 
 No package ships CIFAR-10, and nothing is downloaded here (``tesseract-fl datasets prepare
 cifar10`` downloads it where there is internet, see ``prepare.py``): unpack the canonical

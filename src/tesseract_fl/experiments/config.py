@@ -1,4 +1,5 @@
-"""Experiment configuration: flat keys (DESIGN.md section 3), TOML files, ``--set`` overrides.
+"""Experiment configuration: flat keys, TOML files, ``--set`` overrides (docs/design.md,
+"Configuration keys").
 
 Validation happens up front, before any data is loaded, and every error names the bad key and
 the allowed values (scikit-learn style: fail early with a helpful message).

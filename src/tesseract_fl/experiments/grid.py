@@ -1,4 +1,4 @@
-"""Experiment grids: one TOML file expands into many runs (issue 5).
+"""Experiment grids: one TOML file expands into many runs.
 
 A grid names the datasets it covers (each with its preset), overrides applied to every run, the
 seeds, and one or more ``[[cells]]`` blocks. In a block every list-valued key is an axis and the

@@ -1,4 +1,4 @@
-"""Run a grid: skip finished runs, resume interrupted ones, run the rest in parallel (issue 5).
+"""Run a grid: skip finished runs, resume interrupted ones, run the rest in parallel.
 
 Each run goes through :func:`run_experiment`, so a grid run and the same run done by hand share
 one stored result, and an interrupted run continues from its checkpoint. With ``jobs > 1`` the

@@ -1,7 +1,8 @@
-"""Results store: one SQLite file with runs, per-round metrics and per-client records (DESIGN.md 6).
+"""Results store: one SQLite file with runs, per-round metrics and per-client records.
 
 WAL mode, and every round is written in one transaction, so a run killed at any point leaves
-only whole rounds behind and every finished run stays readable.
+only whole rounds behind and every finished run stays readable. Schema, run ownership and the
+tables' columns: docs/design.md, "Results store" and "Run ownership".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Character GRU for LEAF Shakespeare (DESIGN.md section 5, paper Table 1: 0.14M parameters).
+"""Character GRU for LEAF Shakespeare (docs/design.md, "Models"; paper Table 1: 0.14M parameters).
 
 Embedding(100, 100) over Python's ``string.printable``, a 2-layer GRU with hidden size 100 and
 Linear(100, 100) on the last step's hidden state (next-character prediction): 141,300

@@ -1,4 +1,4 @@
-"""LEAF's FEMNIST CNN (DESIGN.md section 5, paper Table 1: 6.6M parameters, "same as LEAF").
+"""LEAF's FEMNIST CNN (docs/design.md, "Models"; paper Table 1: 6.6M parameters, "same as LEAF").
 
 Conv2d(1,32,5,pad 2) ReLU MaxPool2, Conv2d(32,64,5,pad 2) ReLU MaxPool2, Linear(3136,2048) ReLU,
 Linear(2048,62) on 1x28x28 images: 6,603,710 parameters. ``kernel=3`` gives the authors' code

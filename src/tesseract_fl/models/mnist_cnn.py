@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 
 class MnistCNN(nn.Module):
-    """conv30-pool-conv50-pool-fc200-fc10 on 1x28x28 images (DESIGN.md section 5).
+    """conv30-pool-conv50-pool-fc200-fc10 on 1x28x28 images (docs/design.md, "Models").
 
     Without padding: 28 -> conv3 26 -> pool 13 -> conv3 11 -> pool 5, so the first linear layer
     sees 50*5*5 = 1250 features and the model has 266,060 parameters (the paper's 0.27M).

@@ -1,4 +1,4 @@
-"""ResNet-18 for 3x32x32 CIFAR-10 images (DESIGN.md section 5, paper Table 1).
+"""ResNet-18 for 3x32x32 CIFAR-10 images (docs/design.md, "Models"; paper Table 1).
 
 Two variants:
 
@@ -92,7 +92,7 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """Standard CIFAR ResNet-18: 11,173,962 parameters (the "11.2M" of DESIGN.md section 5)."""
+    """Standard CIFAR ResNet-18: 11,173,962 parameters (11.2M; docs/design.md, "Models")."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()

@@ -1,4 +1,5 @@
-"""The reproduction report: paper Tables 2-3 beside ours, Figures 2-6, CSV (DESIGN.md 6).
+"""The reproduction report: paper Tables 2-3 beside ours, Figures 2-6, CSV (docs/design.md,
+"Report").
 
 ``write_report(store, out_dir, grids)`` reads a results store for the runs that grid files plan
 (``table2-*``, ``table3-*``, ``fig2-*`` ... ``fig6-*``) and writes ``report.md``, ``tables/*.csv``

@@ -1,6 +1,6 @@
 """The reproduction report: ``report.md`` with paper Tables 2 and 3 (ours beside the paper's),
 Figures 2-6, the runs used, and what is missing with the grid command that fills it
-(DESIGN.md section 6). CSV files of the tables go to ``tables/``, figures to ``figures/``.
+(docs/design.md, "Report"). CSV files of the tables go to ``tables/``, figures to ``figures/``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Synchronous FedSGD rounds (DESIGN.md sections 3-4, paper Sec. 2 and Algorithm 1).
+"""Synchronous FedSGD rounds (docs/design.md, "The FedSGD round"; paper Sec. 2 and Algorithm 1).
 
 One round: every client draws its next round-robin batch (augmented when the run augments, e.g.
 CIFAR-10's crop + flip; a data-poisoning attack relabels the malicious clients' batches),

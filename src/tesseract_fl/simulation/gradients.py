@@ -1,9 +1,9 @@
-"""Per-client gradients of one FedSGD round, stacked into the ``[m, P]`` matrix (DESIGN.md 3, 7).
+"""Per-client gradients of one FedSGD round, stacked into the ``[m, P]`` matrix (docs/design.md,
+"Performance").
 
 Three interchangeable backends compute the same numbers (up to float rounding):
 
-* ``loop``: one forward/backward per client on the calling thread (DESIGN.md section 7: about
-  1 s per MNIST round of 100 clients x 32 images on 2 cores).
+* ``loop``: one forward/backward per client on the calling thread.
 * ``threads``: the same per-client loop spread over worker threads that each run torch
   single-threaded, with 4-D (conv) weights in channels-last layout. A client's batch is too small
   for two intra-op threads to help much, and oneDNN's channels-last convolutions are faster here:
@@ -39,7 +39,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def default_backend(device: torch.device | str) -> Backend:
-    """The faster backend for a device: threads on CPU, vmap on accelerators (DESIGN.md 7)."""
+    """The faster backend for a device: threads on CPU, vmap on accelerators."""
     return "threads" if torch.device(device).type == "cpu" else "vmap"
 
 

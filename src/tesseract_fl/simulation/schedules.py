@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the presets (paper Sec. 5, DESIGN.md section 5)."""
+"""Learning-rate schedules of the presets (paper Sec. 5; docs/design.md, "Presets")."""
 
 from __future__ import annotations
 
