@@ -145,3 +145,9 @@ def test_version_is_one_string(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"tesseract-fl {tesseract_fl.__version__}"
+
+
+def test_batch_larger_than_every_client(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    cfg = resolve_config("mnist", overrides=[*tiny_overrides, "batch_size=1000"])
+    with pytest.raises(ConfigError, match="batch_size = 1000 is larger than every client"):
+        run_experiment(cfg, tmp_path / "s.sqlite")

@@ -175,6 +175,13 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     )
     # FLTrust: a clean root set drawn uniformly from the training data, disjoint from clients.
     parts, root = split_clients(cfg, ds, root_size_of(aggregator))
+    largest = max(len(p) for p in parts)
+    if cfg.batch_size > largest:
+        raise ConfigError(
+            f"batch_size = {cfg.batch_size} is larger than every client's local data (the "
+            f"largest client of {cfg.dataset!r} holds {largest} samples); use batch_size <= "
+            f"{largest}"
+        )
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, num_classes=ds.num_classes)
     check_model_fits(model, cfg, ds)
