@@ -194,7 +194,9 @@ def test_cifar10_quick_details(tmp_path: Path) -> None:
 
 def test_femnist_quick_deals_whole_writers(tmp_path: Path) -> None:
     root = write_femnist(tmp_path, writers=12, per_writer=4)
-    sim = build_simulation(resolve_config("femnist-quick", overrides=[f'data_dir="{root}"']))
+    sim = build_simulation(
+        resolve_config("femnist-quick", overrides=[f'data_dir="{root}"', "batch_size=4"])
+    )
     groups = torch.arange(12).repeat_interleave(4)
     owners = [set(groups[torch.from_numpy(p)].tolist()) for p in sim.sampler.partitions]
     assert sorted(w for o in owners for w in o) == list(range(12))  # each writer on one client

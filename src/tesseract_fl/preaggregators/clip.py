@@ -38,10 +38,28 @@ def _peak_and_unit_norm(G: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def row_norms(G: Tensor) -> Tensor:
-    """Euclidean norm of each row of ``G`` in float64 (Inf only past float64's range, NaN or
-    Inf for rows holding NaN/Inf)."""
-    peak, unit = _peak_and_unit_norm(G)
-    return peak * unit
+    """Euclidean norm of each row of ``G`` as float64: finite for every finite row short of
+    float64's range, NaN or Inf for rows holding NaN/Inf."""
+    norms, _, _ = _norms(G)
+    return norms
+
+
+def _norms(G: Tensor) -> tuple[Tensor, Tensor, dict[int, tuple[float, float]]]:
+    """``(norms, finite-row mask, {row: (peak, unit)})``: one pass in ``G``'s dtype, and the
+    exact peak-scaled measure only for the rows whose squares overflowed there."""
+    norms = torch.linalg.vector_norm(G.detach(), dim=1).to(torch.float64).cpu()
+    finite = torch.isfinite(norms)
+    scaled: dict[int, tuple[float, float]] = {}
+    if not bool(finite.all()):
+        rows = (~finite).nonzero().flatten()
+        peak, unit = _peak_and_unit_norm(G.index_select(0, rows.to(G.device)))
+        for k, row in enumerate(rows.tolist()):
+            p, u = float(peak[k]), float(unit[k])
+            if math.isfinite(p) and math.isfinite(u):  # a finite row that overflowed
+                finite[row] = True
+                norms[row] = p * u
+                scaled[row] = (p, u)
+    return norms, finite, scaled
 
 
 def clip_to_median_norm(G: Tensor, multiplier: float) -> tuple[Tensor, Tensor, float]:
@@ -51,9 +69,7 @@ def clip_to_median_norm(G: Tensor, multiplier: float) -> tuple[Tensor, Tensor, f
     factor 1 (they pass through for the rule's hostile-row policy); with no finite row nothing
     changes. Rows with factor 1 keep the input's bits.
     """
-    peak, unit = _peak_and_unit_norm(G)
-    finite = torch.isfinite(peak) & torch.isfinite(unit)
-    norms = peak * unit
+    norms, finite, scaled = _norms(G)
     if not bool(finite.any()):
         return G, torch.ones_like(norms), math.nan
     tau = multiplier * float(torch.quantile(norms[finite], 0.5))
@@ -61,12 +77,21 @@ def clip_to_median_norm(G: Tensor, multiplier: float) -> tuple[Tensor, Tensor, f
     over = finite & (norms > tau)
     if not (math.isfinite(tau) and bool(over.any())):
         return G, scale, tau
-    # (tau / peak) / unit: finite even where peak * unit overflows float64.
-    scale[over] = (tau / peak[over]) / unit[over]
-    out = G.clone()
-    rows = over.nonzero().flatten().to(G.device)
-    factor = scale[over].to(G.device)[:, None]
-    out[rows] = (G[rows].to(torch.float64) * factor).to(G.dtype)
+    for row in over.nonzero().flatten().tolist():
+        if row in scaled:  # (tau / peak) / unit: finite even where peak * unit overflows
+            peak, unit = scaled[row]
+            scale[row] = (tau / peak) / unit
+        else:
+            scale[row] = tau / float(norms[row])
+    # One multiply: x * 1.0 is x exactly, so unclipped rows keep their bits. A factor below
+    # the dtype's smallest normal number (a float32 row of ~1e38 clipped to ~1) is applied in
+    # float64 instead, where it cannot underflow.
+    tiny = torch.finfo(G.dtype).tiny
+    col = scale.to(device=G.device)
+    out = G * col.to(G.dtype)[:, None]
+    small = (col < tiny).nonzero().flatten()
+    if small.numel():
+        out[small] = (G[small].to(torch.float64) * col[small][:, None]).to(G.dtype)
     return out, scale, tau
 
 

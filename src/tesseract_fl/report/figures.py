@@ -97,8 +97,8 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Figure 3: test loss under Full-Krum; FABA vs TESSERACT at c/m = 0.3",
         "(a) Test loss per round of each defense under the Full-Krum attack at c/m = 0.2 "
         "(Krum left out, as in the paper, for its large loss). (b) Test accuracy of FABA and "
-        "TESSERACT at c/m = 0.3 under Full-Krum on the datasets the toolkit has (the paper "
-        "also uses Ch-MNIST and Breast Cancer Wisconsin, not in the toolkit yet).",
+        "TESSERACT at c/m = 0.3 under Full-Krum on MNIST, Fashion-MNIST and Breast Cancer "
+        "Wisconsin (the paper's fourth data set, Ch-MNIST, needs its tiles placed by hand).",
     ),
     "fig4": (
         "Figure 4: TESSERACT reputation weights over time",
