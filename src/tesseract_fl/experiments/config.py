@@ -220,8 +220,30 @@ def _split_component(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"{key} must be a name or a table with a 'name', got {raw!r}")
 
 
+def load_plugin_key(value: Any, base: str | Path | None, where: str) -> list[str]:
+    """Load the plugins a ``plugins = [...]`` key names (paths relative to ``base``, the folder
+    of the file that holds the key); their normalized specs."""
+    from tesseract_fl.plugins import load_plugins
+
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"{where}: plugins must be a list of module names or .py paths, got {value!r}"
+        )
+    return load_plugins(value, base=base, label=f"plugins key of {where}")
+
+
 def build_config(data: dict[str, Any]) -> ExperimentConfig:
-    """Validate a raw mapping (from TOML + overrides) and return a checked config."""
+    """Validate a raw mapping (from TOML + overrides) and return a checked config. A
+    ``plugins`` key is loaded first (relative paths from the working directory), so that the
+    names it registers can be used."""
+    from tesseract_fl.plugins import load_entry_points
+
+    load_entry_points()
+    data = dict(data)
+    if "plugins" in data:
+        load_plugin_key(data.pop("plugins"), None, "the config")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("defense", "attack"):
@@ -454,9 +476,12 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Raw mapping of a user's TOML config file (named after the file unless it sets a name)."""
+    """Raw mapping of a user's TOML config file (named after the file unless it sets a name);
+    the plugins its ``plugins`` key names are loaded (paths relative to the file)."""
     data = read_toml(path)
     data.setdefault("name", Path(path).stem)
+    if "plugins" in data:
+        load_plugin_key(data.pop("plugins"), Path(path).resolve().parent, f"{str(path)!r}")
     return data
 
 

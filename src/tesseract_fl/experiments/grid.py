@@ -36,13 +36,15 @@ from tesseract_fl.experiments.config import (
     ExperimentConfig,
     apply_overrides,
     build_config,
+    load_plugin_key,
     load_preset,
+    load_toml,
     read_toml,
 )
 
 __all__ = ["Grid", "RunSpec", "expand_grid", "load_grid"]
 
-_TOP_KEYS = ("name", "description", "seeds", "datasets", "set", "cells")
+_TOP_KEYS = ("name", "description", "seeds", "datasets", "set", "cells", "plugins")
 #: Keys a block may use besides config keys (handled by the grid itself).
 _BLOCK_KEYS = ("dataset", "seed", "malicious_fraction")
 
@@ -97,15 +99,39 @@ def _resolve_malicious(data: dict[str, Any], fraction: float, where: str) -> Non
     data.pop("c_max", None)  # c_max = c, as in the paper
 
 
-def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
-    """Expand a parsed grid mapping into validated runs (errors name the block and the key)."""
+def _base_config(value: Any, base: Path | None, where: str) -> dict[str, Any]:
+    """A ``[datasets]`` entry's settings: a bundled preset's name, a config file (``.toml``,
+    relative to the grid file) or an inline table of config keys."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str) and value.endswith(".toml"):
+        path = Path(value) if base is None or Path(value).is_absolute() else base / value
+        data = load_toml(path)
+        data.pop("name", None)
+        return data
+    if isinstance(value, str):
+        return load_preset(value)
+    raise ConfigError(
+        f"{where}: a [datasets] entry is a preset name, a config .toml path or a table of "
+        f"config keys, got {value!r}"
+    )
+
+
+def expand_grid(raw: dict[str, Any], *, name: str = "grid", base: Path | None = None) -> Grid:
+    """Expand a parsed grid mapping into validated runs (errors name the block and the key);
+    ``base`` is the grid file's folder (relative plugin and config paths start there)."""
     unknown = sorted(set(raw) - set(_TOP_KEYS))
     if unknown:
         raise ConfigError(f"grid {name!r}: unknown top-level keys {unknown}; allowed: {_TOP_KEYS}")
     gname = str(raw.get("name", name))
+    if "plugins" in raw:
+        load_plugin_key(raw["plugins"], base, f"grid {gname!r}")
     datasets = raw.get("datasets")
     if not isinstance(datasets, dict) or not datasets:
-        raise ConfigError(f"grid {gname!r}: needs a [datasets] table mapping dataset -> preset")
+        raise ConfigError(
+            f"grid {gname!r}: needs a [datasets] table mapping a label to a preset, a config "
+            "file or a table of config keys"
+        )
     seeds = raw.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -148,7 +174,7 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
             block_datasets, block_seeds, itertools.product(*(axes[k] for k in keys))
         ):
             values = dict(zip(keys, combo, strict=True))
-            data = load_preset(str(datasets[ds]))
+            data = _base_config(datasets[ds], base, where)
             data = apply_overrides(data, [f"{k}={_literal(v)}" for k, v in common.items()])
             fraction = values.pop("malicious_fraction", None)
             data = apply_overrides(data, [f"{k}={_literal(v)}" for k, v in values.items()])
@@ -161,7 +187,7 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid") -> Grid:
                 raise ConfigError(f"{where} ({ds}, {values}, seed {seed}): {exc}") from None
             labels: dict[str, Any] = {
                 "dataset": ds,
-                "preset": str(datasets[ds]),
+                "preset": datasets[ds] if isinstance(datasets[ds], str) else ds,
                 "attack": cfg.attack,
                 "defense": cfg.defense,
                 "seed": seed,
@@ -181,6 +207,6 @@ def load_grid(path: str | Path) -> Grid:
     """Read and expand a grid TOML file (clear errors for a missing or invalid file)."""
     p = Path(path)
     raw = read_toml(p, "grid file")
-    grid = expand_grid(raw, name=p.stem)
+    grid = expand_grid(raw, name=p.stem, base=p.resolve().parent)
     grid.path = p
     return grid

@@ -32,8 +32,14 @@ from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.checkpoints import checkpoint_path
 from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.experiments.grid import Grid, RunSpec
-from tesseract_fl.experiments.runner import DEFAULT_STORE, rounds_claimed, run_experiment
+from tesseract_fl.experiments.runner import (
+    DEFAULT_STORE,
+    rounds_claimed,
+    run_experiment,
+    stale_reason,
+)
 from tesseract_fl.experiments.store import ResultsStore
+from tesseract_fl.plugins import load_plugins, loaded_plugins
 
 __all__ = ["GridEvent", "GridProgressFn", "grid_status", "run_grid"]
 
@@ -61,8 +67,11 @@ class GridEvent:
 GridProgressFn = Callable[[GridEvent], None]
 
 
-def grid_status(grid: Grid, store: str | Path = DEFAULT_STORE) -> list[dict[str, Any]]:
-    """Each run's state in the store: ``finished``, ``partial`` (started, not finished: its
+def grid_status(
+    grid: Grid, store: str | Path = DEFAULT_STORE, *, reuse_stale: bool = False
+) -> list[dict[str, Any]]:
+    """Each run's state in the store: ``finished``, ``stale`` (finished by code other than the
+    current one; unless ``reuse_stale``), ``partial`` (started, not finished: its
     ``rounds_done`` and whether a checkpoint exists) or ``new``; in grid order."""
     store_path = Path(store)
     out: list[dict[str, Any]] = []
@@ -76,6 +85,8 @@ def grid_status(grid: Grid, store: str | Path = DEFAULT_STORE) -> list[dict[str,
                 continue
             status = "finished" if row["status"] == "finished" else "partial"
             done = int(row["rounds_done"])
+            if status == "finished" and not reuse_stale and stale_reason(spec.config, row):
+                status = "stale"  # computed by other code: run_experiment computes it again
             if status == "finished" and s.missing_rounds(
                 spec.run_id, rounds_claimed(spec.config, row["summary"])
             ):
@@ -123,6 +134,7 @@ def _execute(
     force: bool,
     report: _Report,
     should_stop: Callable[[], bool],
+    reuse_stale: bool = False,
 ) -> dict[str, Any]:
     """Run one config; an ordinary exception becomes a ``failed`` outcome (the next run goes
     on), Ctrl-C or ``should_stop()`` after a round propagates as KeyboardInterrupt."""
@@ -134,7 +146,9 @@ def _execute(
             raise KeyboardInterrupt
 
     try:
-        summary = run_experiment(cfg, store, force=force, progress=progress)
+        summary = run_experiment(
+            cfg, store, force=force, progress=progress, reuse_stale=reuse_stale
+        )
     except Exception as exc:
         msg = str(exc)
         return {"status": "failed", "error": f"{type(exc).__name__}: {msg}" if msg else repr(exc)}
@@ -145,6 +159,7 @@ def _execute(
         "seconds": summary.get("seconds"),
         "resumed_from": summary.get("resumed_from"),
         "diverged_at": summary.get("diverged_at"),
+        "replaced_stale": summary.get("replaced_stale"),
     }
 
 
@@ -153,10 +168,12 @@ _worker_queue: Any = None
 _worker_stop: Any = None
 
 
-def _init_worker(q: Any, stop: Any, threads: int) -> None:
-    """Per worker: share the CPU among the jobs; leave Ctrl-C to the parent (which asks the
-    workers to stop after their current round through ``stop``)."""
+def _init_worker(q: Any, stop: Any, threads: int, plugins: list[str]) -> None:
+    """Per worker: load the parent's plugins (a spawned interpreter starts with the built-ins
+    only), share the CPU among the jobs; leave Ctrl-C to the parent (which asks the workers to
+    stop after their current round through ``stop``)."""
     global _worker_queue, _worker_stop
+    load_plugins(plugins)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _worker_queue, _worker_stop = q, stop
@@ -173,7 +190,9 @@ def _exit_with_parent(parent: int, every: float = 1.0) -> None:
             os._exit(3)
 
 
-def _worker_run(cfg: ExperimentConfig, store: str, force: bool) -> dict[str, Any]:
+def _worker_run(
+    cfg: ExperimentConfig, store: str, force: bool, reuse_stale: bool = False
+) -> dict[str, Any]:
     if _worker_stop.is_set():
         return {"status": "cancelled"}
 
@@ -181,7 +200,7 @@ def _worker_run(cfg: ExperimentConfig, store: str, force: bool) -> dict[str, Any
         _worker_queue.put((run_id, done, total, acc, res))
 
     try:
-        return _execute(cfg, store, force, report, _worker_stop.is_set)
+        return _execute(cfg, store, force, report, _worker_stop.is_set, reuse_stale)
     except KeyboardInterrupt:
         return {"status": "interrupted"}
 
@@ -240,18 +259,23 @@ class _Tracker:
 
 
 def _run_serial(
-    pending: list[RunSpec], store: str, force: bool, tracker: _Tracker
+    pending: list[RunSpec], store: str, force: bool, tracker: _Tracker, reuse_stale: bool
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for spec in pending:
-        outcome = _execute(spec.config, store, force, tracker.round, lambda: False)
+        outcome = _execute(spec.config, store, force, tracker.round, lambda: False, reuse_stale)
         results[spec.run_id] = _result(spec, **outcome)
         tracker.end(spec, results[spec.run_id])
     return results
 
 
 def _run_parallel(
-    pending: list[RunSpec], store: str, force: bool, jobs: int, tracker: _Tracker
+    pending: list[RunSpec],
+    store: str,
+    force: bool,
+    jobs: int,
+    tracker: _Tracker,
+    reuse_stale: bool,
 ) -> dict[str, dict[str, Any]]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -280,9 +304,12 @@ def _run_parallel(
         tracker.end(spec, results[spec.run_id])
 
     ex = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(q, stop, threads)
+        max_workers=jobs,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(q, stop, threads, loaded_plugins()),
     )
-    futures = {ex.submit(_worker_run, s.config, store, force): s for s in pending}
+    futures = {ex.submit(_worker_run, s.config, store, force, reuse_stale): s for s in pending}
     try:
         waiting: set[Future[dict[str, Any]]] = set(futures)
         while waiting:
@@ -315,6 +342,7 @@ def run_grid(
     force: bool = False,
     data_dir: str | None = None,
     progress: GridProgressFn | None = None,
+    reuse_stale: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every run of ``grid`` not yet finished in ``store``; one result dict per run, in grid
     order: ``run_id``, ``name``, ``labels``, ``status`` (``skipped``: finished before,
@@ -323,7 +351,8 @@ def run_grid(
 
     ``jobs`` runs execute at once, each in its own process with ``cpu_count // jobs`` torch
     threads (``jobs = 1``, or one pending run: in this process). ``force`` reruns finished runs
-    too (from scratch). ``data_dir`` replaces every run's data directory (not part of run ids).
+    too (from scratch); a run finished by other code (``stale``) is computed again unless
+    ``reuse_stale``. ``data_dir`` replaces every run's data directory (not part of run ids).
     A failing run does not stop the others; Ctrl-C raises KeyboardInterrupt once the running
     runs have stopped (their rounds and checkpoints stay, so the next call resumes them).
     """
@@ -335,7 +364,8 @@ def run_grid(
     ]
     results: dict[str, dict[str, Any]] = {}
     pending: list[RunSpec] = []
-    for spec, state in zip(specs, grid_status(grid, store), strict=True):
+    states = grid_status(grid, store, reuse_stale=reuse_stale)
+    for spec, state in zip(specs, states, strict=True):
         if state["status"] == "finished" and not force:
             summary = state["summary"] or {}
             results[spec.run_id] = _result(
@@ -352,9 +382,9 @@ def run_grid(
     tracker.start()
     workers = min(jobs, len(pending))
     if workers <= 1:
-        results.update(_run_serial(pending, str(store), force, tracker))
+        results.update(_run_serial(pending, str(store), force, tracker, reuse_stale))
     else:
-        results.update(_run_parallel(pending, str(store), force, workers, tracker))
+        results.update(_run_parallel(pending, str(store), force, workers, tracker, reuse_stale))
     return [results[s.run_id] for s in specs]
 
 

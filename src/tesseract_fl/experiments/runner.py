@@ -29,6 +29,7 @@ from tesseract_fl.experiments.checkpoints import (
 from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.models import make_model
+from tesseract_fl.plugins import code_fingerprint
 from tesseract_fl.simulation.engine import FedSGDSimulation, RoundResult
 from tesseract_fl.simulation.gradients import Backend, default_backend
 from tesseract_fl.simulation.schedules import make_schedule
@@ -51,15 +52,55 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def versions() -> dict[str, str]:
-    """Software versions recorded with every run (numbers depend on them)."""
-    return {
+def versions(cfg: ExperimentConfig | None = None) -> dict[str, Any]:
+    """Software versions recorded with every run (numbers depend on them); with ``cfg`` also
+    ``code``, the fingerprint of the code that computes it (:func:`code_of`)."""
+    out: dict[str, Any] = {
         "tesseract_fl": tesseract_fl.__version__,
         "torch": str(torch.__version__),  # plain str: TorchVersion would need unpickling code
         "numpy": str(np.__version__),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
+    if cfg is not None:
+        out["code"] = code_of(cfg)
+    return out
+
+
+def components_of(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """The registered components a run uses, as ``(kind, name)``."""
+    from tesseract_fl.aggregators import split_defense_name
+
+    _, rule = split_defense_name(cfg.defense)
+    used = [("dataset", cfg.dataset), ("model", cfg.model), ("defense", rule)]
+    if cfg.attack != "none":
+        used.append(("attack", cfg.attack))
+    return used
+
+
+def code_of(cfg: ExperimentConfig) -> dict[str, str]:
+    """The fingerprint of the code behind ``cfg``'s numbers (docs/design.md, "Fingerprints"):
+    the package version, and each plugin component's version or source hash."""
+    return code_fingerprint(components_of(cfg))
+
+
+def stored_code(stored_versions: dict[str, Any] | None) -> dict[str, str]:
+    """The fingerprint a stored run was computed with; runs stored before fingerprints were
+    recorded used built-ins only, so their package version is their fingerprint."""
+    v = stored_versions or {}
+    code = v.get("code")
+    return dict(code) if isinstance(code, dict) else {"tesseract_fl": str(v.get("tesseract_fl"))}
+
+
+def stale_reason(cfg: ExperimentConfig, row: dict[str, Any]) -> str | None:
+    """Why the stored run ``row`` no longer matches the current code (None: it matches)."""
+    old, new = stored_code(row.get("versions")), code_of(cfg)
+    if old == new:
+        return None
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "code changed: " + "; ".join(
+        f"{k} {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in changed
+    )
 
 
 def malicious_ids(num_clients: int, num_malicious: int, seed: int) -> list[int]:
@@ -259,7 +300,7 @@ def _checkpoint_payload(
             "seconds": seconds,
         },
         "torch_rng": torch.get_rng_state(),
-        "versions": versions(),
+        "versions": versions(cfg),
         "execution": execution_settings(sim),
     }
 
@@ -292,7 +333,7 @@ def _try_resume(
             raise ValueError(f"its round {done} is outside [1, {cfg.rounds})")
         if done > rounds_stored:
             raise ValueError(f"it is at round {done} but the store holds {rounds_stored} rounds")
-        if ckpt["versions"] != versions():
+        if ckpt["versions"] != versions(cfg):
             raise ValueError(
                 f"it was written by other software versions ({ckpt['versions']}); numbers "
                 "would not match an uninterrupted run"
@@ -325,8 +366,13 @@ def run_experiment(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    reuse_stale: bool = False,
 ) -> dict[str, Any]:
     """Run ``cfg`` to completion, writing every round to the store; return the summary.
+
+    A finished run is reused only when the code that computed it is the current code (its
+    fingerprint, :func:`code_of`); otherwise it is kept as ``<run id>~stale<n>`` and computed
+    again, with a warning (the summary's ``replaced_stale``), unless ``reuse_stale``.
 
     A run already finished in the store is not repeated (its stored summary is returned with
     ``cached = True``) unless ``force``. An unfinished attempt of the same run (status running
@@ -346,11 +392,25 @@ def run_experiment(
     store_path = Path(store_path)
     with ResultsStore(store_path) as store:
         existing = store.get_run(run_id)
+        replaced: str | None = None
+        reason = None if existing is None else stale_reason(cfg, existing)
+        if existing and existing["status"] == "finished" and reason and not force:
+            if not reuse_stale:
+                replaced = store.mark_stale(run_id, reason)
+                warnings.warn(
+                    f"run {run_id}: the stored result is stale ({reason}); computing it again "
+                    f"(the old attempt is kept as {replaced})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                existing = None
         if existing and existing["status"] == "finished" and not force:
             missing = store.missing_rounds(run_id, rounds_claimed(cfg, existing["summary"]))
             if not missing:
                 summary = dict(existing["summary"] or {})
                 summary.update(cached=True, store=str(store_path))
+                if reason:
+                    summary["stale"] = reason
                 return summary
             # A store repaired, not trusted: the run is redone from round 0.
             warnings.warn(
@@ -364,9 +424,12 @@ def run_experiment(
             force = True
         store.claim(run_id)
         try:
-            return _run_claimed(cfg, store, store_path, existing, force, progress)
+            summary = _run_claimed(cfg, store, store_path, existing, force, progress)
         finally:
             store.release(run_id)
+        if replaced is not None:
+            summary["replaced_stale"] = replaced
+        return summary
 
 
 def rounds_claimed(cfg: ExperimentConfig, summary: dict[str, Any] | None) -> int:
@@ -417,7 +480,7 @@ def _run_claimed(
             "c_max": cfg.resolved_c_max,
             "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
         }
-        store.start_run(run_id, cfg.name, stored_cfg, versions())
+        store.start_run(run_id, cfg.name, stored_cfg, versions(cfg))
     t0 = time.perf_counter()
     diverged_at: int | None = None
     try:

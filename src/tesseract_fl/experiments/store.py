@@ -22,22 +22,28 @@ from typing import Any
 
 from tesseract_fl.errors import RunBusyError, StoreError
 
-SCHEMA_VERSION = 1
+#: 2: status 'stale' (a finished attempt kept after its code changed); 1 is migrated on open.
+SCHEMA_VERSION = 2
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS_COLUMNS = """(
     run_id      TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
     config      TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    status      TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'stale')),
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
     rounds_done INTEGER NOT NULL DEFAULT 0,
     summary     TEXT,
     versions    TEXT,
     error       TEXT
-);
+)"""
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs """
+    + _RUNS_COLUMNS
+    + """;
 CREATE TABLE IF NOT EXISTS metrics (
     run_id        TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     round         INTEGER NOT NULL,
@@ -81,6 +87,7 @@ CREATE TABLE IF NOT EXISTS attack_records (
     PRIMARY KEY (run_id, round, key)
 );
 """
+)
 
 
 #: An owner silent for this long (no round written) is taken to be gone, wherever it ran.
@@ -147,6 +154,8 @@ class ResultsStore:
                     self.conn.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                     )
+            elif int(row[0]) == 1:
+                self._migrate_from_1()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path}: schema version {row[0]}, this tesseract-fl writes "
@@ -154,6 +163,22 @@ class ResultsStore:
                 )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open results store {str(self.path)!r}: {exc}") from None
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2: rebuild ``runs`` so that its status may be ``stale`` (SQLite cannot
+        alter a CHECK in place); every row is kept as it is, in one transaction."""
+        self.conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with self.conn:
+                self.conn.execute(f"CREATE TABLE runs_v2 {_RUNS_COLUMNS}")
+                self.conn.execute("INSERT INTO runs_v2 SELECT * FROM runs")
+                self.conn.execute("DROP TABLE runs")
+                self.conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+                self.conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+        finally:
+            self.conn.execute("PRAGMA foreign_keys=ON")
 
     def _open_readonly(self) -> None:
         if not self.path.is_file():
@@ -224,6 +249,31 @@ class ResultsStore:
                 "VALUES (?, ?, ?, 'running', ?, ?, ?)",
                 (run_id, name, json.dumps(config, sort_keys=True), now, now, json.dumps(versions)),
             )
+
+    def mark_stale(self, run_id: str, reason: str) -> str:
+        """Keep a finished attempt whose code differs from the current one under a new id
+        ``<run id>~stale<n>`` with status ``stale`` (all its rows move with it), freeing
+        ``run_id`` for the recomputation; returns the new id (docs/design.md, "Fingerprints")."""
+        with self.transaction() as c:
+            n = (
+                1
+                + c.execute(
+                    "SELECT COUNT(*) FROM runs WHERE run_id LIKE ?", (f"{run_id}~stale%",)
+                ).fetchone()[0]
+            )
+            new = f"{run_id}~stale{n}"
+            cur = c.execute(
+                "INSERT INTO runs (run_id, name, config, status, created_at, updated_at, "
+                "rounds_done, summary, versions, error) SELECT ?, name, config, 'stale', "
+                "created_at, ?, rounds_done, summary, versions, ? FROM runs WHERE run_id = ?",
+                (new, time.time(), reason, run_id),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"cannot mark run {run_id!r} stale: it is not in {self.path}")
+            for table in ROUND_TABLES:
+                c.execute(f"UPDATE {table} SET run_id = ? WHERE run_id = ?", (new, run_id))
+            c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        return new
 
     def resume_run(self, run_id: str, from_round: int) -> None:
         """Continue an unfinished run at ``from_round`` (a checkpoint's round): rows of later

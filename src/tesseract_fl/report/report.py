@@ -17,6 +17,7 @@ from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.report.figures import FigureResult, write_figures
 from tesseract_fl.report.labels import attack_label, dataset_label, defense_label
 from tesseract_fl.report.paper import PaperValues, load_paper_values
+from tesseract_fl.report.robustness import robustness_md
 from tesseract_fl.report.runs import GridRun, RunReader
 from tesseract_fl.report.tables import (
     FLAG,
@@ -237,14 +238,12 @@ def _fill_md(grids: Sequence[Grid], reader: RunReader, store: Path) -> list[str]
     lines = ["## Missing results and how to fill them", ""]
     todo = []
     for g in grids:
-        if not _reads(g):
-            continue
         missing = [r for r in g.runs if not reader.finished(r.run_id)]
         if missing:
             todo.append(f"- `{fill_command(g, store)}`: {len(missing)} of {len(g.runs)} runs")
     lines += todo or ["Every run of the report's grids is finished."]
     lines.append("")
-    distinct = {r.run_id for g in grids if _reads(g) for r in g.runs}
+    distinct = {r.run_id for g in grids for r in g.runs}
     left = sum(not reader.finished(i) for i in distinct)
     if todo:
         lines += [
@@ -257,7 +256,8 @@ def _fill_md(grids: Sequence[Grid], reader: RunReader, store: Path) -> list[str]
         names = ", ".join(f"`{_display(g.path or g.name)}`" for g in unused)
         prefixes = ", ".join(ARTEFACT_PREFIXES)
         lines += [
-            f"Grids not used by any table or figure (names must start with {prefixes}): {names}.",
+            f"Grids that are not the paper's (names not starting with {prefixes}) are shown as "
+            f"robustness tables above: {names}.",
             "",
         ]
     return lines
@@ -332,12 +332,19 @@ def generate_report(
     results, close = _open_store(store)
     try:
         reader = RunReader(results)
-        tables = [
-            build_table2(reader, grids, paper.table2),
-            build_table3(reader, grids, paper.table3),
-        ]
+        # The paper's tables and figures only when a paper grid is given (a report of the
+        # user's own grids alone is not padded with empty paper tables).
+        paper_grids = any(_reads(g) for g in grids)
+        tables = (
+            [
+                build_table2(reader, grids, paper.table2),
+                build_table3(reader, grids, paper.table3),
+            ]
+            if paper_grids
+            else []
+        )
         csv_files = [write_csv(t, out / "tables" / f"{t.key}.csv") for t in tables]
-        figures = write_figures(reader, grids, out / "figures")
+        figures = write_figures(reader, grids, out / "figures") if paper_grids else []
         coverage = [*(table_coverage(t) for t in tables), *(figure_coverage(f) for f in figures)]
         lines = _intro(paper, results.path, grids) + _coverage_md(coverage)
         for table, csv_path in zip(tables, csv_files, strict=True):
@@ -345,6 +352,9 @@ def generate_report(
         by_id = _by_id(grids)
         for fig in figures:
             lines += _figure_md(fig, out, reader, by_id)
+        for g in grids:
+            if not _reads(g):  # any other grid: a settings x defenses robustness table
+                lines += robustness_md(reader, g, out)
         lines += _fill_md(grids, reader, results.path)
         lines += _runs_md(_uses(tables, figures, by_id))
     finally:
