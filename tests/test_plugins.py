@@ -17,6 +17,7 @@ import torch
 
 import tesseract_fl
 from tesseract_fl.aggregators import AGGREGATORS, make_aggregator
+from tesseract_fl.attacks import ATTACKS
 from tesseract_fl.data import DATASETS, Dataset, load_dataset
 from tesseract_fl.errors import ConfigError, DatasetError
 from tesseract_fl.experiments.config import resolve_config
@@ -268,3 +269,16 @@ def test_store_schema_1_is_migrated_and_keeps_its_runs(tmp_path: Path, tiny_data
         assert len(s.metrics(first["run_id"])) == 3
     cached = run_experiment(cfg, store)  # its package version is its fingerprint: reused
     assert cached["cached"] is True and cached["final_accuracy"] == first["final_accuracy"]
+
+
+def test_flower_strategy_builds_a_plugin_defense_by_name() -> None:
+    pytest.importorskip("flwr")
+    from tesseract_fl.flower import RobustStrategy
+
+    load_plugin(str(EXAMPLE / "src" / "tesseract_fl_example_plugin" / "__init__.py"))
+    strategy = RobustStrategy("centered_clip", c_max=1, defense_params={"tau": 0.5})
+    inner = strategy.defense.aggregator
+    rule = getattr(inner, "rule", inner)  # behind the default clip+ safeguard
+    assert type(rule).__name__ == "CenteredClip" and rule.tau == 0.5
+    assert strategy.defense_name == "clip+centered_clip"
+    assert "random_direction" in ATTACKS
