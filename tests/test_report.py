@@ -319,7 +319,10 @@ def test_report_files_and_layout(filled: dict[str, Any], report: Any) -> None:
 
 
 def test_flags_appear_exactly_when_far_from_the_paper(report: Any) -> None:
+    """⚠ exactly for comparable cells far from the paper; cells whose runs are not at the
+    paper's settings (the tiny runs here) are marked ≠ with the reason, never ⚠."""
     text = report.path.read_text()
+    compared = 0
     for table in report.tables:
         flagged = 0
         for c in table.relevant_cells():
@@ -328,14 +331,41 @@ def test_flags_appear_exactly_when_far_from_the_paper(report: Any) -> None:
                 and c.paper is not None
                 and abs(c.ours.mean - c.paper) > (5.0 if c.metric == "accuracy" else 0.05)
             )
-            assert c.flagged is far
-            assert markdown_cell(c).startswith("⚠") is far
-            flagged += far
+            comparable = c.not_comparable is None
+            assert c.flagged is (far and comparable)
+            assert markdown_cell(c).startswith("⚠") is (far and comparable)
+            if c.ours is not None and c.paper is not None and not comparable:
+                assert markdown_cell(c).endswith("≠") and "rounds" in str(c.not_comparable)
+            flagged += far and comparable
+            compared += comparable and c.ours is not None
         notes = flag_notes(table)
         assert len(notes) == flagged
         for n in notes:
             assert n in text
-    assert sum(c.flagged for c in report.tables[0].relevant_cells()) > 0  # tiny runs are far off
+    assert compared == 0  # the tiny runs are 100 clients x few rounds: none is the paper's
+    assert "≠ not compared with the paper" in text and "rounds" in text
+    # Shown as the paper's setting, a far-off cell is flagged.
+    cell = next(c for c in report.tables[0].relevant_cells() if c.ours and c.paper)
+    far = Cell(cell.row, cell.column, cell.metric, cell.ours.mean + 20, ours=cell.ours)
+    assert far.flagged and markdown_cell(far).startswith("⚠")
+
+
+def test_paper_setting_differs_names_each_difference() -> None:
+    from tesseract_fl.experiments.config import resolve_config
+    from tesseract_fl.experiments.grid import RunSpec
+    from tesseract_fl.report.runs import GridRun
+    from tesseract_fl.report.tables import paper_setting_differs
+
+    def run(*overrides: str) -> GridRun:
+        cfg = resolve_config("mnist", overrides=list(overrides))
+        spec = RunSpec(labels={"dataset": "mnist"}, config=cfg, run_id=cfg.run_id())
+        return GridRun(spec=spec, grid=Grid(name="table2-x", description=""))
+
+    assert paper_setting_differs(run()) is None
+    assert paper_setting_differs(run("seed=3", "eval_every=5")) is None
+    why = paper_setting_differs(run("rounds=60", "clients=20", "malicious=4"))
+    assert why == "clients 20 vs 100, rounds 60 vs 500"
+    assert paper_setting_differs(run("malicious=30")) == "c/m 0.30 vs 0.20"
 
 
 def test_csv_missing_is_not_zero(report: Any) -> None:

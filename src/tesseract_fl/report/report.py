@@ -24,6 +24,7 @@ from tesseract_fl.report.tables import (
     Table,
     build_table2,
     build_table3,
+    comparability_notes,
     flag_notes,
     mixed_notes,
     table_markdown,
@@ -197,7 +198,7 @@ def _table_md(table: Table, csv_path: Path, out_dir: Path, reader: RunReader) ->
     flags = flag_notes(table)
     if flags:
         lines += ["Cells far from the paper:", "", *(f"- {f}" for f in flags), ""]
-    notes = [*mixed_notes(table), *table.notes]
+    notes = [*comparability_notes(table), *mixed_notes(table), *table.notes]
     if notes:
         lines += [*(f"- {n}" for n in notes), ""]
     return lines + _missing_cells_md(table, reader)

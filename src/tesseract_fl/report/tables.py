@@ -29,6 +29,7 @@ __all__ = [
     "Table",
     "build_table2",
     "build_table3",
+    "comparability_notes",
     "deviates",
     "flag_notes",
     "summarize",
@@ -102,6 +103,8 @@ class Cell:
     used: list[str] = field(default_factory=list)
     ours: Stat | None = None
     mixed: bool = False
+    #: Why the runs used are not the paper's setting (then ours is not compared; None: it is).
+    not_comparable: str | None = None
 
     @property
     def missing(self) -> bool:
@@ -115,7 +118,7 @@ class Cell:
 
     @property
     def flagged(self) -> bool:
-        if self.ours is None or self.paper is None:
+        if self.ours is None or self.paper is None or self.not_comparable:
             return False
         return deviates(self.ours.mean, self.paper, self.metric)
 
@@ -206,7 +209,38 @@ def _fill(cell: Cell, reader: RunReader, value: Any) -> None:
             values.append(v)
             cell.used.append(run.run_id)
     cell.ours = summarize(values)
-    cell.mixed = mixed_settings([r for r in cell.planned if r.run_id in cell.used])
+    used = [r for r in cell.planned if r.run_id in cell.used]
+    cell.mixed = mixed_settings(used)
+    reasons = sorted({why for r in used if (why := paper_setting_differs(r)) is not None})
+    cell.not_comparable = "; ".join(reasons) or None
+
+
+#: The settings a cell must share with the paper (its dataset's paper preset, from Table 1) to
+#: be compared with the paper's value.
+PAPER_SETTINGS = ("clients", "rounds", "batch_size", "lr", "partition", "bias")
+
+
+def paper_setting_differs(run: GridRun) -> str | None:
+    """How a run's settings differ from its dataset's paper preset (None: they do not): the
+    keys of :data:`PAPER_SETTINGS` and the malicious fraction, e.g. ``rounds 60 vs 500``."""
+    from tesseract_fl.errors import ConfigError
+    from tesseract_fl.experiments.config import load_preset
+
+    cfg = run.spec.config
+    try:
+        preset = load_preset(cfg.dataset)
+    except ConfigError:
+        return f"no paper preset for {cfg.dataset!r}"
+    diffs = [
+        f"{k} {getattr(cfg, k)} vs {preset[k]}"
+        for k in PAPER_SETTINGS
+        if k in preset and getattr(cfg, k) != preset[k]
+    ]
+    if "malicious" in preset and "clients" in preset:
+        ours, theirs = cfg.malicious / cfg.clients, preset["malicious"] / preset["clients"]
+        if not same_fraction(ours, theirs):
+            diffs.append(f"c/m {ours:.2f} vs {theirs:.2f}")
+    return ", ".join(diffs) or None
 
 
 def _table_runs(grids: Iterable[Grid], prefix: str) -> list[GridRun]:
@@ -360,6 +394,8 @@ def markdown_cell(cell: Cell) -> str:
     text = f"{format_ours(cell)} · paper {format_paper(cell)}"
     if cell.mixed:
         text += " ‡"
+    if cell.not_comparable and cell.paper is not None and cell.ours is not None:
+        text += " ≠"
     return f"{FLAG} {text}" if cell.flagged else text
 
 
@@ -411,6 +447,19 @@ def flag_notes(table: Table) -> list[str]:
             f"paper {format_value(cell.paper, cell.metric)}, a difference of {diff} ({rule})."
         )
     return out
+
+
+def comparability_notes(table: Table) -> list[str]:
+    """One sentence per distinct setting that keeps cells from being compared (≠)."""
+    by_reason: dict[str, list[str]] = {}
+    for c in table.relevant_cells():
+        if c.not_comparable and c.paper is not None and c.ours is not None:
+            by_reason.setdefault(c.not_comparable, []).append(_where(table, c))
+    return [
+        f"≠ not compared with the paper ({len(cells)} cell{'s' * (len(cells) > 1)}, e.g. "
+        f"{cells[0]}): the runs' settings are not the paper's ({why})."
+        for why, cells in by_reason.items()
+    ]
 
 
 def mixed_notes(table: Table) -> list[str]:
