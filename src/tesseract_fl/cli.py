@@ -109,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep finished runs whose code has changed since instead of computing them again",
     )
+    gr.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: --jobs processes on this machine; ray: one Ray task per run, results "
+        "written into --store by this process",
+    )
+    gr.add_argument(
+        "--address",
+        default=None,
+        help="with --executor ray: the Ray cluster to use (default: start a local instance)",
+    )
     _add_plugin_arg(gr)
     ds = sub.add_parser(
         "datasets",
@@ -427,6 +439,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             progress=progress,
             reuse_stale=args.reuse_stale,
+            executor=args.executor,
+            address=args.address,
         )
     table = Table(title=f"grid {grid.name} (store {store})")
     for col, justify in (

@@ -343,6 +343,8 @@ def run_grid(
     data_dir: str | None = None,
     progress: GridProgressFn | None = None,
     reuse_stale: bool = False,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every run of ``grid`` not yet finished in ``store``; one result dict per run, in grid
     order: ``run_id``, ``name``, ``labels``, ``status`` (``skipped``: finished before,
@@ -352,12 +354,19 @@ def run_grid(
     ``jobs`` runs execute at once, each in its own process with ``cpu_count // jobs`` torch
     threads (``jobs = 1``, or one pending run: in this process). ``force`` reruns finished runs
     too (from scratch); a run finished by other code (``stale``) is computed again unless
-    ``reuse_stale``. ``data_dir`` replaces every run's data directory (not part of run ids).
+    ``reuse_stale``. ``executor = "ray"`` runs them as Ray tasks (on the cluster at
+    ``address``, else a local Ray instance; ``jobs`` is then Ray's to decide), written into
+    ``store`` by this process (experiments/ray_executor.py). ``data_dir`` replaces every
+    run's data directory (not part of run ids).
     A failing run does not stop the others; Ctrl-C raises KeyboardInterrupt once the running
     runs have stopped (their rounds and checkpoints stay, so the next call resumes them).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor = {executor!r}; allowed: local, ray")
+    if address is not None and executor != "ray":
+        raise ConfigError("address goes with executor = 'ray' (a Ray cluster's address)")
     specs = [
         s if data_dir is None else dataclasses.replace(s, config=_with_data_dir(s, data_dir))
         for s in grid.runs
@@ -381,7 +390,22 @@ def run_grid(
     tracker = _Tracker(pending, len(specs), progress)
     tracker.start()
     workers = min(jobs, len(pending))
-    if workers <= 1:
+    if executor == "ray" and pending:
+        from tesseract_fl.experiments.ray_executor import run_on_ray
+
+        results.update(
+            run_on_ray(
+                pending,
+                str(store),
+                force=force,
+                reuse_stale=reuse_stale,
+                address=address,
+                plugins=loaded_plugins(),
+                on_end=tracker.end,
+                result=_result,
+            )
+        )
+    elif workers <= 1:
         results.update(_run_serial(pending, str(store), force, tracker, reuse_stale))
     else:
         results.update(_run_parallel(pending, str(store), force, workers, tracker, reuse_stale))

@@ -379,6 +379,44 @@ class ResultsStore:
             raise StoreError(f"cannot claim run {run_id} in {str(self.path)!r}: {exc}") from None
         self._claims[run_id] = token
 
+    def heartbeat(self, run_id: str) -> None:
+        """Keep this store object's claim on the run fresh while the run is computed elsewhere
+        (a grid driver waiting for a Ray task)."""
+        with self.transaction() as c:
+            self._check_claim(c, run_id)
+
+    def export_run(self, run_id: str) -> dict[str, Any] | None:
+        """Every row of one run (``runs`` and the per-round tables) as plain lists, to move a
+        run between stores (a Ray worker's local store and the driver's); None if absent."""
+        out: dict[str, Any] = {}
+        for table in ("runs", *ROUND_TABLES):
+            cur = self.conn.execute(f"SELECT * FROM {table} WHERE run_id = ?", (run_id,))
+            out[table] = {
+                "columns": [d[0] for d in cur.description],
+                "rows": [list(r) for r in cur.fetchall()],
+            }
+        return out if out["runs"]["rows"] else None
+
+    def import_run(self, data: dict[str, Any]) -> str:
+        """Replace a run by the rows of :meth:`export_run`, in one transaction; its id."""
+        run_rows = data["runs"]["rows"]
+        if len(run_rows) != 1:
+            raise StoreError("import_run: expected exactly one runs row")
+        cols = data["runs"]["columns"]
+        run_id = str(run_rows[0][cols.index("run_id")])
+        with self.transaction() as c:
+            for table in ROUND_TABLES:
+                c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            for table in ("runs", *ROUND_TABLES):
+                part = data.get(table) or {"columns": [], "rows": []}
+                if not part["rows"]:
+                    continue
+                names = ", ".join(part["columns"])
+                marks = ", ".join("?" * len(part["columns"]))
+                c.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", part["rows"])
+        return run_id
+
     def release(self, run_id: str) -> None:
         """Give up this store object's claim on the run (no-op without one)."""
         token = self._claims.pop(run_id, None)
