@@ -372,3 +372,84 @@ def test_default_safeguard_bounds_a_magnitude_attack() -> None:
     assert RobustStrategy("median", c_max=1, safeguard=None).defense_name == "median"
     with pytest.raises(ConfigError, match="safeguard"):
         RobustStrategy("median", c_max=1, safeguard=0.5)
+
+
+def _layered(flat_vec: torch.Tensor) -> ArrayRecord:
+    """A flat vector as an ArrayRecord with the model's per-layer keys and shapes."""
+    out, offset = {}, 0
+    for key, shape in SHAPES.items():
+        n = int(np.prod(shape))
+        out[key] = Array(flat_vec[offset : offset + n].reshape(shape).numpy().copy())
+        offset += n
+    return ArrayRecord(out)
+
+
+def test_weights_replies_make_fedsgd_a_fedavg() -> None:
+    """reply = "weights" with FedSGD (weighted by num-examples) and the default server lr 1.0
+    gives the weighted average of the nodes' new weights; "update" replies give the same bits."""
+    gen = torch.Generator().manual_seed(3)
+    arrays = arrays_of(SHAPES)
+    w = flat(arrays)
+    node_ids = list(range(201, 206))
+    local = w + 0.1 * torch.randn(5, P, generator=gen)
+    n = [10.0, 20.0, 30.0, 15.0, 25.0]
+    strategy = RobustStrategy("fedsgd", c_max=0, reply="weights", safeguard=None)
+    assert strategy.lr_fn(0) == 1.0
+    new_w = play_round(
+        strategy,
+        1,
+        arrays,
+        [reply(node_ids[i], 1, _layered(local[i]), n[i]) for i in range(5)],
+        node_ids,
+    )
+    assert new_w is not None
+    weights = torch.tensor(n) / sum(n)
+    expected = (weights[:, None] * local).sum(dim=0)
+    assert torch.allclose(flat(new_w), expected, atol=1e-6)
+    by_update = RobustStrategy("fedsgd", c_max=0, reply="update", safeguard=None)
+    new_u = play_round(
+        by_update,
+        1,
+        arrays,
+        [reply(node_ids[i], 1, local[i] - w, n[i]) for i in range(5)],
+        node_ids,
+    )
+    assert new_u is not None and torch.equal(flat(new_u), flat(new_w))
+    with pytest.raises(ConfigError, match="reply = 'params'; allowed values"):
+        RobustStrategy("fedsgd", c_max=0, reply="params")  # type: ignore[arg-type]
+
+
+def test_tesseract_penalizes_attackers_in_multi_step_weight_replies() -> None:
+    """FedAvg-style nodes (5 local SGD steps each, new weights sent back); 2 of 10 attackers
+    send weights moved against the benign direction. Flip-scores compare the sign of each
+    pseudo-gradient w_global - w_local with the last global pseudo-gradient's; TESSERACT's
+    penalties land on the attackers, whose aggregation weight goes to about 0."""
+    gen = torch.Generator().manual_seed(5)
+    node_ids = list(range(301, 311))
+    attackers = set(node_ids[:2])
+    strategy = RobustStrategy("tesseract", c_max=2, reply="weights")
+    arrays = arrays_of(SHAPES)
+    target = torch.randn(P, generator=gen)  # benign nodes pull towards it
+    for rnd in range(1, 13):
+        w = flat(arrays)
+        replies = []
+        benign = []
+        for node in node_ids[2:]:
+            x = w.clone()
+            for _ in range(5):
+                x -= 0.05 * ((x - target) + 0.3 * torch.randn(P, generator=gen))
+            benign.append(x)
+            replies.append(reply(node, rnd, _layered(x), 10.0))
+        step = torch.stack(benign).mean(dim=0) - w
+        for node in sorted(attackers):
+            replies.append(reply(node, rnd, _layered(w - 2.0 * step), 10.0))
+        new = play_round(strategy, rnd, arrays, replies, node_ids)
+        assert new is not None
+        arrays = new
+    last = strategy.history[-1]
+    att_weight = sum(r.weight for r in last.nodes if r.node_id in attackers)
+    reps = strategy.reputations()
+    assert att_weight < 0.05
+    assert max(reps[n] for n in attackers) < min(reps[n] for n in node_ids[2:])
+    dist_before = float(torch.linalg.vector_norm(flat(arrays_of(SHAPES)) - target))
+    assert float(torch.linalg.vector_norm(flat(arrays) - target)) < 0.5 * dist_before

@@ -59,6 +59,11 @@ __all__ = [
 ]
 
 MalformedPolicy = Literal["penalize", "drop", "raise"]
+#: What a node's train reply holds (docs/design.md, "The Flower strategy").
+ReplyKind = Literal["gradient", "update", "weights"]
+REPLY_KINDS: tuple[str, ...] = ("gradient", "update", "weights")
+#: The server learning rate for gradient replies when none is given (the paper's FedSGD lr).
+DEFAULT_GRADIENT_LR = 0.01
 _MALFORMED = ("penalize", "drop", "raise")
 
 #: Reply metrics kept per node for bookkeeping (shown in results, never used to aggregate);
@@ -129,16 +134,29 @@ def with_safeguard(
 
 
 class RobustStrategy(FedAvg):
-    """FedSGD over Flower with any tesseract-fl defense (``defense``: a registry name).
+    """Any tesseract-fl defense (``defense``: a registry name, built-in or plugin) in a Flower
+    app, for FedSGD apps (nodes reply with a gradient) and FedAvg apps (nodes train locally and
+    reply with their new weights or their update).
 
     Parameters beyond ``FedAvg``'s (sampling, record keys, evaluation):
+
+    - ``reply``: what a train reply's ``ArrayRecord`` holds (flat under ``"gradient"`` or per
+      layer with the model's keys): ``"gradient"`` (default; FedSGD), ``"weights"`` (the node's
+      new weights after any number of local epochs or steps) or ``"update"``
+      (``w_local - w_global``). Weights and updates become pseudo-gradients
+      ``w_global - w_local``, which the defense aggregates and the server applies as
+      ``theta -= lr * aggregate``; with ``lr = 1`` (the default for these kinds) and
+      ``defense = "fedsgd"`` that is FedAvg. Flip-scores then compare the signs of each
+      pseudo-gradient with those of the last global pseudo-gradient: a multi-step update that
+      moves against the federation's direction flips as a one-step gradient does.
 
     - ``defense``, ``defense_params``: the aggregator, as ``make_aggregator`` builds it (unknown
       names or parameters raise :class:`ConfigError` listing the allowed ones); ``c_max``: the
       number of nodes assumed malicious.
     - ``lr``: server learning rate, a finite number > 0 or ``round -> lr`` (rounds from 0, as
       the simulator's schedules; every value must be a finite number >= 0, else the round
-      raises :class:`ConfigError`).
+      raises :class:`ConfigError`); default 0.01 for gradient replies, 1.0 for weights and
+      updates.
     - ``capacity`` / ``max_nodes``: initial and maximal number of node slots (slots grow by
       doubling, never beyond ``max_nodes``; results do not depend on the capacity).
       ``max_nodes`` (default :data:`DEFAULT_MAX_NODES`) bounds the defense state: a reply from
@@ -187,7 +205,8 @@ class RobustStrategy(FedAvg):
         defense: str = "tesseract",
         *,
         c_max: int,
-        lr: float | Callable[[int], float] = 0.01,
+        lr: float | Callable[[int], float] | None = None,
+        reply: ReplyKind = "gradient",
         defense_params: dict[str, Any] | None = None,
         capacity: int = 8,
         max_nodes: int = DEFAULT_MAX_NODES,
@@ -214,6 +233,14 @@ class RobustStrategy(FedAvg):
         if not isinstance(defense, str) or not defense:
             raise ConfigError(f"defense must be an aggregator name (a string), got {defense!r}")
         _check_int("c_max", c_max, 0)
+        if not isinstance(reply, str) or reply not in REPLY_KINDS:
+            raise ConfigError(
+                f"reply = {reply!r}; allowed values: {', '.join(REPLY_KINDS)} (what a node's "
+                "train reply holds: its gradient, its update w_local - w_global, or its new "
+                "weights)"
+            )
+        if lr is None:  # FedSGD's step for gradients; a plain FedAvg step for the other kinds
+            lr = DEFAULT_GRADIENT_LR if reply == "gradient" else 1.0
         if not isinstance(on_malformed, str) or on_malformed not in _MALFORMED:
             raise ConfigError(
                 f"on_malformed = {on_malformed!r}; allowed values: {', '.join(_MALFORMED)}"
@@ -317,6 +344,7 @@ class RobustStrategy(FedAvg):
         self.root_gradient_fn = root_gradient_fn
         self.lr_fn: Callable[[int], float] = lr if callable(lr) else _constant(float(lr))
         self.on_malformed: MalformedPolicy = on_malformed
+        self.reply: ReplyKind = reply
         self.record_every = record_every
         self.loss_key = loss_key
         self.label_key = label_key
@@ -325,6 +353,7 @@ class RobustStrategy(FedAvg):
         self.history: list[RoundRecord] = []
         self.arrays: ArrayRecord | None = None
         self.layout: Layout | None = None
+        self._flat_global: Tensor | None = None
         self._s_g: Tensor | None = None
         self._t_round = time.perf_counter()
         self._store_arg = store
@@ -657,6 +686,7 @@ class RobustStrategy(FedAvg):
                 "(e.g. TESSERACT's s_g) refers to the old layout"
             )
         self.arrays, self.layout = arrays, layout
+        self._flat_global = None  # recomputed for the next round's weight replies
 
     def _sender(self, msg: Message, server_round: int) -> int | None:
         """The reply's node id; None (after the malformed policy) when it is not a valid one."""
@@ -699,7 +729,21 @@ class RobustStrategy(FedAvg):
         for key in INFO_KEYS:
             if key in metrics:
                 info[key] = _index(metrics[key], key)
-        return _Reply(layout.read_gradient(arrays), num_examples, loss, info)
+        vec = layout.read_gradient(arrays)
+        return _Reply(self._pseudo_gradient(vec, layout), num_examples, loss, info)
+
+    def _pseudo_gradient(self, vec: Tensor, layout: Layout) -> Tensor:
+        """What the defense aggregates for a reply: the gradient as sent, or for FedAvg-style
+        replies the pseudo-gradient ``w_global - w_local`` (update ``u = w_local - w_global``
+        gives ``-u``), so that ``theta - lr * aggregate`` with ``lr = 1`` is a robust FedAvg."""
+        if self.reply == "gradient":
+            return vec
+        if self.reply == "update":
+            return -vec
+        if self._flat_global is None:
+            assert self.arrays is not None
+            self._flat_global = layout.flatten(self.arrays).to(torch.float32)
+        return self._flat_global - vec
 
     def _round_lr(self, server_round: int) -> float:
         """The learning rate of a round; ConfigError unless it is a finite number >= 0."""
