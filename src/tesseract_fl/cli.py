@@ -676,7 +676,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     table = Table(title="registered components")
     for col in ("kind", "name", "from", "fingerprint", "parameters (defaults)"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("kind", "name"))
     for c in all_components():
         params = ", ".join(f"{k}={v!r}" for k, v in c.params.items()) or "-"
         if c.kind in ("model", "dataset"):

@@ -160,5 +160,11 @@ def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -
         kwargs["c_max"] = c_max
     agg = cls(**kwargs)
     if not isinstance(agg, Aggregator):
-        raise ConfigError(f"registered class {cls.__name__} does not implement Aggregator")
+        lacking = [
+            a for a in ("name", "aggregate", "state_dict", "load_state_dict") if not hasattr(agg, a)
+        ]
+        raise ConfigError(
+            f"registered class {cls.__name__} does not implement Aggregator: it lacks "
+            f"{', '.join(lacking)}"
+        )
     return agg

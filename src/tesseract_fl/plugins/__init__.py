@@ -86,6 +86,8 @@ def _registrar(
             )
         check(key, target)
         registry(kind).add(key, target, **kwargs)
+        if kind in ("defense", "attack") and not isinstance(getattr(target, "name", None), str):
+            target.name = key.strip().lower()  # type: ignore[attr-defined]  # what records show
         return target
 
     return add if obj is None else add(obj)
