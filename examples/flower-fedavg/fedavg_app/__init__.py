@@ -1,0 +1,1 @@
+"""A FedAvg Flower app defended by tesseract-fl (see README.md)."""
