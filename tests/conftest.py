@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,34 @@ def tiny_overrides(tiny_data_dir: Path) -> list[str]:
         "record_every=2",
         "lr=0.05",
     ]
+
+
+#: What examples/plugin registers (kind, name).
+EXAMPLE_COMPONENTS = (
+    ("defense", "centered_clip"),
+    ("attack", "random_direction"),
+    ("model", "digits_mlp"),
+    ("dataset", "digits"),
+)
+
+
+def forget_example_plugin() -> None:
+    """Drop the example plugin's components and load records from this process, so that a test
+    can load another copy of it (two files registering one name is a clash, on purpose)."""
+    import tesseract_fl.plugins as plugins
+    from tesseract_fl.plugins.registry import registries
+
+    regs = registries()
+    for kind, name in EXAMPLE_COMPONENTS:
+        regs[kind].pop(name, None)
+        regs[kind].infos.pop(name, None)
+    for key, (_, comps) in list(plugins._LOADED.items()):
+        if any((c.kind, c.name) in EXAMPLE_COMPONENTS for c in comps):
+            del plugins._LOADED[key]
+
+
+@pytest.fixture
+def example_plugin_free() -> Iterator[None]:
+    forget_example_plugin()
+    yield
+    forget_example_plugin()

@@ -396,7 +396,7 @@ def test_run_grid_in_parallel_then_skips_finished_runs(tmp_path: Path, tiny_data
     store = tmp_path / "s.sqlite"
     events: list[GridEvent] = []
     results = run_grid(grid, store, jobs=2, progress=events.append)
-    assert [r["status"] for r in results] == ["finished"] * 3
+    assert [r["status"] for r in results] == ["finished"] * 3, [r["error"] for r in results]
     assert [r["run_id"] for r in results] == [s.run_id for s in grid.runs]
     assert all(0.0 <= r["final_accuracy"] <= 1.0 and r["seconds"] > 0 for r in results)
     assert events[0].kind == "start" and events[0].rounds_total == 12

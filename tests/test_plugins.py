@@ -271,7 +271,7 @@ def test_store_schema_1_is_migrated_and_keeps_its_runs(tmp_path: Path, tiny_data
     assert cached["cached"] is True and cached["final_accuracy"] == first["final_accuracy"]
 
 
-def test_flower_strategy_builds_a_plugin_defense_by_name() -> None:
+def test_flower_strategy_builds_a_plugin_defense_by_name(example_plugin_free: None) -> None:
     pytest.importorskip("flwr")
     from tesseract_fl.flower import RobustStrategy
 

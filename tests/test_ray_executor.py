@@ -46,7 +46,9 @@ def _metrics(store: Path, run_ids: list[str]) -> dict[str, Any]:
         return {r: (s.metrics(r), s.client_records(r)) for r in run_ids}
 
 
-def test_ray_grid_matches_local_and_resumes(tmp_path: Path, local_ray: Any) -> None:
+def test_ray_grid_matches_local_and_resumes(
+    tmp_path: Path, local_ray: Any, example_plugin_free: None
+) -> None:
     grid = load_grid(_grid(tmp_path))
     ids = [r.run_id for r in grid.runs]
     local = tmp_path / "local.sqlite"
