@@ -38,6 +38,8 @@ DATASET_LABELS: dict[str, str] = {
     "cifar10": "CIFAR-10",
     "shakespeare": "Shakespeare",
     "femnist": "FEMNIST",
+    "breast_cancer": "Breast Cancer",
+    "chmnist": "Ch-MNIST",
 }
 
 
@@ -47,8 +49,10 @@ def attack_label(name: str) -> str:
 
 
 def defense_label(name: str) -> str:
-    """The paper's name of a defense (Table 2 calls trimmed mean "Trim")."""
-    return DEFENSE_LABELS.get(name, name)
+    """The paper's name of a defense (Table 2 calls trimmed mean "Trim"); a composed name keeps
+    its pre-aggregators: ``clip+tesseract`` -> ``clip+TESSERACT``."""
+    *pres, rule = str(name).split("+")
+    return "+".join([*pres, DEFENSE_LABELS.get(rule, rule)])
 
 
 def dataset_label(name: str) -> str:

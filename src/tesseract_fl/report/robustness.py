@@ -155,7 +155,7 @@ def write_heatmap(table: RobustnessTable, path: Path) -> Path | None:
                     text,
                     ha="center",
                     va="center",
-                    color="white" if v != v or v < 60 else "black",
+                    color="black" if v != v or v >= 60 else "white",
                 )
         fig.colorbar(im, ax=ax, label="final test accuracy (%)")
         ax.set_title(f"{table.grid.name}: final test accuracy (%)")
