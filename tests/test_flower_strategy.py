@@ -453,3 +453,39 @@ def test_tesseract_penalizes_attackers_in_multi_step_weight_replies() -> None:
     assert max(reps[n] for n in attackers) < min(reps[n] for n in node_ids[2:])
     dist_before = float(torch.linalg.vector_norm(flat(arrays_of(SHAPES)) - target))
     assert float(torch.linalg.vector_norm(flat(arrays) - target)) < 0.5 * dist_before
+
+
+@pytest.mark.parametrize(
+    "defense",
+    ["fedsgd", "tesseract", "trimmed_mean", "median", "krum", "bulyan", "faba", "foolsgold"],
+)
+def test_weights_mode_applies_the_simulators_aggregate_of_the_pseudo_gradients(
+    defense: str,
+) -> None:
+    """In weights mode each defense's step is exactly what the simulator's aggregator gives on
+    the pseudo-gradient matrix ``w_global - w_local`` (rows by slot), applied with lr 1."""
+    from tesseract_fl.aggregators import AggregationContext, make_aggregator
+
+    gen = torch.Generator().manual_seed(11)
+    m, c_max = 11, 2
+    arrays = arrays_of(SHAPES)
+    w = flat(arrays)
+    node_ids = list(range(401, 401 + m))
+    local = w + 0.1 * torch.randn(m, P, generator=gen)
+    strategy = RobustStrategy(defense, c_max=c_max, reply="weights", safeguard=None, capacity=m)
+    new = play_round(
+        strategy,
+        1,
+        arrays,
+        [reply(n, 1, _layered(local[i]), 10.0) for i, n in enumerate(node_ids)],
+        node_ids,
+    )
+    assert new is not None
+    G = w - local
+    agg = make_aggregator(defense, num_clients=m, c_max=c_max)
+    ctx = AggregationContext(
+        client_ids=torch.arange(m), n_samples=torch.full((m,), 10.0), c_max=c_max, round=0
+    )
+    expected = w.clone()
+    expected.add_(agg.aggregate(G, torch.arange(m), ctx).update, alpha=-1.0)
+    assert torch.equal(flat(new), expected)

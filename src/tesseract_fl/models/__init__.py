@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import nn
 
 from tesseract_fl.errors import ConfigError
@@ -19,52 +22,26 @@ from tesseract_fl.plugins.registry import BUILTIN, Registry, origin
 #: :func:`tesseract_fl.register_model`.
 MODELS: Registry = Registry("model", "model")
 
+
+def _factory(cls: type[nn.Module], **kwargs: Any) -> Callable[[int], nn.Module]:
+    """``num_classes -> cls(num_classes=num_classes, **kwargs)``."""
+    return lambda num_classes: cls(num_classes=num_classes, **kwargs)
+
+
 with origin(BUILTIN):
-    register_model(
-        "mnist_cnn",
-        lambda num_classes: MnistCNN(num_classes=num_classes, padding=0),
-        description="paper Table 1 MNIST CNN (unpadded convolutions)",
-    )
-    register_model(
-        "mnist_cnn_padded",
-        lambda num_classes: MnistCNN(num_classes=num_classes, padding=1),
-        description="the MNIST CNN with padded convolutions",
-    )
-    register_model(
-        "resnet18_cifar",
-        lambda num_classes: ResNet18Cifar(num_classes=num_classes),
-        description="ResNet-18 with the CIFAR stem (3x3, no max-pool)",
-    )
-    register_model(
-        "resnet18",
-        lambda num_classes: ResNet18(num_classes=num_classes),
-        description="ResNet-18 with the ImageNet stem",
-    )
-    register_model(
-        "char_gru",
-        lambda num_classes: CharGRU(num_classes=num_classes),
-        description="character GRU for next-character prediction (Shakespeare)",
-    )
-    register_model(
-        "leaf_cnn",
-        lambda num_classes: LeafCNN(num_classes=num_classes),
-        description="LEAF FEMNIST CNN (5x5 convolutions)",
-    )
-    register_model(
-        "leaf_cnn_3x3",
-        lambda num_classes: LeafCNN(num_classes=num_classes, kernel=3),
-        description="LEAF FEMNIST CNN with 3x3 convolutions",
-    )
-    register_model(
-        "mlp",
-        lambda num_classes: MLP(num_classes=num_classes),
-        description="tabular MLP 30-64-32-classes (Breast Cancer)",
-    )
-    register_model(
-        "chmnist_cnn",
-        lambda num_classes: ChMnistCNN(num_classes=num_classes),
-        description="Ch-MNIST CNN for 3x64x64 histology tiles",
-    )
+    for _name, _cls, _kwargs, _about in (
+        ("mnist_cnn", MnistCNN, {"padding": 0}, "paper Table 1 MNIST CNN (unpadded convolutions)"),
+        ("mnist_cnn_padded", MnistCNN, {"padding": 1}, "the MNIST CNN with padded convolutions"),
+        ("resnet18_cifar", ResNet18Cifar, {}, "ResNet-18 with the CIFAR stem (3x3, no max-pool)"),
+        ("resnet18", ResNet18, {}, "ResNet-18 with the ImageNet stem"),
+        ("char_gru", CharGRU, {}, "character GRU for next-character prediction (Shakespeare)"),
+        ("leaf_cnn", LeafCNN, {}, "LEAF FEMNIST CNN (5x5 convolutions)"),
+        ("leaf_cnn_3x3", LeafCNN, {"kernel": 3}, "LEAF FEMNIST CNN with 3x3 convolutions"),
+        ("mlp", MLP, {}, "tabular MLP 30-64-32-classes (Breast Cancer)"),
+        ("chmnist_cnn", ChMnistCNN, {}, "Ch-MNIST CNN for 3x64x64 histology tiles"),
+    ):
+        register_model(_name, _factory(_cls, **_kwargs), description=_about)
+    del _name, _cls, _kwargs, _about
 
 
 def make_model(name: str, num_classes: int = 10) -> nn.Module:
