@@ -306,3 +306,41 @@ def test_readme_plugin_skeleton_runs(tmp_path: Path, tiny_data_dir: Path) -> Non
         assert AGGREGATORS["my_rule"].name == "my_rule"
     finally:
         _forget(AGGREGATORS, "my_rule")
+
+
+def test_checkpoint_from_before_fingerprints_still_resumes(
+    tmp_path: Path, tiny_data_dir: Path
+) -> None:
+    """A checkpoint whose versions carry no code fingerprint (written before they were kept)
+    resumes under the same package version: its fingerprint is that version."""
+    import warnings
+
+    from tesseract_fl.experiments.checkpoints import (
+        checkpoint_path,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    cfg = resolve_config(
+        "mnist-quick",
+        overrides=[f'data_dir="{tiny_data_dir}"', "rounds=6", "checkpoint_every=2"],
+    )
+    store = tmp_path / "s.sqlite"
+
+    def stop(done: int, total: int, info: dict[str, Any]) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_experiment(cfg, store, progress=stop)
+    path = checkpoint_path(store, cfg.run_id())
+    payload = load_checkpoint(path)
+    payload["versions"].pop("code")
+    save_checkpoint(path, payload)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot be used" warning
+        resumed = run_experiment(cfg, store)
+    assert resumed["resumed_from"] == 4
+    fresh = run_experiment(cfg, tmp_path / "fresh.sqlite")
+    assert resumed["final_accuracy"] == fresh["final_accuracy"]

@@ -92,6 +92,15 @@ def stored_code(stored_versions: dict[str, Any] | None) -> dict[str, str]:
     return dict(code) if isinstance(code, dict) else {"tesseract_fl": str(v.get("tesseract_fl"))}
 
 
+def same_software(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two ``versions`` records name the same software and code fingerprint (a record
+    written before fingerprints were kept has its package version as its fingerprint)."""
+    strip = {k: v for k, v in old.items() if k != "code"}
+    return strip == {k: v for k, v in new.items() if k != "code"} and stored_code(
+        old
+    ) == stored_code(new)
+
+
 def stale_reason(cfg: ExperimentConfig, row: dict[str, Any]) -> str | None:
     """Why the stored run ``row`` no longer matches the current code (None: it matches)."""
     old, new = stored_code(row.get("versions")), code_of(cfg)
@@ -333,7 +342,7 @@ def _try_resume(
             raise ValueError(f"its round {done} is outside [1, {cfg.rounds})")
         if done > rounds_stored:
             raise ValueError(f"it is at round {done} but the store holds {rounds_stored} rounds")
-        if ckpt["versions"] != versions(cfg):
+        if not same_software(ckpt["versions"], versions(cfg)):
             raise ValueError(
                 f"it was written by other software versions ({ckpt['versions']}); numbers "
                 "would not match an uninterrupted run"
