@@ -489,3 +489,35 @@ def test_weights_mode_applies_the_simulators_aggregate_of_the_pseudo_gradients(
     expected = w.clone()
     expected.add_(agg.aggregate(G, torch.arange(m), ctx).update, alpha=-1.0)
     assert torch.equal(flat(new), expected)
+
+
+def test_fraction_sampling_keeps_the_state_of_nodes_not_sampled() -> None:
+    """With fraction_train = 0.5 Flower samples half of the connected nodes each round; the
+    nodes left out keep their reputations untouched until they are sampled again."""
+    nodes = list(range(501, 511))
+    strategy = RobustStrategy(
+        "tesseract",
+        c_max=1,
+        lr=0.1,
+        fraction_train=0.5,
+        min_train_nodes=5,
+        min_available_nodes=10,
+    )
+    arrays = arrays_of(SHAPES)
+    sampled_rounds: list[set[int]] = []
+    for r in range(1, 7):
+        msgs = list(strategy.configure_train(r, arrays, ConfigRecord(), FakeGrid(nodes)))
+        sampled = {int(m.metadata.dst_node_id) for m in msgs}
+        assert len(sampled) == 5
+        sampled_rounds.append(sampled)
+        before = strategy.reputations()
+        G = _grads(100 + r, len(sampled))
+        replies = [reply(n, r, G[i]) for i, n in enumerate(sorted(sampled))]
+        new, _ = strategy.aggregate_train(r, replies)
+        assert new is not None
+        arrays = new
+        after = strategy.reputations()
+        for n in nodes:
+            if n not in sampled and n in before:
+                assert after[n] == before[n]  # not sampled: unchanged
+    assert len(set().union(*sampled_rounds)) > 5  # the sample changed between rounds
