@@ -24,6 +24,7 @@ so a run done by hand and the same run in a grid share one run id (and one store
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -147,6 +148,7 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid", base: Path | None = 
         raise ConfigError(f"grid {gname!r}: needs at least one [[cells]] block")
     grid = Grid(name=gname, description=str(raw.get("description", "")))
     seen: set[str] = set()
+    bases: dict[str, dict[str, Any]] = {}
     for b, block in enumerate(cells):
         where = f"grid {gname!r} [[cells]] #{b + 1}"
         if not isinstance(block, dict):
@@ -174,7 +176,9 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid", base: Path | None = 
             block_datasets, block_seeds, itertools.product(*(axes[k] for k in keys))
         ):
             values = dict(zip(keys, combo, strict=True))
-            data = _base_config(datasets[ds], base, where)
+            if ds not in bases:  # each preset or config file read once per grid
+                bases[ds] = _base_config(datasets[ds], base, where)
+            data = copy.deepcopy(bases[ds])
             data = apply_overrides(data, [f"{k}={_literal(v)}" for k, v in common.items()])
             fraction = values.pop("malicious_fraction", None)
             data = apply_overrides(data, [f"{k}={_literal(v)}" for k, v in values.items()])
