@@ -140,9 +140,7 @@ def bench_shape(m: int, P: int, c: int, repeats: int, byzfl: bool) -> dict[str, 
     gen = torch.Generator().manual_seed(0)
     G = torch.randn(m, P, generator=gen)
     g0 = torch.randn(P, generator=gen)
-    ctx = AggregationContext(
-        client_ids=torch.arange(m), c_max=c, extra={"root_gradient": g0}, round=0
-    )
+    ctx = AggregationContext(root_gradient=g0)
     ones = torch.ones(1, m)
     Gn = G.numpy()
     bound = {

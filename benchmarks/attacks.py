@@ -24,7 +24,8 @@ from rich.table import Table
 
 from benchmarks._timing import machine_info, timeit, write_report
 from tesseract_fl.aggregators import Tesseract
-from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np, krum_select
+from tesseract_fl.aggregators.kernels.gram import nearest_sums_np, sq_distances
+from tesseract_fl.aggregators.krum import krum_select
 from tesseract_fl.attacks import ATTACKS, AttackContext, DefenseView, make_attack
 from tesseract_fl.attacks.base import malicious_mask, uniform
 from tesseract_fl.attacks.full_krum import LAMBDA_MIN, full_krum_search, lambda_upper_bound
@@ -48,7 +49,7 @@ def naive_full_krum(G: torch.Tensor, c: int, c_max: int, gen: torch.Generator) -
     while lam >= LAMBDA_MIN:
         A = G.clone()
         A[mask] = noise - lam * s
-        scores = _scores_np(_pairwise_sq_distances(A).numpy(), m - c_max - 2)
+        scores = nearest_sums_np(sq_distances(A).numpy(), m - c_max - 2)
         if bool(mask[int(krum_select(torch.from_numpy(scores), 1)[0])]):
             return lam
         lam /= 2.0

@@ -121,12 +121,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     defenses: dict[str, Any] = {}
     for name, agg in _defenses(m, c).items():
-        needs_root = bool(getattr(agg, "needs_root_gradient", False))
+        needs_root = bool(agg.needs_root_gradient)
 
         def once(agg: Any = agg, needs_root: bool = needs_root) -> None:
-            ctx = AggregationContext(client_ids=ids, n_samples=sim.n_samples, c_max=c, round=1)
-            if needs_root:
-                ctx.extra["root_gradient"] = root_gradient()
+            ctx = AggregationContext(
+                n_samples=sim.n_samples, root_gradient=root_gradient() if needs_root else None
+            )
             agg.aggregate(G, ids, ctx)
 
         defenses[name] = timeit(once, reps)

@@ -46,7 +46,7 @@ def test_full_krum_sends_rows_krum_selects(tiny_overrides: list[str]) -> None:
     for _ in range(2):
         res = sim.step()
         if res.attack["lambda"] > 0:
-            chosen = int(res.aggregate.record["selected"][0])
+            chosen = int(res.aggregate.diagnostics.selected[0])
             assert bool(sim.malicious[chosen])
 
 
@@ -165,7 +165,7 @@ def test_nan_attack_rows_are_excluded_not_fatal(tiny_overrides: list[str]) -> No
         sim.attack = _BadAttack(nan=True)
         result = sim.step()
         bad = sim.malicious.nonzero().flatten().tolist()
-        assert result.aggregate.record["excluded"] == bad
+        assert result.aggregate.diagnostics.excluded == bad
         assert float(result.aggregate.weights[bad].abs().sum()) == 0.0
         assert all(bool(torch.isfinite(p).all()) for p in sim.model.parameters())
 

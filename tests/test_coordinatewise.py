@@ -8,16 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tesseract_fl.aggregators.median import Median, median, median_weights
-from tesseract_fl.aggregators.trimmed_mean import (
+from tesseract_fl.aggregators.kernels.sorting import (
     PARALLEL_MIN_COLUMNS,
     SORT_MIN_ROWS,
-    TrimmedMean,
     resolve_sort_method,
     sorted_column_chunks,
-    trimmed_mean,
-    trimmed_mean_weights,
 )
+from tesseract_fl.aggregators.median import Median, median, median_weights
+from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean, trimmed_mean_weights
 from tesseract_fl.errors import ConfigError, UpdateError
 
 METHODS = ["network", "sort", "torch"]
@@ -228,7 +226,6 @@ def test_bounded_by_honest_rows(case: tuple[int, int, list[list[float]], list[fl
 
 def test_thread_split_over_columns_gives_identical_results() -> None:
     """Wide matrices are split into column ranges on threads; values must not change."""
-    from tesseract_fl.aggregators.trimmed_mean import PARALLEL_MIN_COLUMNS
 
     gen = torch.Generator().manual_seed(3)
     G = torch.randn(9, 2 * PARALLEL_MIN_COLUMNS + 17, generator=gen)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tesseract_fl.aggregators.base import Aggregator
-from tesseract_fl.aggregators.faba import FABA, faba, faba_removed, faba_select, gram64
+from tesseract_fl.aggregators.faba import FABA, faba, faba_removed, faba_select
+from tesseract_fl.aggregators.kernels.gram import gram64
 from tesseract_fl.errors import ConfigError, UpdateError
 
 
@@ -105,9 +106,9 @@ def test_class_weights_and_record() -> None:
     out = agg.aggregate(G, client_ids=torch.tensor([10, 11, 12, 13, 14]))
     torch.testing.assert_close(out.weights, torch.tensor([0.25, 0.25, 0.25, 0.0, 0.25]))
     torch.testing.assert_close(out.update, torch.tensor([0.5, 0.5]))
-    assert out.record["removed"] == [3]
-    assert out.record["removed_clients"] == [13]
-    assert out.record["kept"].tolist() == [True, True, True, False, True]
+    assert out.diagnostics.extra["removed"] == [3]
+    assert out.diagnostics.extra["removed_clients"] == [13]
+    assert out.diagnostics.extra["kept"].tolist() == [True, True, True, False, True]
     assert agg.state_dict() == {}  # stateless between rounds
     with pytest.raises(ConfigError, match="stateless"):
         agg.load_state_dict({"c_max": 1})
@@ -126,7 +127,7 @@ def test_bad_inputs() -> None:
     G[2, 1] = float("nan")
     # hostile-row policy: the NaN row is excluded, FABA runs on the other four
     torch.testing.assert_close(faba(G, 1), faba(G[[0, 1, 3, 4]], 1))
-    assert FABA(c_max=1).aggregate(G).record["excluded"] == [2]
+    assert FABA(c_max=1).aggregate(G).diagnostics.excluded == [2]
     with pytest.raises(UpdateError):
         faba(torch.randn(5), 1)
     with pytest.raises(UpdateError, match="client_ids"):
@@ -150,8 +151,8 @@ def test_non_finite_rows_are_excluded(bad: float, c: int) -> None:
     c_eff = min(c, 2)
     torch.testing.assert_close(faba(G, c), faba(rest, c_eff))
     out = FABA(c_max=c).aggregate(G)
-    assert out.record["excluded"] == [4] and float(out.weights[4]) == 0.0
-    assert out.record["c_max_effective"] == c_eff
+    assert out.diagnostics.excluded == [4] and float(out.weights[4]) == 0.0
+    assert out.diagnostics.c_max_effective == c_eff
     # the building blocks stay strict
     with pytest.raises(UpdateError, match="NaN/Inf"):
         faba_removed(G, c)
@@ -166,6 +167,6 @@ def test_float64_rows_whose_squares_overflow_are_handled() -> None:
     assert faba_removed(G, 1) == [0]
     torch.testing.assert_close(faba(G, 1), torch.tensor([0.5, 1.0], dtype=torch.float64))
     out = FABA(c_max=1).aggregate(G)
-    assert out.record["removed"] == [0] and out.weights.tolist() == [0.0, 0.5, 0.5]
+    assert out.diagnostics.extra["removed"] == [0] and out.weights.tolist() == [0.0, 0.5, 0.5]
     with pytest.raises(UpdateError, match="too large"):
         gram64(G)

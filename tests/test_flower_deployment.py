@@ -79,7 +79,7 @@ def test_localhost_deployment_tesseract_reputation_finds_the_sign_flipper(
     sim = build_simulation(build_config(experiment))
     for _ in range(3):
         res = sim.step()
-    expected = res.aggregate.record["reputation"].tolist()
+    expected = res.aggregate.diagnostics.reputation.tolist()
     assert [reputation[p] for p in range(5)] == pytest.approx(expected, abs=1e-12)
 
     federation.stop()

@@ -48,7 +48,7 @@ class Recorder:
             {
                 "G": G.clone(),
                 "n": ctx.n_samples.clone(),
-                "root": ctx.extra.get("root_gradient"),
+                "root": ctx.root_gradient,
                 "update": out.update.clone(),
                 "weights": out.weights.clone(),
             }
@@ -483,9 +483,7 @@ def test_weights_mode_applies_the_simulators_aggregate_of_the_pseudo_gradients(
     assert new is not None
     G = w - local
     agg = make_aggregator(defense, num_clients=m, c_max=c_max)
-    ctx = AggregationContext(
-        client_ids=torch.arange(m), n_samples=torch.full((m,), 10.0), c_max=c_max, round=0
-    )
+    ctx = AggregationContext(n_samples=torch.full((m,), 10.0))
     expected = w.clone()
     expected.add_(agg.aggregate(G, torch.arange(m), ctx).update, alpha=-1.0)
     assert torch.equal(flat(new), expected)

@@ -92,9 +92,9 @@ def test_zero_rows_and_all_zero_trust() -> None:
     # every gradient opposite or orthogonal: zero update and zero weights
     G = torch.tensor([[-1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
     assert torch.equal(fltrust(G, g0), torch.zeros(2))
-    out = FLTrust().aggregate(G, ctx=AggregationContext(extra={"root_gradient": g0}))
+    out = FLTrust().aggregate(G, ctx=AggregationContext(root_gradient=g0))
     assert torch.equal(out.update, torch.zeros(2)) and torch.equal(out.weights, torch.zeros(3))
-    assert out.record["all_zero"] is True
+    assert out.diagnostics.extra["all_zero"] is True
     # zero root gradient: nobody can be trusted
     assert torch.equal(fltrust(torch.ones(2, 2), torch.zeros(2)), torch.zeros(2))
 
@@ -105,11 +105,11 @@ def test_class() -> None:
     assert agg.name == "fltrust" and agg.needs_root_gradient is True
     G = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
     g0 = torch.tensor([1.0, 1.0])
-    out = agg.aggregate(G, ctx=AggregationContext(extra={"root_gradient": g0}))
+    out = agg.aggregate(G, ctx=AggregationContext(root_gradient=g0))
     torch.testing.assert_close(out.update, fltrust(G, g0))
     torch.testing.assert_close(out.weights, fltrust_weights(G, g0))
     torch.testing.assert_close(out.weights @ G, out.update)
-    assert out.record["trust_scores"][2] == 0.0
+    assert out.diagnostics.scores[2] == 0.0
     assert agg.state_dict() == {}  # stateless between rounds
     with pytest.raises(ConfigError, match="stateless"):
         agg.load_state_dict({"root_size": 50})
@@ -152,7 +152,7 @@ def test_non_finite_rows_are_excluded(bad: float, root: str) -> None:
     g0[17] = 0.0  # the bad entry meets a zero of g0: still caught
     rest = G[[0, 1, 3]]
     torch.testing.assert_close(fltrust(G, g0), fltrust(rest, g0))
-    out = FLTrust().aggregate(G, ctx=AggregationContext(extra={"root_gradient": g0}))
-    assert out.record["excluded"] == [2] and float(out.weights[2]) == 0.0
+    out = FLTrust().aggregate(G, ctx=AggregationContext(root_gradient=g0))
+    assert out.diagnostics.excluded == [2] and float(out.weights[2]) == 0.0
     assert bool(torch.isfinite(out.update).all())
     torch.testing.assert_close(out.weights[[0, 1, 3]], fltrust_weights(rest, g0))

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tesseract_fl.aggregators.base import AggregationContext, Aggregator
+from tesseract_fl.aggregators.base import Aggregator
 from tesseract_fl.aggregators.foolsgold import FoolsGold, foolsgold_weights
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -101,7 +101,7 @@ def test_identical_sybils_get_near_zero_weight() -> None:
     assert bool((out.weights[:20] > 0.01).all())
     torch.testing.assert_close(out.weights.sum(), torch.tensor(1.0))
     torch.testing.assert_close(out.update, out.weights @ G)
-    torch.testing.assert_close(out.record["alpha"], foolsgold_weights(G))
+    torch.testing.assert_close(out.diagnostics.scores, foolsgold_weights(G))
 
 
 def test_history_accumulates_by_client_id() -> None:
@@ -117,13 +117,13 @@ def test_history_accumulates_by_client_id() -> None:
         assert agg.history is not None
         torch.testing.assert_close(agg.history, expected)
         alpha = foolsgold_weights(expected[ids])
-        torch.testing.assert_close(out.record["alpha"], alpha)
+        torch.testing.assert_close(out.diagnostics.scores, alpha)
         torch.testing.assert_close(out.weights, (alpha / alpha.sum()).float())
         torch.testing.assert_close(out.update, out.weights @ G)
     assert agg.rounds_seen.tolist() == [4, 2, 3, 2, 2]
-    # ids from the context work the same way
+    # absent clients keep their histories
     G = torch.randn(2, 8)
-    agg.aggregate(G, ctx=AggregationContext(client_ids=torch.tensor([1, 3])))
+    agg.aggregate(G, client_ids=torch.tensor([1, 3]))
     expected[[1, 3]] += G
     torch.testing.assert_close(agg.history, expected)
 
@@ -134,14 +134,14 @@ def test_without_history_uses_current_round_only() -> None:
     for _ in range(3):
         G = torch.randn(4, 6)
         out = agg.aggregate(G)
-        torch.testing.assert_close(out.record["alpha"], foolsgold_weights(G))
+        torch.testing.assert_close(out.diagnostics.scores, foolsgold_weights(G))
     assert agg.history is None
 
 
 def test_all_identical_clients_give_zero_update() -> None:
     G = torch.ones(4, 3)
     out = FoolsGold(num_clients=4).aggregate(G)
-    assert out.record["all_zero"] is True
+    assert out.diagnostics.extra["all_zero"] is True
     assert torch.equal(out.update, torch.zeros(3))
     assert torch.equal(out.weights, torch.zeros(4))
     assert torch.equal(foolsgold_weights(G), torch.zeros(4, dtype=torch.float64))
@@ -175,12 +175,12 @@ def test_errors() -> None:
     G = torch.randn(3, 4)
     G[1, 2] = float("nan")
     out = agg.aggregate(G)  # hostile-row policy: row 1 excluded, its history untouched
-    assert out.record["excluded"] == [1] and float(out.weights[1]) == 0.0
+    assert out.diagnostics.excluded == [1] and float(out.weights[1]) == 0.0
     assert agg.history is not None and float(agg.history[1].abs().sum()) == 0.0
     agg.aggregate(torch.randn(3, 4))
     with pytest.raises(UpdateError, match="P=4"):
         agg.aggregate(torch.randn(3, 5))
-    with pytest.raises(UpdateError, match="client ids"):
+    with pytest.raises(UpdateError, match="client_ids"):
         agg.aggregate(torch.randn(2, 4), client_ids=[0, 3])
     with pytest.raises(UpdateError, match="unique"):
         agg.aggregate(torch.randn(2, 4), client_ids=[1, 1])
@@ -218,7 +218,7 @@ def test_non_finite_entries_are_rejected(bad: float, use_history: bool) -> None:
     G = torch.randn(3, 50)
     G[1, 7] = bad
     out = agg.aggregate(G, client_ids=[3, 1, 0])  # row 1 (client 1) is excluded
-    assert out.record["excluded"] == [1] and float(out.weights[1]) == 0.0
+    assert out.diagnostics.excluded == [1] and float(out.weights[1]) == 0.0
     assert bool(torch.isfinite(out.update).all())
     with pytest.raises(UpdateError, match="NaN/Inf"):
         foolsgold_weights(G)  # the building block stays strict

@@ -131,10 +131,7 @@ def test_hostile_matrices(name: str, data: st.DataObject) -> None:
     k = data.draw(st.integers(1, m), label="k") if name == "krum" else 1
     G, kinds = hostile_matrix(kinds, P, seed)
     agg = build(name, m, c, k)
-    ctx = AggregationContext(
-        client_ids=torch.arange(m),
-        extra={"root_gradient": torch.ones(P)},
-    )
+    ctx = AggregationContext(root_gradient=torch.ones(P))
     excluded = [i for i, kind in enumerate(kinds) if kind in NON_FINITE]
     finite = [i for i in range(m) if i not in excluded]
     with warnings.catch_warnings():
@@ -146,7 +143,7 @@ def test_hostile_matrices(name: str, data: st.DataObject) -> None:
             assert out.weights.shape == (m,)
             assert bool(torch.isfinite(out.weights).all())
             assert bool((out.weights >= 0).all())
-            assert out.record["excluded"] == excluded
+            assert out.diagnostics.excluded == excluded
             if excluded:
                 assert float(out.weights[excluded].abs().sum()) == 0.0
             if not finite:
@@ -154,8 +151,8 @@ def test_hostile_matrices(name: str, data: st.DataObject) -> None:
     if not finite:
         return
     c_eff = c_effective(name, c, len(finite))
-    if "c_max_effective" in out.record:
-        assert out.record["c_max_effective"] == c_eff
+    if out.diagnostics.c_max_effective is not None:
+        assert out.diagnostics.c_max_effective == c_eff
     honest = [i for i in finite if kinds[i] == "honest"]
     n_bad = len(finite) - len(honest)
     if name == "krum" and k == 1:
@@ -181,12 +178,12 @@ def test_huge_rows_do_not_overflow(name: str) -> None:
     G[1] = -HUGE
     G[2, ::2] = HUGE
     agg = build(name, m, min(2, max_c(name, m)), 1)
-    ctx = AggregationContext(client_ids=torch.arange(m), extra={"root_gradient": torch.ones(P)})
+    ctx = AggregationContext(root_gradient=torch.ones(P))
     for _ in range(2):
         out = agg.aggregate(G, torch.arange(m), ctx)
         assert bool(torch.isfinite(out.update).all())
         assert bool(torch.isfinite(out.weights).all()) and bool((out.weights >= 0).all())
-        assert out.record.get("excluded", []) == []
+        assert out.diagnostics.excluded == []
     if name in ("trimmed_mean", "median", "krum", "bulyan", "faba"):
         # robust rules ignore the 3 huge rows when c_max = 2 covers... (c=2 < 3 for some):
         # at least the result must not be dominated by 1e30.
@@ -198,9 +195,9 @@ def test_tesseract_flip_score_does_not_overflow() -> None:
     G = torch.randn(5, 1000)
     G[3] = HUGE
     out = agg.aggregate(G)
-    fs = out.record["flip_scores"]
+    fs = out.diagnostics.flip_scores
     assert bool(torch.isfinite(fs).all())
-    assert int(torch.argmax(fs)) == 3 and bool(out.record["penalized"][3])
+    assert int(torch.argmax(fs)) == 3 and bool(out.diagnostics.penalized[3])
 
 
 # --------------------------------------------------------------------------- dropouts
@@ -238,8 +235,8 @@ def test_tesseract_cut_off_when_too_few_present() -> None:
     G = torch.randn(5, 4)
     G[:3] = math.nan  # 5 present, 2 finite: allowed, the 3 NaN rows are penalized
     out = agg.aggregate(G, client_ids=[0, 1, 2, 3, 4])
-    assert out.record["excluded"] == [0, 1, 2]
-    assert bool(out.record["penalized"][:3].all())
+    assert out.diagnostics.excluded == [0, 1, 2]
+    assert bool(out.diagnostics.penalized[:3].all())
     assert float(out.weights[3:].sum()) == pytest.approx(1.0)
 
 
@@ -263,7 +260,7 @@ def test_foolsgold_absent_and_nan_clients_keep_history() -> None:
     assert agg.history is not None
     for cid in (0, 3, 5, 1):  # absent, and client 1 whose row was not finite
         assert torch.equal(agg.history[cid], H[cid])
-    assert out.record["excluded"] == [1] and float(out.weights[1]) == 0.0
+    assert out.diagnostics.excluded == [1] and float(out.weights[1]) == 0.0
     assert agg.rounds_seen.tolist() == [1, 1, 2, 1, 2, 1]
 
 
@@ -288,7 +285,7 @@ def test_stack_updates() -> None:
 def test_wrong_layout_is_still_an_update_error() -> None:
     for name in AGGREGATOR_NAMES:
         agg = build(name, 5, 1 if max_c(name, 5) else 0, 1)
-        ctx = AggregationContext(extra={"root_gradient": torch.ones(3)})
+        ctx = AggregationContext(root_gradient=torch.ones(3))
         for bad in (torch.ones(5), torch.ones(5, 3, dtype=torch.long), torch.ones(0, 3)):
             with pytest.raises(UpdateError):
                 agg.aggregate(bad, None, ctx)
@@ -436,7 +433,7 @@ def test_values_near_the_float32_limit_give_a_finite_mean(name: str) -> None:
     G = torch.full((m, P), 3.0e38)
     G[1::4] = 3.3e38
     agg = make_aggregator(name, num_clients=m, c_max=2)
-    ctx = AggregationContext(client_ids=torch.arange(m), n_samples=torch.ones(m), c_max=2)
+    ctx = AggregationContext(n_samples=torch.ones(m))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = agg.aggregate(G, torch.arange(m), ctx)

@@ -35,11 +35,13 @@ from tesseract_fl.aggregators import (
     pairwise_sq_distances,
 )
 from tesseract_fl.aggregators.bulyan import bulyan, bulyan_select
-from tesseract_fl.aggregators.faba import faba_removed, gram64
+from tesseract_fl.aggregators.faba import faba_removed
 from tesseract_fl.aggregators.fltrust import fltrust, fltrust_weights
-from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np, krum
+from tesseract_fl.aggregators.kernels.gram import gram64, nearest_sums_np, sq_distances
+from tesseract_fl.aggregators.krum import krum
 from tesseract_fl.aggregators.median import median
-from tesseract_fl.aggregators.tesseract import flip_scores, flip_scores_reference
+from tesseract_fl.aggregators.reference import flip_scores_reference
+from tesseract_fl.aggregators.tesseract import flip_scores
 from tesseract_fl.aggregators.trimmed_mean import trimmed_mean
 from tesseract_fl.errors import UpdateError
 
@@ -81,7 +83,7 @@ def test_foolsgold_terminates_on_a_float64_entry_beyond_float32() -> None:
     with time_limit(20):
         out = agg.aggregate(G)
         again = agg.aggregate(torch.randn(6, 5, dtype=torch.float64))
-    assert out.record["excluded"] == [2] and float(out.weights[2]) == 0.0
+    assert out.diagnostics.excluded == [2] and float(out.weights[2]) == 0.0
     assert finite(out.update) and finite(out.weights) and finite(again.update)
     assert agg.history is not None and finite(agg.history)
     assert agg.rounds_seen.tolist() == [2, 2, 1, 2, 2, 2]  # client 2's history skipped once
@@ -96,8 +98,8 @@ def test_foolsgold_without_history_keeps_a_huge_float64_row() -> None:
     G[2] = 1e300 * G[2]
     out = FoolsGold(num_clients=6, use_history=False).aggregate(G)
     scaled = FoolsGold(num_clients=6, use_history=False).aggregate(G * TWO_M600)
-    assert out.record["excluded"] == [] and finite(out.update) and finite(out.weights)
-    assert torch.equal(out.record["alpha"], scaled.record["alpha"])  # the same cosines
+    assert out.diagnostics.excluded == [] and finite(out.update) and finite(out.weights)
+    assert torch.equal(out.diagnostics.scores, scaled.diagnostics.scores)  # the same cosines
 
 
 # --------------------------------------------------------------------------- TESSERACT
@@ -114,10 +116,10 @@ def test_tesseract_float16_flip_scores_do_not_tie() -> None:
     assert fs.dtype == torch.float32
     torch.testing.assert_close(fs.double(), flip_scores_reference(G16, torch.zeros(P)))
     out = Tesseract(num_clients=m, c_max=1).aggregate(G16, ids)
-    assert out.record["penalized"].tolist() == [True, False, False, False, True]
+    assert out.diagnostics.penalized.tolist() == [True, False, False, False, True]
     ref = Tesseract(num_clients=m, c_max=1).aggregate(G16.float(), ids)
-    assert torch.equal(out.record["flip_scores"], ref.record["flip_scores"])
-    assert out.record["fs_high"] == float(fs[4]) and finite(out.update)
+    assert torch.equal(out.diagnostics.flip_scores, ref.diagnostics.flip_scores)
+    assert out.diagnostics.fs_high == float(fs[4]) and finite(out.update)
 
 
 @pytest.mark.parametrize(("dtype", "huge"), [(torch.float32, 1e20), (torch.float64, 1e160)])
@@ -132,8 +134,8 @@ def test_tesseract_scores_beyond_the_dtype_keep_their_order(
     G[2:] = huge * torch.arange(1, 6, dtype=dtype)[:, None]  # row 6 is the most extreme
     ids = torch.tensor([6, 5, 4, 3, 2, 1, 0])  # ties by id would penalize row 6 last
     out = Tesseract(num_clients=m, c_max=1).aggregate(G, ids)
-    assert bool(out.record["penalized"][6]) and not bool(out.record["penalized"][2])
-    assert finite(out.record["flip_scores"]) and finite(out.update) and finite(out.weights)
+    assert bool(out.diagnostics.penalized[6]) and not bool(out.diagnostics.penalized[2])
+    assert finite(out.diagnostics.flip_scores) and finite(out.update) and finite(out.weights)
 
 
 def test_tesseract_float32_scores_are_unchanged() -> None:
@@ -209,7 +211,7 @@ def test_fltrust_root_norm_beyond_float32_gives_a_finite_update(spread: float) -
     G = 1.0 + spread * torch.randn(10, P)
     G[3] *= 1e-3  # a weight near float32 max
     g0 = torch.full((P,), 3e38)
-    out = FLTrust().aggregate(G, ctx=AggregationContext(extra={"root_gradient": g0}))
+    out = FLTrust().aggregate(G, ctx=AggregationContext(root_gradient=g0))
     assert finite(out.update) and finite(out.weights) and bool((out.weights >= 0).all())
     v = unit_row_direction(G, g0)
     exact = v * g0.double().norm()
@@ -230,7 +232,7 @@ def test_fltrust_float64_rows_whose_squares_overflow() -> None:
     G = torch.randn(8, 5, dtype=torch.float64)
     G[:3] *= 1e200
     g0 = torch.randn(5, dtype=torch.float64)
-    out = FLTrust().aggregate(G, ctx=AggregationContext(extra={"root_gradient": g0}))
+    out = FLTrust().aggregate(G, ctx=AggregationContext(root_gradient=g0))
     G_small = G.clone()
     G_small[:3] *= TWO_M600
     ref = fltrust(G_small, g0)
@@ -272,11 +274,11 @@ def test_krum_selects_in_scaled_space(k: int) -> None:
     G = huge_matrix(9)
     out = Krum(c_max=2, k=k).aggregate(G)
     ref = Krum(c_max=2, k=k).aggregate(G * TWO_M600)
-    assert torch.equal(out.record["selected"], ref.record["selected"])
+    assert torch.equal(out.diagnostics.selected, ref.diagnostics.selected)
     assert torch.equal(out.weights, ref.weights)
-    assert finite(out.update) and finite(out.record["scores"])
+    assert finite(out.update) and finite(out.diagnostics.scores)
     if k == 1:
-        assert torch.equal(out.update, G[int(out.record["selected"][0])])
+        assert torch.equal(out.update, G[int(out.diagnostics.selected[0])])
     else:
         torch.testing.assert_close(out.update * TWO_M600, ref.update, rtol=1e-15, atol=0.0)
     with pytest.raises(UpdateError, match="too large"):
@@ -296,7 +298,7 @@ def test_bulyan_selects_in_scaled_space() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         out = Bulyan(c_max=2).aggregate(G)
         ref = Bulyan(c_max=2).aggregate(G * TWO_M600)
-    assert torch.equal(out.record["selected"], ref.record["selected"])
+    assert torch.equal(out.diagnostics.selected, ref.diagnostics.selected)
     assert torch.equal(out.update * TWO_M600, ref.update)  # powers of two: exact
     assert torch.equal(out.weights, ref.weights)
 
@@ -305,8 +307,10 @@ def test_faba_removes_the_same_rows_in_scaled_space() -> None:
     G = huge_matrix(11)
     out = FABA(c_max=3).aggregate(G)
     ref = FABA(c_max=3).aggregate(G * TWO_M600)
-    assert out.record["removed"] == ref.record["removed"] == faba_removed(G, 3)
-    assert set(out.record["removed"][:2]) == {0, 1}  # the two rows 40 times farther out
+    assert (
+        out.diagnostics.extra["removed"] == ref.diagnostics.extra["removed"] == faba_removed(G, 3)
+    )
+    assert set(out.diagnostics.extra["removed"][:2]) == {0, 1}  # the two rows 40 times farther out
     torch.testing.assert_close(out.update * TWO_M600, ref.update, rtol=1e-15, atol=0.0)
     with pytest.raises(UpdateError, match="too large"):
         gram64(G)
@@ -331,7 +335,7 @@ def reference_bulyan_select(D: torch.Tensor, c: int) -> list[int]:
     chosen: list[int] = []
     for _ in range(Dn.shape[0] - 2 * c):
         sub = Dn[np.ix_(remaining, remaining)]
-        scores = _scores_np(sub, max(1, len(remaining) - c - 2))
+        scores = nearest_sums_np(sub, max(1, len(remaining) - c - 2))
         chosen.append(remaining.pop(int(np.argmin(scores))))
     return chosen
 
@@ -344,7 +348,7 @@ def selection_matrix(rng: np.random.Generator, m: int, kind: int) -> torch.Tenso
         X = np.round(X * 2)
     elif kind == 3:  # a third of the rows far out
         X[: m // 3] *= 1e6
-    return _pairwise_sq_distances(torch.from_numpy(X.astype(np.float32)))
+    return sq_distances(torch.from_numpy(X.astype(np.float32)))
 
 
 def test_bulyan_select_matches_the_reference() -> None:
@@ -373,10 +377,10 @@ def test_bulyan_at_a_thousand_clients() -> None:
     G = torch.randn(m, 10)
     G[:c] = G[0] + 3.0
     out = Bulyan(c_max=c).aggregate(G)
-    sel = out.record["selected"].tolist()
+    sel = out.diagnostics.selected.tolist()
     assert len(sel) == len(set(sel)) == m - 2 * c
-    D = _pairwise_sq_distances(G)
-    assert sel[0] == int(np.argmin(_scores_np(D.numpy(), m - c - 2)))
+    D = sq_distances(G)
+    assert sel[0] == int(np.argmin(nearest_sums_np(D.numpy(), m - c - 2)))
     assert finite(out.update) and abs(float(out.weights.sum()) - 1.0) < 1e-5
 
 
@@ -492,7 +496,7 @@ def test_any_finite_matrix_gives_a_finite_update(name: str, data: st.DataObject)
     c = data.draw(st.integers(0, max_c(name, m)), label="c_max")
     k = data.draw(st.integers(1, m), label="k") if name == "krum" else 1
     agg = make_aggregator(name, num_clients=m, c_max=c, **({"k": k} if name == "krum" else {}))
-    ctx = AggregationContext(client_ids=torch.arange(m), extra={"root_gradient": g0})
+    ctx = AggregationContext(root_gradient=g0)
     with warnings.catch_warnings(), time_limit(20):
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(2):  # a second round uses TESSERACT's s_g and FoolsGold's history
@@ -501,6 +505,7 @@ def test_any_finite_matrix_gives_a_finite_update(name: str, data: st.DataObject)
             assert finite(out.update), out.update
             assert out.weights.shape == (m,) and finite(out.weights), out.weights
             assert bool((out.weights >= 0).all())
-            key = {"tesseract": "flip_scores", "foolsgold": "alpha", "krum": "scores"}.get(name)
+            key = {"tesseract": "flip_scores", "foolsgold": "scores", "krum": "scores"}.get(name)
             if key is not None:
-                assert finite(out.record[key]), out.record[key]
+                scores = getattr(out.diagnostics, key)
+                assert finite(scores), scores

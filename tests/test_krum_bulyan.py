@@ -69,7 +69,7 @@ def test_krum_by_hand() -> None:
     assert torch.allclose(krum(G, 1, k=3), torch.tensor([1.0]))
     agg = Krum(c_max=1, k=2).aggregate(G)
     assert torch.allclose(agg.weights, torch.tensor([0.5, 0.5, 0, 0, 0]))
-    assert agg.record["selected"].tolist() == [1, 0]
+    assert agg.diagnostics.selected.tolist() == [1, 0]
 
 
 def test_krum_ties_lowest_index() -> None:
@@ -112,7 +112,7 @@ def test_krum_returns_input_row_and_multikrum_mean(m: int, seed: int, data: st.D
     out = krum(G, c)
     assert any(torch.equal(out, G[i]) for i in range(m))
     agg = Krum(c, k=k).aggregate(G)
-    sel = agg.record["selected"]
+    sel = agg.diagnostics.selected
     assert sel.unique().numel() == k
     assert torch.allclose(agg.update, G[sel].mean(0), atol=1e-5)
     perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed))

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,7 +107,19 @@ def _digest(store: Path, run_id: str, summary: dict[str, Any]) -> dict[str, Any]
 
 
 def _machine() -> str:
-    return f"{platform.machine()} torch {torch.__version__}"
+    """What the pinned numbers hold for: float results depend on the CPU's kernels and the
+    numerical libraries, so on another machine the test is skipped (re-pin there)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (
+        f"{platform.machine()} {cpu} torch {torch.__version__} numpy {np.__version__} "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
 
 
 def _run_case(tmp_path: Path, tiny_overrides: list[str], case: str) -> dict[str, Any]:

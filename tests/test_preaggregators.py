@@ -107,15 +107,15 @@ def test_clip_bounds_every_defense(name: str, seed: int, magnitude: float, bad: 
     G = torch.randn(m, P, generator=gen)
     G[:bad] = magnitude * torch.sign(torch.randn(bad, P, generator=gen))
     agg = make_aggregator(f"clip+{name}", num_clients=m, c_max=2)
-    ctx = AggregationContext(client_ids=torch.arange(m), extra={"root_gradient": G[5:].mean(0)})
+    ctx = AggregationContext(root_gradient=G[5:].mean(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # Bulyan's m < 4c+3 notice
         out = agg.aggregate(G, torch.arange(m), ctx)
-    tau = out.record["clip_tau"]
+    tau = out.diagnostics.extra["clip_tau"]
     assert bool(torch.isfinite(out.update).all())
     # Every rule's update is a combination of rows with total weight <= 1 (FLTrust rescales
     # rows to the root norm, which the clip bounds too): its norm stays within a few tau.
-    limit = 3.0 * max(tau, float(ctx.extra["root_gradient"].norm()))
+    limit = 3.0 * max(tau, float(ctx.root_gradient.norm()))
     assert float(out.update.norm()) <= limit
 
 

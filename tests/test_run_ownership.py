@@ -18,7 +18,7 @@ import tesseract_fl
 from tesseract_fl.errors import RunBusyError, StoreError
 from tesseract_fl.experiments.config import resolve_config
 from tesseract_fl.experiments.runner import run_experiment
-from tesseract_fl.experiments.store import ResultsStore
+from tesseract_fl.experiments.store import ResultsStore, RoundMetrics
 
 
 def _env() -> dict[str, str]:
@@ -115,15 +115,15 @@ def test_finish_refuses_holes_and_a_lost_claim_stops_writes(tmp_path: Path) -> N
     with ResultsStore(store) as s:
         s.start_run("r", "n", {}, {})
         s.claim("r")
-        s.write_round("r", 0, {"lr": 0.1})
-        s.write_round("r", 2, {"lr": 0.1})
+        s.write_round("r", 0, RoundMetrics(lr=0.1))
+        s.write_round("r", 2, RoundMetrics(lr=0.1))
         with pytest.raises(StoreError, match="1 of its 3 rounds are missing"):
             s.finish_run("r", {"rounds": 3})
         assert s.get_run("r")["status"] == "running"  # type: ignore[index]
         with s.transaction() as c:  # another process takes the run over
             c.execute("UPDATE owners SET token = 'theirs' WHERE run_id = 'r'")
         with pytest.raises(RunBusyError, match="took it over"):
-            s.write_round("r", 1, {"lr": 0.1})
+            s.write_round("r", 1, RoundMetrics(lr=0.1))
         s.fail_run("r", "ours")  # not ours any more: nothing written
         assert s.get_run("r")["status"] == "running"  # type: ignore[index]
 

@@ -17,7 +17,8 @@ from tesseract_fl.aggregators import (
     flip_scores,
     penalty_mask,
 )
-from tesseract_fl.aggregators.tesseract import LOG_FLOAT32_MAX, flip_scores_reference
+from tesseract_fl.aggregators.reference import flip_scores_reference
+from tesseract_fl.aggregators.tesseract import LOG_FLOAT32_MAX
 from tesseract_fl.errors import ConfigError, UpdateError
 
 # --------------------------------------------------------------------------- flip-scores
@@ -131,9 +132,9 @@ def test_three_rounds_by_hand() -> None:
     # Round 1, s_g = 0: FS = sum of squares = [1, 4, 9, 16, 25, 36] -> penalize clients 0 and 5.
     G1 = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0], [6.0, 0.0]])
     out1 = agg.aggregate(G1)
-    torch.testing.assert_close(out1.record["flip_scores"], torch.tensor([1.0, 4, 9, 16, 25, 36]))
-    assert out1.record["penalized"].tolist() == [True, False, False, False, False, True]
-    assert (out1.record["fs_low"], out1.record["fs_high"]) == (1.0, 36.0)
+    torch.testing.assert_close(out1.diagnostics.flip_scores, torch.tensor([1.0, 4, 9, 16, 25, 36]))
+    assert out1.diagnostics.penalized.tolist() == [True, False, False, False, False, True]
+    assert (out1.diagnostics.fs_low, out1.diagnostics.fs_high) == (1.0, 36.0)
     rs1 = torch.tensor([mu * 0 + p, mu * 0 + r, mu * 0 + r, mu * 0 + r, mu * 0 + r, mu * 0 + p])
     torch.testing.assert_close(agg.reputation, rs1.double())
     w1 = torch.softmax(rs1.double(), 0)
@@ -146,8 +147,8 @@ def test_three_rounds_by_hand() -> None:
         [[1.0, 0.0], [-1.0, 0.0], [2.0, 1.0], [-3.0, 0.0], [1.0, 2.0], [1.0, 0.5]]
     )  # FS = [0, 1, 1, 9, 4, 0.25] -> penalize 0 (lowest) and 3 (highest)
     out2 = agg.aggregate(G2)
-    torch.testing.assert_close(out2.record["flip_scores"], torch.tensor([0.0, 1, 1, 9, 4, 0.25]))
-    assert out2.record["penalized"].tolist() == [True, False, False, True, False, False]
+    torch.testing.assert_close(out2.diagnostics.flip_scores, torch.tensor([0.0, 1, 1, 9, 4, 0.25]))
+    assert out2.diagnostics.penalized.tolist() == [True, False, False, True, False, False]
     rs2 = torch.tensor(
         [
             mu * rs1[0] + p,  # 0.9 * -2/3 - 2/3 = -1.2667
@@ -168,8 +169,8 @@ def test_three_rounds_by_hand() -> None:
     # Round 3, s_g = [1, 1]: FS = [4, 0, 1, 0, 2, 9]; tie at 0 between clients 1 and 3 -> 1.
     G3 = torch.tensor([[-2.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.5, 0.5], [-1.0, -1.0], [3.0, -3.0]])
     out3 = agg.aggregate(G3)
-    torch.testing.assert_close(out3.record["flip_scores"], torch.tensor([4.0, 0, 1, 0, 2, 9]))
-    assert out3.record["penalized"].tolist() == [False, True, False, False, False, True]
+    torch.testing.assert_close(out3.diagnostics.flip_scores, torch.tensor([4.0, 0, 1, 0, 2, 9]))
+    assert out3.diagnostics.penalized.tolist() == [False, True, False, False, False, True]
     assert (agg.fs_low, agg.fs_high) == (0.0, 9.0)
     rs3 = torch.tensor(
         [
@@ -183,14 +184,14 @@ def test_three_rounds_by_hand() -> None:
         dtype=torch.float64,
     )
     torch.testing.assert_close(agg.reputation, rs3)
-    torch.testing.assert_close(out3.record["reputation"], rs3)
+    torch.testing.assert_close(out3.diagnostics.reputation, rs3)
     w3 = torch.softmax(rs3, 0).float()
     torch.testing.assert_close(out3.weights, w3)
     torch.testing.assert_close(out3.weights.sum(), torch.tensor(1.0))
     torch.testing.assert_close(out3.update, w3 @ G3)
     assert torch.equal(agg.s_g, torch.sign(out3.update))
     assert agg.round == 3
-    assert out3.record["halvings"] == 0
+    assert out3.diagnostics.extra["halvings"] == 0
 
 
 def test_overflow_rule_halves_stored_reputation() -> None:
@@ -204,7 +205,7 @@ def test_overflow_rule_halves_stored_reputation() -> None:
     r, p = 2 / 6, -(1 - 2 / 6)
     before = torch.tensor([200 + r, p, r, r, r, p], dtype=torch.float64)
     # 200.33 > 88.72 -> /2 = 100.17 > 88.72 -> /4 = 50.08: two halvings of every stored RS
-    assert out.record["halvings"] == 2
+    assert out.diagnostics.extra["halvings"] == 2
     assert before[0] / 4 <= LOG_FLOAT32_MAX < before[0] / 2
     torch.testing.assert_close(agg.reputation, before / 4)
     assert torch.isfinite(out.weights).all() and torch.isfinite(out.update).all()
@@ -218,8 +219,8 @@ def test_c_max_zero_is_plain_mean() -> None:
     for _ in range(3):
         G = torch.randn(5, 40, generator=gen)
         out = agg.aggregate(G)
-        assert not out.record["penalized"].any()
-        assert math.isnan(out.record["fs_low"]) and math.isnan(out.record["fs_high"])
+        assert not out.diagnostics.penalized.any()
+        assert math.isnan(out.diagnostics.fs_low) and math.isnan(out.diagnostics.fs_high)
         torch.testing.assert_close(out.weights, torch.full((5,), 0.2))
         torch.testing.assert_close(out.update, G.mean(0))
     assert torch.equal(agg.reputation, torch.zeros(5, dtype=torch.float64))
@@ -238,7 +239,7 @@ def test_absent_clients_keep_reputation_and_m_is_present_count() -> None:
     G2 = torch.tensor([[1.0], [-5.0], [2.0], [-1.0], [3.0]])  # s_g = [1]: FS = [0, 25, 0, 1, 0]
     out = agg.aggregate(G2, client_ids=ids)
     # lowest: tie at 0 among ids 6, 4, 7 -> id 4; highest: id 1
-    assert out.record["penalized"].tolist() == [False, True, True, False, False]
+    assert out.diagnostics.penalized.tolist() == [False, True, True, False, False]
     r5, p5 = 2 / 5, -(1 - 2 / 5)
     expected = rs1.clone()
     expected[6] = mu * rs1[6] + r5
@@ -249,13 +250,8 @@ def test_absent_clients_keep_reputation_and_m_is_present_count() -> None:
     torch.testing.assert_close(agg.reputation, expected)
     for absent in (0, 2, 5):
         assert agg.reputation[absent] == rs1[absent]
-    torch.testing.assert_close(out.record["reputation"], expected[ids])
+    torch.testing.assert_close(out.diagnostics.reputation, expected[ids])
     torch.testing.assert_close(out.weights, torch.softmax(expected[ids], 0).float())
-    # ids may also come from the context
-    out_ctx = Tesseract(num_clients=8, c_max=1).aggregate(
-        G2, ctx=AggregationContext(client_ids=ids)
-    )
-    assert out_ctx.record["client_ids"].tolist() == ids.tolist()
 
 
 def test_state_dict_round_trip_gives_identical_next_round() -> None:
@@ -272,7 +268,7 @@ def test_state_dict_round_trip_gives_identical_next_round() -> None:
         oa, ob = a.aggregate(G), b.aggregate(G)
         assert torch.equal(oa.update, ob.update)
         assert torch.equal(oa.weights, ob.weights)
-        assert torch.equal(oa.record["flip_scores"], ob.record["flip_scores"])
+        assert torch.equal(oa.diagnostics.flip_scores, ob.diagnostics.flip_scores)
     assert torch.equal(a.reputation, b.reputation)
     assert torch.equal(a.s_g, b.s_g)
     assert (a.round, a.fs_low, a.fs_high) == (b.round, b.fs_low, b.fs_high)
@@ -307,8 +303,8 @@ def test_non_finite_row_is_penalized_and_gets_no_weight(value: float) -> None:
     G = torch.ones(4, 3)
     G[2, 1] = value
     out = agg.aggregate(G)
-    assert out.record["excluded"] == [2] and float(out.weights[2]) == 0.0
-    assert bool(out.record["penalized"][2]) and math.isinf(float(out.record["flip_scores"][2]))
+    assert out.diagnostics.excluded == [2] and float(out.weights[2]) == 0.0
+    assert bool(out.diagnostics.penalized[2]) and math.isinf(float(out.diagnostics.flip_scores[2]))
     # RS <- mu_d * RS - (1 - 2 c_max / m) with RS = 0, c_max = 1, m = 4
     assert float(agg.reputation[2]) == pytest.approx(-0.5)
     torch.testing.assert_close(out.update, torch.ones(3))
@@ -333,12 +329,6 @@ def test_client_id_errors() -> None:
         agg.aggregate(G, client_ids=torch.tensor([0.0, 1.0, 2.0, 3.0]))
     with pytest.raises(UpdateError, match="one id per row"):
         agg.aggregate(G, client_ids=[0, 1, 2])
-    with pytest.raises(UpdateError, match="disagree"):
-        agg.aggregate(
-            G,
-            client_ids=[0, 1, 2, 3],
-            ctx=AggregationContext(client_ids=torch.tensor([1, 2, 3, 4])),
-        )
     with pytest.raises(UpdateError, match="2\\*c_max"):
         agg.aggregate(torch.ones(2, 2), client_ids=[0, 1])
     assert agg.round == 0
@@ -377,8 +367,8 @@ def test_filter_then_fedsgd_drops_low_weight_clients(inner: str | Aggregator) ->
     G = torch.tensor([[100.0, -100.0], [1.0, 2.0], [2.0, 1.0], [3.0, 3.0], [0.5, 4.0], [4.0, 0.5]])
     out = agg.aggregate(G)
     # client 0's softmax weight ~ exp(-19.8) / 5 << 1e-4: dropped; the rest averaged uniformly
-    assert out.record["kept"].tolist() == [False, True, True, True, True, True]
-    assert out.record["softmax_weights"][0] < 1e-4
+    assert out.diagnostics.extra["kept"].tolist() == [False, True, True, True, True, True]
+    assert out.diagnostics.extra["softmax_weights"][0] < 1e-4
     torch.testing.assert_close(out.update, G[1:].mean(0))
     torch.testing.assert_close(out.weights, torch.tensor([0.0, 0.2, 0.2, 0.2, 0.2, 0.2]))
     assert torch.equal(agg.s_g, torch.sign(G[1:].mean(0)))
@@ -400,7 +390,7 @@ def test_filter_then_keeps_everyone_when_all_would_drop() -> None:
     agg = Tesseract(num_clients=4, c_max=1, filter_then="fedsgd", filter_threshold=0.9)
     G = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     out = agg.aggregate(G)
-    assert out.record["kept"].all()
+    assert out.diagnostics.extra["kept"].all()
     torch.testing.assert_close(out.update, G.mean(0))
 
 

@@ -10,14 +10,24 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, check_matrix
+from tesseract_fl.aggregators.base import (
+    Aggregate,
+    AggregationContext,
+    Aggregator,
+    Defense,
+    Diagnostics,
+    Rows,
+    RuleResult,
+    check_matrix,
+)
 from tesseract_fl.aggregators.bulyan import Bulyan, bulyan
 from tesseract_fl.aggregators.composed import PreAggregated
 from tesseract_fl.aggregators.faba import FABA, faba
 from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
 from tesseract_fl.aggregators.fltrust import FLTrust, fltrust
 from tesseract_fl.aggregators.foolsgold import FoolsGold
-from tesseract_fl.aggregators.krum import Krum, krum, krum_scores, pairwise_sq_distances
+from tesseract_fl.aggregators.kernels.gram import pairwise_sq_distances
+from tesseract_fl.aggregators.krum import Krum, krum, krum_scores
 from tesseract_fl.aggregators.median import Median, median
 from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
 from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean
@@ -33,12 +43,16 @@ __all__ = [
     "AggregationContext",
     "Aggregator",
     "Bulyan",
+    "Defense",
+    "Diagnostics",
     "FLTrust",
     "FedSGD",
     "FoolsGold",
     "Krum",
     "Median",
     "PreAggregated",
+    "Rows",
+    "RuleResult",
     "Tesseract",
     "TrimmedMean",
     "bulyan",
@@ -161,7 +175,9 @@ def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -
     agg = cls(**kwargs)
     if not isinstance(agg, Aggregator):
         lacking = [
-            a for a in ("name", "aggregate", "state_dict", "load_state_dict") if not hasattr(agg, a)
+            a
+            for a in ("name", "needs_root_gradient", "aggregate", "state_dict", "load_state_dict")
+            if not hasattr(agg, a)
         ]
         raise ConfigError(
             f"registered class {cls.__name__} does not implement Aggregator: it lacks "

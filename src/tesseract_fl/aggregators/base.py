@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -17,15 +17,40 @@ class AggregationContext:
     """What a defense may know about the round besides the gradient matrix (docs/design.md,
     "Aggregators").
 
-    ``client_ids`` are stable integer ids (row i of G belongs to client ``client_ids[i]``);
-    ``n_samples`` are the clients' local dataset sizes (FedSGD weights);
-    ``c_max`` is the number of clients the server assumes malicious.
+    ``n_samples``: the clients' local dataset sizes, one per row (FedSGD's weights);
+    ``root_gradient``: the server's own gradient on its clean root set at the current model,
+    computed by the round when the defense declares ``needs_root_gradient`` (FLTrust);
+    ``extra``: anything a plugin defense and its caller agree on (the built-ins read nothing
+    from it). The rows' client ids are the ``client_ids`` argument of ``aggregate``.
     """
 
-    client_ids: Tensor | None = None
     n_samples: Tensor | None = None
-    c_max: int = 0
-    round: int = 0
+    root_gradient: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Diagnostics:
+    """What a defense reports about a round besides the update and the weights (docs/design.md,
+    "Aggregators"). Per-row tensors index the rows received (the rows of ``G``).
+
+    ``excluded``: rows dropped for NaN/Inf entries (hostile-input policy); ``c_max_effective``:
+    the c_max the rule ran with when rows were excluded or it differs from the configured one;
+    ``scores``: the rule's per-row score (Krum's score, FLTrust's trust, FoolsGold's alpha);
+    ``selected``: the rows a selecting rule picked (Krum, Bulyan); ``flip_scores``, ``fs_low``,
+    ``fs_high``, ``reputation`` (of the present clients), ``penalized``: TESSERACT's (paper
+    Algorithm 1); ``extra``: the rest, named in each rule's docstring.
+    """
+
+    excluded: list[int] = field(default_factory=list)
+    c_max_effective: int | None = None
+    scores: Tensor | None = None
+    selected: Tensor | None = None
+    flip_scores: Tensor | None = None
+    fs_low: float | None = None
+    fs_high: float | None = None
+    reputation: Tensor | None = None
+    penalized: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -34,20 +59,24 @@ class Aggregate:
     """Result of one aggregation.
 
     ``update`` is the aggregated gradient (Tensor[P]); ``weights`` is each row's effective weight
-    (Tensor[m]) so Table 3 / Figure 4 are computed the same way for every defense; ``record``
-    holds per-round diagnostics (e.g. TESSERACT's flip-scores and reputations) as tensors/floats.
+    (Tensor[m]) so Table 3 / Figure 4 are computed the same way for every defense;
+    ``diagnostics`` is what the defense reports about the round (:class:`Diagnostics`).
     """
 
     update: Tensor
     weights: Tensor
-    record: dict[str, Any] = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
 
 @runtime_checkable
 class Aggregator(Protocol):
-    """A defense: maps a ``[m, P]`` gradient matrix (plus context) to an :class:`Aggregate`."""
+    """A defense: maps a ``[m, P]`` gradient matrix (plus context) to an :class:`Aggregate`.
+
+    ``needs_root_gradient``: the round must pass ``ctx.root_gradient`` (FLTrust).
+    """
 
     name: str
+    needs_root_gradient: bool
 
     def aggregate(
         self, G: Tensor, client_ids: Tensor | None = None, ctx: AggregationContext | None = None
@@ -80,9 +109,9 @@ def check_matrix(G: Tensor, *, min_rows: int = 1) -> None:
 def all_finite(G: Tensor) -> bool:
     """True when every entry of the 2-D tensor ``G`` is finite.
 
-    Fast path: the column sums ``ones(1, m) @ G`` (one BLAS pass over G, about 4 ms on
-    ``[100, 270000]`` float32 here, where ``torch.isfinite(G).all()`` takes about 80 ms) are all
-    finite only if G is: a NaN or +-Inf entry makes its column sum NaN or +-Inf. A non-finite sum
+    Fast path: the column sums ``ones(1, m) @ G`` (one BLAS pass over G, several times faster
+    than ``torch.isfinite(G).all()``, which writes a boolean temporary) are all finite only if
+    G is: a NaN or +-Inf entry makes its column sum NaN or +-Inf. A non-finite sum
     may also come from finite entries overflowing, so then the exact elementwise check decides.
     """
     if G.numel() == 0:
@@ -93,73 +122,33 @@ def all_finite(G: Tensor) -> bool:
     return bool(torch.isfinite(G).all())
 
 
-class Stateless:
-    """Mixin for rules without state between rounds: ``state_dict()`` is ``{}``."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stateless: an empty dict."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept the (empty) state of :meth:`state_dict`; anything else is a mistake."""
-        if state:
-            raise ConfigError(
-                f"{type(self).__name__} is stateless; unexpected state keys {sorted(state)}"
-            )
-
-
 def resolve_client_ids(
-    client_ids: Tensor | Sequence[int] | None,
-    ctx: AggregationContext | None,
-    m: int,
-    num_clients: int,
+    client_ids: Tensor | Sequence[int] | None, m: int, num_clients: int | None = None
 ) -> Tensor:
-    """Ids of G's rows (CPU long): the argument, else ``ctx.client_ids``, else ``0..m-1``.
+    """Ids of G's rows (CPU long): ``client_ids``, else ``0..m-1``.
 
-    Stateful defenses key their state by these ids, so they must be integers, one per row,
-    unique, and within ``[0, num_clients)``; a mismatch between the argument and the context is
-    an error rather than a silent choice.
+    One integer per row, unique, and (when ``num_clients`` is given: stateful defenses key their
+    state by these ids) within ``[0, num_clients)``; otherwise :class:`UpdateError`.
     """
-    ids: Any = client_ids
-    if ctx is not None and ctx.client_ids is not None:
-        if ids is None:
-            ids = ctx.client_ids
-        elif not torch.equal(
-            torch.as_tensor(ids).detach().cpu(), torch.as_tensor(ctx.client_ids).detach().cpu()
-        ):
-            raise UpdateError("client_ids and ctx.client_ids disagree")
-    if ids is None:
-        ids = torch.arange(m)
-    t = torch.as_tensor(ids).detach().cpu()
+    ids: Any = torch.arange(m) if client_ids is None else client_ids
+    try:
+        t = torch.as_tensor(ids).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UpdateError(f"client_ids must be a 1-D sequence of integers: {exc}") from exc
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise UpdateError(f"client ids must be integers, got dtype {t.dtype}")
+        raise UpdateError(f"client_ids must be integers, got dtype {t.dtype}")
     t = t.to(torch.long)
     if t.dim() != 1 or t.shape[0] != m:
         raise UpdateError(
-            f"client ids must be 1-D with one id per row of G ({m}), got shape {tuple(t.shape)}"
+            f"client_ids must be 1-D with one id per row of G ({m}), got shape {tuple(t.shape)}"
         )
     if t.unique().numel() != m:
-        raise UpdateError(f"client ids must be unique, got {t.tolist()[:20]}")
-    if m and (int(t.min()) < 0 or int(t.max()) >= num_clients):
+        raise UpdateError(f"client_ids must be unique, got {t.tolist()[:20]}")
+    if num_clients is not None and m and (int(t.min()) < 0 or int(t.max()) >= num_clients):
         raise UpdateError(
-            f"client ids must lie in [0, {num_clients}), got range [{int(t.min())}, {int(t.max())}]"
+            f"client_ids must lie in [0, {num_clients}), got range [{int(t.min())}, {int(t.max())}]"
         )
     return t
-
-
-def as_count(value: Any, what: str, *, minimum: int = 0) -> int:
-    """``value`` as an int >= ``minimum``; :class:`ConfigError` otherwise (bools are refused)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    try:
-        ivalue = int(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what} must be an integer, got {value!r}") from exc
-    if ivalue != value:
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    if ivalue < minimum:
-        raise ConfigError(f"{what} must be >= {minimum}, got {ivalue}")
-    return ivalue
 
 
 def check_client_ids(client_ids: Tensor | Sequence[int] | None, m: int) -> None:
@@ -172,22 +161,21 @@ def check_layout(G: Tensor) -> None:
     """The cheap part of :func:`~tesseract_fl.aggregators.base.check_matrix`: a 2-D floating
     point Tensor with at least one row (its error messages). Finiteness is left to the caller,
     which sees NaN/Inf propagate into its Gram matrix or dot products and then calls
-    ``check_matrix`` for the exact diagnosis; this saves one pass over G (~5 ms on
-    [100, 270000], ~70 ms on [10, 11_000_000] here)."""
+    ``check_matrix`` for the exact diagnosis; this saves one pass over G."""
     if not isinstance(G, Tensor) or G.dim() != 2 or not G.is_floating_point() or G.shape[0] < 1:
         check_matrix(G)
 
 
 # --------------------------------------------------------------------------- hostile rows
 #
-# Policy (README "Hostile input policy"): a malicious client may send NaN/Inf, so a row with any
-# non-finite entry is EXCLUDED from the round instead of failing it. The rule runs on the finite
-# rows only; the excluded rows get weight 0 and are listed in ``record["excluded"]``. The
-# configured c_max is still validated against the rows received (ConfigError as before); when
-# rows were excluded it is reduced to the largest value the rule accepts for the finite count
-# (``record["c_max_effective"]``). With no finite row left the update is the zero vector (the
-# global model is unchanged) and every weight is 0. A wrong layout (not 2-D, not float, no rows)
-# is still an UpdateError.
+# Policy (docs/design.md, "Hostile-input policy"): a malicious client may send NaN/Inf, so a
+# row with any non-finite entry is EXCLUDED from the round instead of failing it. The rule runs
+# on the finite rows only; the excluded rows get weight 0 and are listed in
+# ``Diagnostics.excluded``. The configured c_max is still validated against the rows received
+# (ConfigError as before); when rows were excluded it is reduced to the largest value the rule
+# accepts for the finite count (``Diagnostics.c_max_effective``). With no finite row left the
+# update is the zero vector (the global model is unchanged) and every weight is 0. A wrong
+# layout (not 2-D, not float, no rows) is still an UpdateError.
 
 
 @dataclass(frozen=True)
@@ -203,38 +191,45 @@ class FiniteRows:
     kept: Tensor | None
     excluded: list[int]
     m: int
+    #: What the rule computed on the way and may reuse (FABA's Gram matrix of the rows received).
+    cache: Tensor | None = None
 
     @property
     def m_finite(self) -> int:
         """Number of finite rows the rule runs on."""
         return self.m - len(self.excluded)
 
-    def scatter(self, w: Tensor) -> Tensor:
-        """Per-finite-row weights -> weights of every received row (0 for excluded rows)."""
+    def scatter(self, w: Tensor, fill: float = 0.0) -> Tensor:
+        """Per-finite-row values -> values of every received row (``fill`` for excluded rows)."""
         if self.kept is None:
             return w
-        out = torch.zeros(self.m, dtype=w.dtype, device=w.device)
+        out = torch.full((self.m,), fill, dtype=w.dtype, device=w.device)
         out[self.kept.to(w.device)] = w
         return out
 
-    def zero_update(self) -> Aggregate:
+    def rows_of_input(self, idx: Tensor) -> Tensor:
+        """Indices into the finite rows -> indices into the rows received."""
+        return idx if self.kept is None else self.kept[idx.cpu()]
+
+    def zero_update(self, c_max_effective: int | None = None) -> Aggregate:
         """The no-finite-row result: zero update, all weights 0 (the model is unchanged)."""
         z = self.G.new_zeros(self.G.shape[1])
-        return Aggregate(update=z, weights=self.G.new_zeros(self.m), record=self.record())
+        return Aggregate(
+            update=z,
+            weights=self.G.new_zeros(self.m),
+            diagnostics=self.diagnostics(c_max_effective),
+        )
 
-    def record(self, c_max_effective: int | None = None) -> dict[str, Any]:
-        """``{"excluded": [...]}`` plus ``c_max_effective`` when given."""
-        rec: dict[str, Any] = {"excluded": list(self.excluded)}
-        if c_max_effective is not None:
-            rec["c_max_effective"] = c_max_effective
-        return rec
+    def diagnostics(self, c_max_effective: int | None = None) -> Diagnostics:
+        """The hostile-input part of a round's :class:`Diagnostics`."""
+        return Diagnostics(excluded=list(self.excluded), c_max_effective=c_max_effective)
 
 
 def split_finite(G: Tensor, *, row_probe: Tensor | None = None) -> FiniteRows:
     """Validate ``G``'s layout and split off the rows with NaN/Inf entries (hostile policy).
 
-    Cost when every row is finite: one :func:`all_finite` pass (the column-sum trick, ~4 ms on
-    ``[100, 270000]`` when the machine is idle); the per-row exact check runs only when some
+    Cost when every row is finite: one :func:`all_finite` pass (the column-sum trick); the
+    per-row exact check runs only when some
     entry is not finite. ``row_probe``: a per-row quantity the caller computed anyway whose
     entries are finite only if the row is (squared norms, Gram diagonal); when it is all finite
     the pass over G is skipped (a non-finite probe may be an overflow: the exact check decides).
@@ -250,6 +245,106 @@ def split_finite(G: Tensor, *, row_probe: Tensor | None = None) -> FiniteRows:
     excluded = (~finite).nonzero().flatten().tolist()
     sub = G.index_select(0, kept.to(G.device)) if kept.numel() else G[:0]
     return FiniteRows(G=sub, kept=kept, excluded=excluded, m=m)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What a rule's formula sees: the finite rows of the round (hostile-input policy applied).
+
+    ``G``: the finite rows; ``ids``: their client ids; ``c``: the c_max the rule runs with
+    (:meth:`Defense.effective_c`; ``None`` for rules without one); ``finite``: the split, for
+    rules whose formula also looks at the excluded rows (TESSERACT penalizes them); ``all_ids``:
+    the ids of every row received; ``ctx``: the round's context.
+    """
+
+    G: Tensor
+    ids: Tensor
+    c: int | None
+    finite: FiniteRows
+    all_ids: Tensor
+    ctx: AggregationContext
+
+
+@dataclass
+class RuleResult:
+    """A rule's formula applied to :class:`Rows`: ``update`` (Tensor[P]), ``weights`` (one per
+    finite row; the base scatters them back) and ``diagnostics`` (per-row tensors index the rows
+    received, as in :class:`Aggregate`; ``excluded`` and ``c_max_effective`` are filled in)."""
+
+    update: Tensor
+    weights: Tensor
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+
+class Defense:
+    """Base of the defenses: the hostile-input policy written once around a rule's formula.
+
+    :meth:`aggregate` checks the layout of ``G`` and the client ids, splits off the rows with
+    NaN/Inf entries (:func:`split_finite`), reduces c_max to what the finite rows allow
+    (:meth:`effective_c`), returns the zero update when no finite row is left, and otherwise
+    calls :meth:`rule` on the finite rows and scatters the weights back (docs/design.md,
+    "Hostile-input policy"). A subclass sets ``name`` and implements :meth:`rule`; stateful
+    rules also ``state_dict``/``load_state_dict`` (the default is stateless).
+
+    Class attributes: ``needs_root_gradient`` (the round passes ``ctx.root_gradient``, FLTrust);
+    ``runs_without_finite_rows`` (call :meth:`rule` even when every row was excluded: stateful
+    rules that must record such a round); ``num_clients`` (set by stateful rules: client ids
+    must lie in ``[0, num_clients)``).
+    """
+
+    name: ClassVar[str] = ""
+    needs_root_gradient: ClassVar[bool] = False
+    runs_without_finite_rows: ClassVar[bool] = False
+    num_clients: int | None = None
+
+    def rule(self, rows: Rows) -> RuleResult:
+        """The rule's formula on the finite rows."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement rule()")
+
+    def check_input(self, G: Tensor, ids: Tensor, ctx: AggregationContext) -> None:
+        """Checks of the whole round before the split (sizes the rule needs, its context)."""
+
+    def finite_rows(self, G: Tensor) -> FiniteRows:
+        """The hostile-input split of ``G`` (a rule may exclude more, e.g. FoolsGold)."""
+        return split_finite(G)
+
+    def effective_c(self, fin: FiniteRows) -> int | None:
+        """The c_max to run with on ``fin``'s finite rows; ``None`` for rules without one."""
+        return None
+
+    def aggregate(
+        self,
+        G: Tensor,
+        client_ids: Tensor | Sequence[int] | None = None,
+        ctx: AggregationContext | None = None,
+    ) -> Aggregate:
+        """One round of the rule on ``G`` [m, P] with the hostile-input policy applied."""
+        check_layout(G)
+        ids = resolve_client_ids(client_ids, G.shape[0], self.num_clients)
+        ctx = AggregationContext() if ctx is None else ctx
+        self.check_input(G, ids, ctx)
+        fin = self.finite_rows(G)
+        c = self.effective_c(fin)
+        if fin.m_finite == 0 and not self.runs_without_finite_rows:
+            return fin.zero_update(None if c is None else max(c, 0))
+        fids = ids if fin.kept is None else ids[fin.kept]
+        out = self.rule(Rows(G=fin.G, ids=fids, c=c, finite=fin, all_ids=ids, ctx=ctx))
+        d = out.diagnostics
+        d.excluded = list(fin.excluded)
+        if d.c_max_effective is None:
+            d.c_max_effective = c
+        return Aggregate(update=out.update, weights=fin.scatter(out.weights), diagnostics=d)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stateless by default: an empty dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept the (empty) state of :meth:`state_dict`; anything else is a mistake."""
+        if state:
+            raise ConfigError(
+                f"{type(self).__name__} is stateless; unexpected state keys {sorted(state)}"
+            )
 
 
 def stack_updates(updates: Mapping[int, Tensor], num_params: int) -> tuple[Tensor, Tensor]:

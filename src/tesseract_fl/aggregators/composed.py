@@ -36,13 +36,13 @@ class PreAggregated:
         self, G: Tensor, client_ids: Tensor | None = None, ctx: AggregationContext | None = None
     ) -> Aggregate:
         """Transform ``G`` by each pre-aggregator, aggregate with the rule; the pre-aggregators'
-        records join the rule's record."""
-        records: dict[str, Any] = {}
+        reports join the rule's ``diagnostics.extra``."""
+        reports: dict[str, Any] = {}
         for pre in self.pres:
             G, rec = pre.transform(G)
-            records.update(rec)
+            reports.update(rec)
         agg = self.rule.aggregate(G, client_ids, ctx)
-        agg.record.update(records)
+        agg.diagnostics.extra.update(reports)
         return agg
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,12 +13,11 @@ import torch
 from torch import Tensor
 
 from tesseract_fl.aggregators.base import (
-    Aggregate,
     AggregationContext,
-    Stateless,
-    check_client_ids,
-    check_layout,
-    split_finite,
+    Defense,
+    FiniteRows,
+    Rows,
+    RuleResult,
 )
 from tesseract_fl.errors import UpdateError
 
@@ -82,56 +81,50 @@ def sample_weights(
 def fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None = None) -> Tensor:
     """Sample-weighted mean of the rows of ``G`` [m, P] -> Tensor[P] (docs/design.md, "FedSGD").
 
-    Computed as one matrix-vector product ``w @ G`` in G's dtype (float32 for the simulator),
-    which on CPU is one BLAS pass over G (much faster than ``(w[:, None] * G).sum(0)``); when
-    values near the dtype's maximum make that product overflow, it is redone so that it cannot
-    (:func:`weighted_mean`): the mean of finite rows is always finite.
-    Rows with NaN/Inf entries are excluded (hostile-row policy, :func:`.base.split_finite`).
+    One matrix-vector product ``w @ G`` in G's dtype (one BLAS pass over G); when values near
+    the dtype's maximum make it overflow it is redone so that it cannot (:func:`weighted_mean`).
+    Rows with NaN/Inf entries are excluded (hostile-input policy).
     """
-    return _fedsgd(G, n_samples).update
+    return FedSGD().aggregate(G, ctx=AggregationContext(n_samples=_as_counts(n_samples))).update
 
 
-def _fedsgd(G: Tensor, n_samples: Tensor | Sequence[float] | None) -> Aggregate:
-    """FedSGD on the finite rows of G; excluded rows get weight 0, their counts are ignored.
-
-    When the finite rows' counts sum to 0 (or no row is finite) the update is zero.
-    """
-    fin = split_finite(G)
-    m = fin.m
-    if n_samples is not None:
-        sample_weights(n_samples, m)  # validates the counts against every received row
-    if fin.m_finite == 0:
-        return fin.zero_update()
-    n = n_samples
-    if n is not None and fin.kept is not None:
-        n = torch.as_tensor(n, dtype=torch.float64).detach().cpu()[fin.kept]
-        if not float(n.sum()) > 0:
-            return fin.zero_update()
-    w = sample_weights(n, fin.m_finite, dtype=G.dtype, device=G.device)
-    return Aggregate(update=weighted_mean(w, fin.G), weights=fin.scatter(w), record=fin.record())
+def _as_counts(n_samples: Tensor | Sequence[float] | None) -> Tensor | None:
+    if n_samples is None or isinstance(n_samples, Tensor):
+        return n_samples
+    try:
+        return torch.as_tensor(n_samples, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UpdateError(f"n_samples must be a 1-D sequence of numbers: {exc}") from exc
 
 
-class FedSGD(Stateless):
-    """The FedSGD aggregator (sample-weighted mean); stateless.
+def finite_counts(n_samples: Tensor | None, fin: FiniteRows) -> Tensor | None:
+    """The finite rows' sample counts (validated against every row received)."""
+    if n_samples is None:
+        return None
+    sample_weights(n_samples, fin.m)  # validates the counts against every received row
+    if fin.kept is None:
+        return n_samples
+    return torch.as_tensor(n_samples, dtype=torch.float64).detach().cpu()[fin.kept]
 
-    Sample counts come from ``ctx.n_samples`` when given, otherwise the weights are uniform.
-    ``client_ids`` are accepted for interface compatibility and only checked for length.
+
+class FedSGD(Defense):
+    """FedSGD: ``update = sum_i n_i g_i / sum_i n_i`` over the finite rows; stateless.
+
+    Sample counts come from ``ctx.n_samples`` (uniform weights without them); when the finite
+    rows' counts sum to 0 the update is zero.
     """
 
     name = "fedsgd"
+    runs_without_finite_rows = True  # the counts are validated even then
 
-    def aggregate(
-        self,
-        G: Tensor,
-        client_ids: Tensor | Sequence[int] | None = None,
-        ctx: AggregationContext | None = None,
-    ) -> Aggregate:
-        """Return ``Aggregate(update=w @ G, weights=w)`` with ``w_i = n_i / sum_j n_j``
-        over the finite rows (``record["excluded"]``: rows dropped for NaN/Inf)."""
-        check_layout(G)
-        check_client_ids(client_ids, G.shape[0])
-        n = ctx.n_samples if ctx is not None else None
-        return _fedsgd(G, n)
+    def rule(self, rows: Rows) -> RuleResult:
+        """``w @ G`` with ``w_i = n_i / sum_j n_j``."""
+        n = finite_counts(rows.ctx.n_samples, rows.finite)
+        m, P = rows.G.shape
+        if m == 0 or (n is not None and rows.finite.kept is not None and not float(n.sum()) > 0):
+            return RuleResult(update=rows.G.new_zeros(P), weights=rows.G.new_zeros(m))
+        w = sample_weights(n, m, dtype=rows.G.dtype, device=rows.G.device)
+        return RuleResult(update=weighted_mean(w, rows.G), weights=w)
 
     def __repr__(self) -> str:
         return "FedSGD()"

@@ -13,29 +13,27 @@ of G's dtype, the update's norm is lowered until it fits (its direction is kept)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tesseract_fl.aggregators.base import (
-    Aggregate,
     AggregationContext,
+    Defense,
+    Diagnostics,
     FiniteRows,
-    Stateless,
-    check_client_ids,
+    Rows,
+    RuleResult,
     check_layout,
     check_matrix,
     split_finite,
 )
-from tesseract_fl.aggregators.faba import _max_abs, downscale_exponent
-from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.aggregators.kernels.gram import downscale_exponent, max_abs
+from tesseract_fl.errors import UpdateError
+from tesseract_fl.validation import as_count
 
-__all__ = ["ROOT_GRADIENT_KEY", "FLTrust", "fltrust", "fltrust_weights"]
-
-#: Key of the server's root gradient ``g_0`` (Tensor[P]) in ``AggregationContext.extra``.
-ROOT_GRADIENT_KEY = "root_gradient"
+__all__ = ["FLTrust", "fltrust", "fltrust_weights"]
 
 
 def _check_root(G: Tensor, g0: Any) -> Tensor:
@@ -65,8 +63,8 @@ def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
 
     Validates G's entries: NaN/Inf in G make its dot product or norm non-finite, and only then
     is ``check_matrix`` run (saving a pass). Two memory-bound passes over G in its dtype:
-    ``G @ g0`` and the row norms (float32 norms: ~10 ms on [100, 270000] here, where asking for
-    float64 accumulation takes ~200 ms). A row or root of norm 0 has cosine 0 (so trust 0).
+    ``G @ g0`` and the row norms (float32 norms: asking for float64 accumulation is many times
+    slower). A row or root of norm 0 has cosine 0 (so trust 0).
     Half precision inputs are multiplied in float32; values too large for float64 norms are
     handled by :func:`_trust_scaled`.
     """
@@ -95,7 +93,7 @@ def _trust(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
 
 def _scaled(X: Tensor) -> tuple[Tensor, int]:
     """``(X * 2**-e, e)`` for float64 ``X`` [..., P]: sums of P squares of it cannot overflow."""
-    e = downscale_exponent(_max_abs(X), float(X.shape[-1]))
+    e = downscale_exponent(max_abs(X), float(X.shape[-1]))
     return (X * 2.0**-e if e else X), e
 
 
@@ -174,7 +172,7 @@ def _unit_row_update(X: Tensor, g0: Tensor, ts: Tensor) -> tuple[Tensor, Tensor]
     use = (a > 0) & (ns > 0)
     safe_ns = torch.where(use, ns, torch.ones_like(ns))
     v = torch.where(use, a, torch.zeros_like(a)) @ (Xs / safe_ns[:, None])
-    v_max = _max_abs(v)
+    v_max = max_abs(v)
     t_s = n0s  # the target norm, scaled by 2**-e0
     if v_max > 0.0:
         t_s = min(n0s, big / v_max * 2.0**-e0)
@@ -204,84 +202,70 @@ def fltrust(G: Tensor, g0: Tensor) -> Tensor:
 
     ``sum_i TS_i g_i' / sum_i TS_i`` with ``g_i' = g_i ||g0|| / ||g_i||``; the zero vector when
     every trust score is 0. Invariant to scaling any ``g_i`` by a positive constant. Rows with
-    NaN/Inf are excluded (hostile-row policy). Finite for finite inputs: when a coordinate
+    NaN/Inf are excluded (hostile-input policy). Finite for finite inputs: when a coordinate
     would lie beyond G's dtype's range (a root norm beyond it), the update's norm is lowered
     until it fits, keeping its direction (:func:`_unit_row_update`).
     """
-    g0 = _check_root(G, g0)
-    fin = _split(G)
-    if fin.m_finite == 0:
-        return fin.zero_update().update
-    return _fltrust(fin.G, g0)[5]
+    return FLTrust().aggregate(G, ctx=AggregationContext(root_gradient=g0)).update
 
 
-class FLTrust(Stateless):
+class FLTrust(Defense):
     """The FLTrust aggregator (Cao et al. 2021); stateless on the aggregation side.
 
     ``root_size`` is the number of clean root samples the server holds (paper default 100); the
-    simulator draws that set and computes ``g_0`` on it each round, passing it as
-    ``ctx.extra["root_gradient"]`` (Tensor[P]); ``needs_root_gradient`` tells it to. ``record``
-    holds ``trust_scores``, ``cosine``, ``norms`` (float64, per row) and ``root_norm``.
+    round draws that set and computes ``g_0`` on it, passing it as ``ctx.root_gradient``
+    (``needs_root_gradient`` tells it to). ``diagnostics.scores`` are the trust scores;
+    ``diagnostics.extra`` holds ``cosine``, ``norms`` (float64, per row), ``root_norm`` and
+    ``all_zero`` (every trust score 0: the update is zero).
     """
 
     name = "fltrust"
     needs_root_gradient = True
+    runs_without_finite_rows = True  # all_zero is reported even then
 
     def __init__(self, root_size: int = 100) -> None:
-        try:
-            size = int(root_size)
-            ok = size == root_size and not isinstance(root_size, bool) and size >= 1
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"root_size must be a positive integer, got {root_size!r}")
-        self.root_size = size
+        self.root_size = as_count(root_size, "root_size", minimum=1)
 
-    def aggregate(
-        self,
-        G: Tensor,
-        client_ids: Tensor | Sequence[int] | None = None,
-        ctx: AggregationContext | None = None,
-    ) -> Aggregate:
-        """One FLTrust round; ``g_0`` comes from ``ctx.extra["root_gradient"]`` (UpdateError if
-        it is missing or not a finite vector of length P: the server's own gradient is trusted,
-        so a non-finite one is a bug, not an attack). Rows with NaN/Inf are excluded (trust 0,
-        weight 0, ``record["excluded"]``)."""
-        check_layout(G)
-        m = G.shape[0]
-        check_client_ids(client_ids, m)
-        if ctx is None or ROOT_GRADIENT_KEY not in ctx.extra:
+    def check_input(self, G: Tensor, ids: Tensor, ctx: AggregationContext) -> None:
+        """The root gradient must be there and be a finite vector of length P: the server's
+        own gradient is trusted, so a bad one is a bug, not an attack (:class:`UpdateError`)."""
+        if ctx.root_gradient is None:
             raise UpdateError(
                 "FLTrust needs the server's root gradient: pass "
-                'ctx=AggregationContext(extra={"root_gradient": g0}) with g0 a Tensor[P] '
+                "ctx=AggregationContext(root_gradient=g0) with g0 a Tensor[P] "
                 "computed on the clean root set at the current model"
             )
-        g0 = _check_root(G, ctx.extra[ROOT_GRADIENT_KEY])
-        fin = _split(G)
-        if fin.m_finite == 0:
-            out = fin.zero_update()
-            out.record["all_zero"] = True
-            return out
-        cos, ts, norms, n0, w, update = _fltrust(fin.G, g0)
+        _check_root(G, ctx.root_gradient)
+
+    def finite_rows(self, G: Tensor) -> FiniteRows:
+        """The hostile-input split, probed by the row norms."""
+        return _split(G)
+
+    def rule(self, rows: Rows) -> RuleResult:
+        """Trust scores against the root gradient; the trust-weighted mean of the rescaled rows."""
+        fin, X = rows.finite, rows.G
+        if X.shape[0] == 0:
+            return RuleResult(
+                update=X.new_zeros(X.shape[1]),
+                weights=X.new_zeros(0),
+                diagnostics=Diagnostics(extra={"all_zero": True}),
+            )
+        assert rows.ctx.root_gradient is not None
+        g0 = _check_root(X, rows.ctx.root_gradient)
+        cos, ts, norms, n0, w, update = _fltrust(X, g0)
 
         def full(x: Tensor, fill: float) -> Tensor:
-            """Per-finite-row values -> per-received-row (``fill`` for excluded rows)."""
-            x = x.detach().cpu()
-            if fin.kept is None:
-                return x
-            out = torch.full((fin.m,), fill, dtype=x.dtype)
-            out[fin.kept] = x
-            return out
+            return fin.scatter(x.detach().cpu(), fill=fill)
 
-        record: dict[str, Any] = {
-            "trust_scores": full(ts, 0.0),
+        extra: dict[str, Any] = {
             "cosine": full(cos, 0.0),
             "norms": full(norms, float("nan")),
             "root_norm": n0,
             "all_zero": not bool((ts > 0).any()),
-            **fin.record(),
         }
-        return Aggregate(update=update, weights=fin.scatter(w), record=record)
+        return RuleResult(
+            update=update, weights=w, diagnostics=Diagnostics(scores=full(ts, 0.0), extra=extra)
+        )
 
     def __repr__(self) -> str:
         return f"FLTrust(root_size={self.root_size})"

@@ -18,25 +18,26 @@ clients with different local data diverge. FoolsGold keeps each client's history
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tesseract_fl.aggregators.base import (
-    Aggregate,
     AggregationContext,
+    Defense,
+    Diagnostics,
     FiniteRows,
+    Rows,
+    RuleResult,
     all_finite,
-    check_layout,
     check_matrix,
-    resolve_client_ids,
     split_finite,
 )
-from tesseract_fl.aggregators.faba import gram64, gram64_scaled
 from tesseract_fl.aggregators.fedsgd import weighted_mean
+from tesseract_fl.aggregators.kernels.gram import gram64, gram64_scaled, max_abs
 from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.validation import as_count, positive_finite
 
 __all__ = ["FoolsGold", "foolsgold_weights", "foolsgold_weights_from_gram"]
 
@@ -77,13 +78,7 @@ def foolsgold_weights_from_gram(K: Tensor, kappa: float = 1.0) -> Tensor:
 
 
 def _check_kappa(kappa: Any) -> float:
-    try:
-        k = float(kappa)
-    except (TypeError, ValueError):
-        raise ConfigError(f"kappa must be a positive finite number, got {kappa!r}") from None
-    if isinstance(kappa, bool) or not (math.isfinite(k) and k > 0):
-        raise ConfigError(f"kappa must be a positive finite number, got {kappa!r}")
-    return k
+    return positive_finite(kappa, "kappa")
 
 
 def foolsgold_weights(H: Tensor, kappa: float = 1.0) -> Tensor:
@@ -97,26 +92,18 @@ def foolsgold_weights(H: Tensor, kappa: float = 1.0) -> Tensor:
     return foolsgold_weights_from_gram(gram64(H), k)  # gram64 validates H
 
 
-def _max_abs(t: Tensor) -> float:
-    """``max |t|`` (0 for an empty tensor); ``aminmax`` is one fast pass, unlike the inf-norm."""
-    if t.numel() == 0:
-        return 0.0
-    lo, hi = torch.aminmax(t)
-    return max(-float(lo), float(hi))
-
-
 def _without_rows_beyond_float32(fin: FiniteRows, g_max: float | None) -> FiniteRows:
     """``fin`` less the finite rows with an entry beyond float32's range (e.g. 1e300 in float64).
 
     The histories are float32, so such a row cannot be added to its client's history; it is
     treated like a row with NaN/Inf (hostile-row policy: excluded, weight 0, history not
-    updated, listed in ``record["excluded"]``). ``g_max``: ``max |fin.G|`` when known. Float32
+    updated, listed in ``Diagnostics.excluded``). ``g_max``: ``max |fin.G|`` when known. Float32
     and half precision rows always fit, so this costs nothing for them.
     """
     X = fin.G
     if X.dtype.itemsize <= 4 or X.shape[0] == 0:
         return fin
-    top = _max_abs(X) if g_max is None else g_max
+    top = max_abs(X) if g_max is None else g_max
     if math.isfinite(float(torch.tensor(top, dtype=torch.float64).to(torch.float32))):
         return fin
     fits = torch.isfinite(X.abs().amax(dim=1).to(torch.float32)).cpu()
@@ -128,18 +115,7 @@ def _without_rows_beyond_float32(fin: FiniteRows, g_max: float | None) -> Finite
     )
 
 
-def _as_int(value: Any, what: str, minimum: int) -> int:
-    try:
-        v = int(value)
-        ok = v == value and not isinstance(value, bool) and v >= minimum
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return v
-
-
-class FoolsGold:
+class FoolsGold(Defense):
     """The FoolsGold aggregator (Fung et al. 2020) with update histories keyed by client id.
 
     Parameters: ``num_clients`` (ids ``0..num_clients-1``), ``kappa`` (the logit's confidence
@@ -148,15 +124,17 @@ class FoolsGold:
 
     State: ``history`` float32 Tensor[num_clients, P] (allocated on the first round that needs it;
     a client absent from a round keeps its history), ``rounds_seen`` Tensor[num_clients] (how
-    many updates each client has contributed), ``round``. ``record`` holds ``alpha`` (raw
-    weights, float64), ``client_ids`` and ``all_zero`` (True when every alpha was 0 and the
-    update is the zero vector).
+    many updates each client has contributed), ``round``. ``diagnostics.scores`` holds
+    ``alpha`` (raw weights, float64) and ``diagnostics.extra["all_zero"]`` is True when every
+    alpha was 0 and the update is the zero vector.
     """
 
     name = "foolsgold"
+    num_clients: int
+    runs_without_finite_rows = True  # the round counter advances even then
 
     def __init__(self, num_clients: int, kappa: float = 1.0, use_history: bool = True) -> None:
-        self.num_clients = _as_int(num_clients, "num_clients", 1)
+        self.num_clients = as_count(num_clients, "num_clients", minimum=1)
         self.kappa = _check_kappa(kappa)
         if not isinstance(use_history, bool):
             raise ConfigError(f"use_history must be true or false, got {use_history!r}")
@@ -167,35 +145,29 @@ class FoolsGold:
         self.rounds_seen = torch.zeros(self.num_clients, dtype=torch.long)
         self.round = 0
 
-    def aggregate(
-        self,
-        G: Tensor,
-        client_ids: Tensor | Sequence[int] | None = None,
-        ctx: AggregationContext | None = None,
-    ) -> Aggregate:
-        """One FoolsGold round on ``G`` [m, P]: add each row to its client's history, weight the
-        rows by the histories' similarity, return the weighted mean of the rows of G.
-
-        Hostile-row policy: a row with NaN/Inf is excluded (weight 0, alpha 0,
-        ``record["excluded"]``) and its client's history is NOT updated; the similarity and
-        weights are computed over the finite rows only. With ``use_history`` so is a finite
-        row with entries beyond float32's range (the histories' dtype). Absent clients keep
-        their histories.
-        """
-        check_layout(G)
-        m, P = G.shape
-        ids = resolve_client_ids(client_ids, ctx, m, self.num_clients)
+    def check_input(self, G: Tensor, ids: Tensor, ctx: AggregationContext) -> None:
+        """Every round must have the same number of columns as the histories."""
+        P = G.shape[1]
         if self.history is not None and self.history.shape[1] != P:
             raise UpdateError(
                 f"G has P={P} columns but earlier rounds had P={self.history.shape[1]}"
             )
-        g_max = _max_abs(G)  # one pass; finite only if every entry is
+
+    def finite_rows(self, G: Tensor) -> FiniteRows:
+        """The hostile-input split, probed by ``max |G|`` (one pass); with ``use_history`` a
+        finite row beyond float32's range (the histories' dtype) is excluded too."""
+        g_max = max_abs(G)  # finite only if every entry is
         fin = split_finite(G, row_probe=torch.tensor([g_max]))
         if self.use_history:
             fin = _without_rows_beyond_float32(fin, g_max if fin.kept is None else None)
-        X = fin.G
-        fids = ids if fin.kept is None else ids[fin.kept]
-        mf = fin.m_finite
+        return fin
+
+    def rule(self, rows: Rows) -> RuleResult:
+        """Add each finite row to its client's history, weight the rows by the histories'
+        similarity, return the weighted mean of the rows. Absent clients and clients whose row
+        was excluded keep their histories."""
+        X, fids = rows.G, rows.ids
+        mf, P = X.shape
         if mf == 0:
             gram = torch.zeros(0, 0, dtype=torch.float64)
         elif self.use_history:
@@ -206,20 +178,17 @@ class FoolsGold:
         total = float(alpha.sum())
         all_zero = total <= 0.0
         if all_zero:
-            w = torch.zeros(mf, dtype=G.dtype, device=G.device)
-            update = torch.zeros(P, dtype=G.dtype, device=G.device)
+            w = torch.zeros(mf, dtype=X.dtype, device=X.device)
+            update = torch.zeros(P, dtype=X.dtype, device=X.device)
         else:
-            w = (alpha / total).to(dtype=G.dtype, device=G.device)
+            w = (alpha / total).to(dtype=X.dtype, device=X.device)
             update = weighted_mean(w, X)
         self.rounds_seen[fids] += 1
         self.round += 1
-        record: dict[str, Any] = {
-            "alpha": fin.scatter(alpha.detach().cpu()),
-            "client_ids": ids,
-            "all_zero": all_zero,
-            **fin.record(),
-        }
-        return Aggregate(update=update, weights=fin.scatter(w), record=record)
+        diagnostics = Diagnostics(
+            scores=rows.finite.scatter(alpha.detach().cpu()), extra={"all_zero": all_zero}
+        )
+        return RuleResult(update=update, weights=w, diagnostics=diagnostics)
 
     def _add_to_history(self, G: Tensor, ids: Tensor) -> Tensor:
         """Add the rows of G to their clients' histories; return the present histories' Gram
@@ -233,9 +202,9 @@ class FoolsGold:
         updates cannot make a round fail.
 
         Row gathers (``index_select``) and scatters (``index_add_``) of [m, P] matrices are slow
-        on CPU (~150 ms / ~90 ms on [100, 270000] here, fresh pages and a scalar kernel), so rows
-        are added one by one in place (~14 ms), and when at least half of the clients are
-        present the Gram matrix of the whole history is formed and its [ids, ids] block taken.
+        on CPU (fresh pages and a scalar kernel), so rows are added one by one in place, and
+        when at least half of the clients are present the Gram matrix of the whole history is
+        formed and its [ids, ids] block taken (``python -m benchmarks aggregators``).
         """
         m, P = G.shape
         if self.history is None:
@@ -247,13 +216,13 @@ class FoolsGold:
         upd = G.to(device=H.device, dtype=H.dtype)  # a float64 overflow becomes inf: caught
         if self._scale != 1.0:
             upd = upd / self._scale
-        g_max = _max_abs(upd)
+        g_max = max_abs(upd)
         if not math.isfinite(g_max):
             check_matrix(G)  # NaN/Inf in G: raise before touching the histories
             # finite entries beyond float32 (aggregate excludes such rows): halving the
             # histories could never make room for them
             raise UpdateError(
-                f"update entries up to {_max_abs(G):.3g} are beyond the float32 range of the "
+                f"update entries up to {max_abs(G):.3g} are beyond the float32 range of the "
                 "FoolsGold histories"
             )
         id_list = ids.tolist()
@@ -278,7 +247,7 @@ class FoolsGold:
                 self.history = H = H_new
             else:
                 H.index_copy_(0, idx, H_new)
-            self._bound = _max_abs(H)
+            self._bound = max_abs(H)
         if everyone:
             return gram64(H)
         if 2 * m >= self.num_clients:
@@ -304,7 +273,7 @@ class FoolsGold:
         missing = required - set(state)
         if missing:
             raise ConfigError(f"FoolsGold state is missing keys {sorted(missing)}")
-        num_clients = _as_int(state["num_clients"], "num_clients", 1)
+        num_clients = as_count(state["num_clients"], "num_clients", minimum=1)
         if num_clients != self.num_clients:
             raise ConfigError(
                 f"state is for num_clients={num_clients}, this aggregator has {self.num_clients}"
@@ -334,7 +303,7 @@ class FoolsGold:
                     f"state rounds_seen must have shape ({self.num_clients},), "
                     f"got {tuple(seen.shape)}"
                 )
-        rnd = _as_int(state["round"], "round", 0)
+        rnd = as_count(state["round"], "round", minimum=0)
         scale = state.get("scale", 1.0)  # absent in states saved before it existed
         if (
             isinstance(scale, bool)
@@ -345,7 +314,7 @@ class FoolsGold:
         scale = float(scale)
         self.kappa, self.use_history = kappa, use_history
         self.history, self.rounds_seen, self.round = history, seen, rnd
-        self._bound = 0.0 if history is None else _max_abs(history)
+        self._bound = 0.0 if history is None else max_abs(history)
         self._scale = scale
 
     def __repr__(self) -> str:

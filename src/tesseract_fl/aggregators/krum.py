@@ -10,83 +10,23 @@ docs/design.md, "Performance"), combined in float64:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import (
-    Aggregate,
-    AggregationContext,
-    FiniteRows,
-    Stateless,
-    as_count,
-    check_client_ids,
-    check_layout,
-    check_matrix,
-    split_finite,
-)
-from tesseract_fl.aggregators.faba import _fits, _max_abs, downscale_exponent
+from tesseract_fl.aggregators.base import Defense, Diagnostics, FiniteRows, Rows, RuleResult
 from tesseract_fl.aggregators.fedsgd import weighted_mean
+from tesseract_fl.aggregators.kernels.gram import (
+    nearest_sums,
+    pairwise_sq_distances,
+    sq_distances,
+)
 from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.validation import as_count
 
 __all__ = ["Krum", "krum", "krum_scores", "krum_select", "pairwise_sq_distances"]
-
-
-def pairwise_sq_distances(G: Tensor) -> Tensor:
-    """Squared L2 distances between the rows of ``G`` [m, P] -> float64 Tensor[m, m] (CPU).
-
-    Via the Gram matrix: ``d_ij = n_i + n_j - 2 g_ij`` with ``g = G @ G.T`` computed by BLAS in
-    G's dtype and the combination done in float64, clamped at 0; the diagonal is exactly 0 and the
-    matrix exactly symmetric. The absolute error is about ``eps(dtype) * (n_i + n_j)``, so the
-    distance between two nearly identical rows of large norm is resolved only to that level.
-    """
-    check_matrix(G)
-    D, e = _scaled_sq_distances(G, factor=4.0)
-    if e:
-        raise UpdateError("gradient entries are too large: their Gram matrix overflows float64")
-    return D
-
-
-def _pairwise_sq_distances(G: Tensor) -> Tensor:
-    """:func:`pairwise_sq_distances` without validating ``G`` (callers have checked it), in a
-    power-of-two scaled space when the distances would overflow (:func:`_scaled_sq_distances`):
-    the same comparisons, so Krum and Bulyan select the same rows."""
-    return _scaled_sq_distances(G, factor=4.0 * max(G.shape[0], 1))[0]
-
-
-def _scaled_sq_distances(G: Tensor, factor: float) -> tuple[Tensor, int]:
-    """``(D, e)``: the squared distances of the rows of ``G * 2**-e`` (float64, CPU), e >= 0.
-
-    Finite rows of huge magnitude (e.g. 1e30) overflow the float32 Gram matrix; that is seen on
-    the small [m, m] result, and only then is it recomputed in float64 (exact enough, no inf).
-    Rows too large even for float64 are scaled by the power of two of
-    :func:`~.faba.downscale_exponent` first, so that ``factor * max_i |g_i|^2`` stays finite
-    (``D_ij <= 4 max_i |g_i|^2``: ``factor = 4`` keeps D finite, ``4 m`` also Krum's scores,
-    sums of fewer than m distances); ``e = 0`` otherwise. Half precision inputs are multiplied
-    in float32.
-    """
-    X = G.detach()
-    if X.dtype.itemsize < 4:
-        X = X.float()
-    e = 0
-    gram = (X @ X.T).to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(gram).all()) and X.dtype != torch.float64:
-        X64 = X.double()
-        gram = (X64 @ X64.T).cpu()
-    if not (bool(torch.isfinite(gram).all()) and _fits(gram, factor)):
-        X64 = X.double()
-        e = downscale_exponent(_max_abs(X64), factor * X.shape[1])
-        X64 = X64 * 2.0**-e
-        gram = (X64 @ X64.T).cpu()
-    gram = (gram + gram.T) * 0.5
-    norms = gram.diagonal().clone()
-    D = norms[:, None] + norms[None, :] - 2.0 * gram
-    D.clamp_(min=0.0)
-    D.fill_diagonal_(0.0)
-    return D, e
 
 
 def _check_neighbours(m: int, c_max: Any) -> int:
@@ -97,26 +37,6 @@ def _check_neighbours(m: int, c_max: Any) -> int:
             f"(use c_max <= {m - 3} or more clients)"
         )
     return c
-
-
-def _scores_np(D: np.ndarray, n_neighbours: int) -> np.ndarray:
-    """Sum of each row's ``n_neighbours`` smallest off-diagonal entries of ``D`` (float64).
-
-    NumPy on purpose: these [m, m] matrices are tiny, and tiny torch ops were measured to stall
-    for milliseconds each in torch's thread pool on a loaded 2-core machine.
-    """
-    m = D.shape[0]
-    k = min(n_neighbours, m - 1)
-    if k <= 0:
-        return np.zeros(m, dtype=np.float64)
-    off = np.array(D, dtype=np.float64, copy=True)
-    np.fill_diagonal(off, np.inf)
-    return np.partition(off, k - 1, axis=1)[:, :k].sum(axis=1)
-
-
-def _scores(D: Tensor, n_neighbours: int) -> Tensor:
-    """Tensor wrapper of :func:`_scores_np` (float64, CPU)."""
-    return torch.from_numpy(_scores_np(D.detach().cpu().double().numpy(), n_neighbours))
 
 
 def krum_scores(D: Tensor, c_max: int) -> Tensor:
@@ -130,7 +50,7 @@ def krum_scores(D: Tensor, c_max: int) -> Tensor:
         raise UpdateError(f"distance matrix must be square, got shape {tuple(D.shape)}")
     m = D.shape[0]
     c = _check_neighbours(m, c_max)
-    return _scores(D, m - c - 2)
+    return nearest_sums(D, m - c - 2)
 
 
 def krum_select(scores: Tensor, k: int = 1) -> Tensor:
@@ -154,32 +74,6 @@ def effective_krum_c(fin: FiniteRows, c_max: Any) -> int:
     return max(0, min(c, fin.m_finite - 3))
 
 
-def _krum(G: Tensor, c_max: int, k: int) -> tuple[Tensor, Tensor, Tensor, FiniteRows, int]:
-    """(update, selected rows, scores, finite split, effective c) for Krum / Multi-Krum.
-
-    Selected rows and scores index the finite rows ``fin.G``; excluded rows are never chosen.
-    ``k`` is capped at the number of finite rows.
-    """
-    fin = split_finite(G)
-    c = effective_krum_c(fin, c_max)
-    kk = _check_k(fin.m, k)
-    mf = fin.m_finite
-    if mf == 0:
-        empty = torch.zeros(0, dtype=torch.long)
-        return fin.zero_update().update, empty, torch.zeros(0, dtype=torch.float64), fin, c
-    kk = min(kk, mf)
-    X = fin.G
-    scores = _scores(_pairwise_sq_distances(X), max(1, mf - c - 2))
-    sel = krum_select(scores, kk)
-    if kk == 1:
-        update = X[int(sel[0])].detach().clone()
-    else:
-        w = torch.zeros(mf, dtype=X.dtype, device=X.device)
-        w[sel.to(X.device)] = 1.0 / kk
-        update = weighted_mean(w, X.detach())
-    return update, sel, scores, fin, c
-
-
 def krum(G: Tensor, c_max: int, k: int = 1) -> Tensor:
     """Krum (``k = 1``) or Multi-Krum (``k > 1``) of ``G`` [m, P] -> Tensor[P].
 
@@ -189,18 +83,18 @@ def krum(G: Tensor, c_max: int, k: int = 1) -> Tensor:
     ``1 <= k <= m`` (:class:`ConfigError`). Rows with NaN/Inf are excluded, c_max and k reduced
     to fit the finite rows (:func:`effective_krum_c`); no finite row: the zero vector.
     """
-    return _krum(G, c_max, k)[0]
+    return Krum(c_max, k).aggregate(G).update
 
 
-class Krum(Stateless):
+class Krum(Defense):
     """Krum / Multi-Krum aggregator (Blanchard et al. 2017); stateless.
 
     ``c_max``: clients assumed malicious; ``k``: rows averaged (1 = Krum). ``weights`` are
-    one-hot on the selected row (``1/k`` on each of the k selected for Multi-Krum); ``record``
-    holds the float64 ``scores`` and the ``selected`` row indices. ``ctx.c_max`` is ignored.
-    Rows so large that the scores would overflow float64 (e.g. 1e200) are scored on the matrix
-    scaled by a power of two (the same selection; the recorded scores are then the scaled
-    ones).
+    one-hot on the selected row (``1/k`` on each of the k selected for Multi-Krum);
+    ``diagnostics.scores`` are the float64 scores (+inf for excluded rows) and
+    ``diagnostics.selected`` the selected rows. Rows so large that the scores would overflow
+    float64 (e.g. 1e200) are scored on the matrix scaled by a power of two (the same selection;
+    the recorded scores are then the scaled ones).
     """
 
     name = "krum"
@@ -209,31 +103,31 @@ class Krum(Stateless):
         self.c_max = as_count(c_max, "c_max")
         self.k = as_count(k, "k", minimum=1)
 
-    def aggregate(
-        self,
-        G: Tensor,
-        client_ids: Tensor | Sequence[int] | None = None,
-        ctx: AggregationContext | None = None,
-    ) -> Aggregate:
-        """Return the Krum / Multi-Krum update with its selection weights.
+    def effective_c(self, fin: FiniteRows) -> int:
+        """:func:`effective_krum_c` (k is checked against the rows received too)."""
+        c = effective_krum_c(fin, self.c_max)
+        _check_k(fin.m, self.k)
+        return c
 
-        ``record``: ``scores`` (per row, +inf for excluded rows), ``selected`` (row indices of G),
-        ``excluded`` and ``c_max_effective`` (hostile-row policy).
-        """
-        check_layout(G)
-        m = G.shape[0]
-        check_client_ids(client_ids, m)
-        update, sel, scores, fin, c = _krum(G, self.c_max, self.k)
-        weights = torch.zeros(fin.m_finite, dtype=G.dtype, device=G.device)
-        if sel.numel():
-            weights[sel.to(G.device)] = 1.0 / sel.numel()
-        weights = fin.scatter(weights)
-        if fin.kept is not None:
-            full = torch.full((m,), float("inf"), dtype=torch.float64)
-            full[fin.kept] = scores
-            scores, sel = full, fin.kept[sel]
-        record = {"scores": scores, "selected": sel, **fin.record(c)}
-        return Aggregate(update=update, weights=weights, record=record)
+    def rule(self, rows: Rows) -> RuleResult:
+        """Scores from the pairwise distances; the k best rows, averaged."""
+        assert rows.c is not None
+        X = rows.G
+        mf = X.shape[0]
+        kk = min(self.k, mf)  # capped at the number of finite rows
+        scores = nearest_sums(sq_distances(X), max(1, mf - rows.c - 2))
+        sel = krum_select(scores, kk)
+        w = torch.zeros(mf, dtype=X.dtype, device=X.device)
+        w[sel.to(X.device)] = 1.0 / kk
+        if kk == 1:
+            update = X[int(sel[0])].detach().clone()
+        else:
+            update = weighted_mean(w, X.detach())
+        fin = rows.finite
+        diagnostics = Diagnostics(
+            scores=fin.scatter(scores, fill=float("inf")), selected=fin.rows_of_input(sel)
+        )
+        return RuleResult(update=update, weights=w, diagnostics=diagnostics)
 
     def __repr__(self) -> str:
         return f"Krum(c_max={self.c_max}, k={self.k})"

@@ -1,35 +1,23 @@
 """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards
 Optimal Statistical Rates", ICML, Def. 1; docs/design.md, "Median").
 
-NumPy semantics: for an even number of clients the median of a coordinate is the mean of the two
-middle values (``torch.median`` would return the lower one). Computed with the pruned sorting
-network of :func:`~tesseract_fl.aggregators.trimmed_mean.sorted_column_chunks`, which only
-orders what decides the middle value(s).
+``update_j = median_i g_ij`` for every coordinate j, with NumPy's semantics: for an even number
+of rows the mean of the two middle values (``torch.median`` would return the lower one).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import (
-    Aggregate,
-    AggregationContext,
-    Stateless,
-    as_count,
-    check_client_ids,
-    check_layout,
-    split_finite,
-)
-from tesseract_fl.aggregators.trimmed_mean import (
+from tesseract_fl.aggregators.base import Defense, Rows, RuleResult
+from tesseract_fl.aggregators.kernels.sorting import median_kernel
+from tesseract_fl.aggregators.kernels.weights import (
     WEIGHT_SAMPLE,
-    map_column_ranges,
+    check_weight_sample,
     position_weights,
     rank_rows,
-    sorted_column_chunks,
 )
 
 __all__ = ["Median", "median", "median_weights"]
@@ -38,37 +26,12 @@ __all__ = ["Median", "median", "median_weights"]
 def median(G: Tensor, *, chunk_size: int | None = None, method: str = "auto") -> Tensor:
     """Coordinate-wise median of ``G`` [m, P] -> Tensor[P] (Yin et al. 2018), NumPy semantics.
 
-    Odd m: the middle value; even m: the mean of the two middle values, computed as
-    ``lo * 0.5 + hi * 0.5`` (the same float as NumPy's ``(lo + hi) / 2`` except that it cannot
-    overflow for huge values).
-    ``chunk_size``/``method`` as in :func:`~.trimmed_mean.sorted_column_chunks`.
-    Rows with NaN/Inf are excluded (the median of the finite rows); none finite: zero vector.
+    Even m: ``lo * 0.5 + hi * 0.5`` (NumPy's ``(lo + hi) / 2`` except that it cannot overflow).
+    ``chunk_size``/``method`` select the sorting kernel's block size and form
+    (:func:`~tesseract_fl.aggregators.kernels.sorting.sorted_column_chunks`). Rows with NaN/Inf
+    are excluded (the median of the finite rows); none finite: the zero vector.
     """
-    fin = split_finite(G)
-    if fin.m_finite == 0:
-        return fin.zero_update().update
-    return _median(fin.G, chunk_size=chunk_size, method=method)
-
-
-def _median(G: Tensor, *, chunk_size: int | None, method: str) -> Tensor:
-    """The median kernel on a finite matrix (no validation)."""
-    m, _ = G.shape
-    lo_pos, hi_pos = (m - 1) // 2, m // 2
-    groups = [0 if k < lo_pos else (1 if k <= hi_pos else 2) for k in range(m)]
-
-    def block(X: Tensor) -> Tensor:
-        out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
-        for start, stop, S in sorted_column_chunks(
-            X, groups=groups, chunk_size=chunk_size, method=method
-        ):
-            if lo_pos == hi_pos:
-                val = S[lo_pos]
-            else:
-                val = S[lo_pos] * 0.5 + S[hi_pos] * 0.5
-            out[start:stop] = torch.as_tensor(val).to(device=X.device, dtype=X.dtype)
-        return out
-
-    return map_column_ranges(block, G)
+    return Median(chunk_size=chunk_size, method=method).aggregate(G).update
 
 
 def median_weights(G: Tensor, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
@@ -85,37 +48,31 @@ def median_weights(G: Tensor, sample: int | None = WEIGHT_SAMPLE) -> Tensor:
     return torch.from_numpy(position_weights(order, pw, m)).to(dtype=G.dtype, device=G.device)
 
 
-class Median(Stateless):
-    """Coordinate-wise median aggregator (Yin et al. 2018); stateless, no parameters besides
-    ``weight_sample`` (coordinates used for the reported weights, ``None`` = all).
+class Median(Defense):
+    """Coordinate-wise median aggregator (Yin et al. 2018); stateless.
 
-    ``weights[i]`` = fraction of (sampled) coordinates where row i is (one of) the middle value(s),
-    each of two middles counting 1/2 (sums to 1).
+    ``weight_sample``: coordinates used for the reported weights (``None`` = all); ``weights[i]``
+    = fraction of them where row i is (one of) the middle value(s), each of two middles counting
+    1/2 (sums to 1). ``chunk_size``/``method``: the sorting kernel's (results agree).
     """
 
     name = "median"
 
-    def __init__(self, weight_sample: int | None = WEIGHT_SAMPLE) -> None:
-        self.weight_sample = (
-            None if weight_sample is None else as_count(weight_sample, "weight_sample", minimum=1)
-        )
-
-    def aggregate(
+    def __init__(
         self,
-        G: Tensor,
-        client_ids: Tensor | Sequence[int] | None = None,
-        ctx: AggregationContext | None = None,
-    ) -> Aggregate:
-        """Return the coordinate-wise median of ``G`` and the middle-share weights; rows with
-        NaN/Inf are excluded (``record["excluded"]``, weight 0)."""
-        check_layout(G)
-        check_client_ids(client_ids, G.shape[0])
-        fin = split_finite(G)
-        if fin.m_finite == 0:
-            return fin.zero_update()
-        update = _median(fin.G, chunk_size=None, method="auto")
-        weights = fin.scatter(median_weights(fin.G, self.weight_sample))
-        return Aggregate(update=update, weights=weights, record=fin.record())
+        weight_sample: int | None = WEIGHT_SAMPLE,
+        *,
+        chunk_size: int | None = None,
+        method: str = "auto",
+    ) -> None:
+        self.weight_sample = check_weight_sample(weight_sample)
+        self.chunk_size = chunk_size
+        self.method = method
+
+    def rule(self, rows: Rows) -> RuleResult:
+        """The coordinate-wise median of the finite rows and their middle-share weights."""
+        update = median_kernel(rows.G, chunk_size=self.chunk_size, method=self.method)
+        return RuleResult(update=update, weights=median_weights(rows.G, self.weight_sample))
 
     def __repr__(self) -> str:
         return "Median()"

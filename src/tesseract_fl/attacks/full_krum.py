@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.krum import _pairwise_sq_distances, _scores_np, krum_select
+from tesseract_fl.aggregators.kernels.gram import nearest_sums_np, sq_distances
+from tesseract_fl.aggregators.krum import krum_select
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask, uniform
 from tesseract_fl.errors import ConfigError
 
@@ -35,7 +36,7 @@ LAMBDA_MIN = 1e-5
 
 def lambda_upper_bound(G_benign_only: Tensor, num_clients: int, num_malicious: int) -> float:
     """Fang et al.'s upper bound on lambda from the benign rows [m - c, P] (module docstring)."""
-    D = _pairwise_sq_distances(G_benign_only).numpy()
+    D = sq_distances(G_benign_only).numpy()
     norms = G_benign_only.double().norm(dim=1).cpu().numpy()
     return _bound_from_gram(D, norms, G_benign_only.shape[1], num_clients, num_malicious)
 
@@ -56,7 +57,7 @@ def _bound_from_gram(D: np.ndarray, norms: np.ndarray, P: int, m: int, c: int) -
 def _krum_winner(G: Tensor, c_max: int) -> int:
     """Row Krum selects on ``G`` (same distances, scores and tie-break as the aggregator)."""
     m = G.shape[0]
-    scores = _scores_np(_pairwise_sq_distances(G).numpy(), m - c_max - 2)
+    scores = nearest_sums_np(sq_distances(G).numpy(), m - c_max - 2)
     return int(krum_select(torch.from_numpy(scores), 1)[0])
 
 
@@ -140,7 +141,9 @@ def full_krum_search(
     while lam >= LAMBDA_MIN:
         if (
             exact
-            or mal[int(np.argsort(_scores_np(gram.distances(lam), m - cm - 2), kind="stable")[0])]
+            or mal[
+                int(np.argsort(nearest_sums_np(gram.distances(lam), m - cm - 2), kind="stable")[0])
+            ]
         ):
             rows = noise - lam * s
             attacked = G_benign.clone()

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import as_count
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
 from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.validation import as_count
 
 __all__ = ["GaussianNoise", "gaussian_noise"]
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import as_count
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.validation import as_count
 
 __all__ = [
     "PERTURBATIONS",

@@ -431,14 +431,11 @@ def _dry_run(agg: Any, clients: int, c_max: int) -> None:
     gen = torch.Generator().manual_seed(0)
     G = torch.randn(clients, 8, generator=gen)
     ctx = AggregationContext(
-        client_ids=torch.arange(clients),
-        n_samples=torch.ones(clients),
-        c_max=c_max,
-        extra={"root_gradient": torch.randn(8, generator=gen)},
+        n_samples=torch.ones(clients), root_gradient=torch.randn(8, generator=gen)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # warnings are shown when the real run builds it
-        agg.aggregate(G, ctx.client_ids, ctx)
+        agg.aggregate(G, torch.arange(clients), ctx)
 
 
 def list_presets() -> list[str]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,20 @@ from tesseract_fl.experiments.checkpoints import (
     save_checkpoint,
 )
 from tesseract_fl.experiments.config import ExperimentConfig
-from tesseract_fl.experiments.store import ResultsStore
+from tesseract_fl.experiments.store import ClientRow, ResultsStore, RoundMetrics
 from tesseract_fl.models import make_model
 from tesseract_fl.plugins import code_fingerprint
-from tesseract_fl.simulation.engine import FedSGDSimulation, RoundResult
+from tesseract_fl.simulation.engine import (
+    FederatedData,
+    FedSGDSimulation,
+    RoundResult,
+    SimulationSpec,
+)
 from tesseract_fl.simulation.gradients import Backend, default_backend
+from tesseract_fl.simulation.round import client_rows, round_metrics
 from tesseract_fl.simulation.schedules import make_schedule
 from tesseract_fl.tuning import tune_cpu
+from tesseract_fl.validation import finite_or_none
 
 DEFAULT_STORE = Path("results") / "store.sqlite"
 #: Seed of the test subset (``test_subset``): the same samples for every run.
@@ -179,7 +186,7 @@ def split_clients(
 
 def root_size_of(aggregator: Any) -> int | None:
     """Size of the clean server root set the defense needs (FLTrust), else None."""
-    if not getattr(aggregator, "needs_root_gradient", False):
+    if not aggregator.needs_root_gradient:
         return None
     return int(getattr(aggregator, "root_size", 100))
 
@@ -237,54 +244,37 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
     check_model_fits(model, cfg, ds)
     attack = None if cfg.attack == "none" else make_attack(cfg.attack, **cfg.attack_params)
     test_idx = evaluation_indices(len(ds.test_y), cfg.test_subset)
-    return FedSGDSimulation(
-        model=model,
+    data = FederatedData(
         train_x=ds.train_x,
         train_y=ds.train_y,
         test_x=ds.test_x if test_idx is None else ds.test_x[test_idx],
         test_y=ds.test_y if test_idx is None else ds.test_y[test_idx],
         partitions=parts,
+        num_classes=ds.num_classes,
+        root_indices=root,
+    )
+    spec = SimulationSpec(
+        model=model,
+        data=data,
         aggregator=aggregator,
         malicious_ids=resolved_malicious_ids(cfg),
         c_max=c_max,
         batch_size=cfg.batch_size,
         lr_fn=make_schedule(cfg.lr_schedule, cfg.lr, cfg.rounds),
+        attack=attack,
         backend=backend,
         vmap_chunk=cfg.vmap_chunk,
         device=device,
         seed=cfg.seed,
-        root_indices=root,
-        attack=attack,
-        num_classes=ds.num_classes,
         aggregate_only=None if cfg.aggregate_only == "all" else cfg.aggregate_only,  # type: ignore[arg-type]
         augment=make_augment(cfg.augment, fill=black_pixel(cfg.dataset)),
     )
+    return FedSGDSimulation(spec)
 
 
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-def _client_rows(sim: FedSGDSimulation, res: RoundResult) -> list[tuple[int, bool, Any, Any, Any]]:
-    rec = res.aggregate.record
-    fs = res.flip_scores
-    rs = rec.get("reputation")
-    w = res.aggregate.weights
-    rows = []
-    for i, cid in enumerate(sim.client_ids.tolist()):
-        rows.append(
-            (
-                cid,
-                bool(sim.malicious[cid]),
-                None if fs is None else float(fs[i]),
-                None if rs is None else float(rs[i]),
-                float(w[i]),
-            )
-        )
-    return rows
+def _client_rows(sim: FedSGDSimulation, res: RoundResult) -> list[ClientRow]:
+    ids = sim.client_ids.tolist()
+    return client_rows(ids, [bool(sim.malicious[c]) for c in ids], res.aggregate, res.flip_scores)
 
 
 def _checkpoint_payload(
@@ -447,17 +437,29 @@ def rounds_claimed(cfg: ExperimentConfig, summary: dict[str, Any] | None) -> int
     return cfg.rounds if at is None else int(at) + 1
 
 
-def _run_claimed(
+@dataclass
+class _RunState:
+    """Where a run stands: the next round, the last evaluation, the time spent so far."""
+
+    start: int = 0
+    resumed_from: int | None = None
+    acc: float | None = None
+    loss: float | None = None
+    train_seconds: float = 0.0
+    seconds_before: float = 0.0
+    diverged_at: int | None = None
+
+
+def _start_or_resume(
     cfg: ExperimentConfig,
     store: ResultsStore,
-    store_path: Path,
+    ckpt_path: Path,
     existing: dict[str, Any] | None,
     force: bool,
-    progress: ProgressFn | None,
-) -> dict[str, Any]:
-    """The body of :func:`run_experiment` once this process owns the run in the store."""
+) -> tuple[FedSGDSimulation, _RunState]:
+    """The simulation and state to continue from: a usable checkpoint of an unfinished attempt
+    (unless ``force``), else a fresh start recorded in the store."""
     run_id = cfg.run_id()
-    ckpt_path = checkpoint_path(store_path, run_id)
     sim = build_simulation(cfg)
     ckpt: dict[str, Any] | None = None
     if (
@@ -469,106 +471,117 @@ def _run_claimed(
         ckpt = _try_resume(cfg, sim, ckpt_path, int(existing["rounds_done"]))
         if ckpt is None:
             sim = build_simulation(cfg)  # the failed load may have changed part of it
-    acc: float | None = None
-    loss: float | None = None
-    train_seconds = 0.0
-    seconds_before = 0.0
-    start = 0
-    resumed_from: int | None = None
     if ckpt is not None:
-        start = resumed_from = int(ckpt["round"])
         prev = ckpt["runner"]
-        acc, loss = prev["acc"], prev["loss"]
-        train_seconds = float(prev["train_seconds"])
-        seconds_before = float(prev["seconds"])
-        store.resume_run(run_id, start)
-    else:
-        remove_checkpoint(ckpt_path)  # a stale one (e.g. with force) must not be resumed
-        stored_cfg = cfg.to_dict()
-        stored_cfg["resolved"] = {
-            "c_max": cfg.resolved_c_max,
-            "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
-        }
-        store.start_run(run_id, cfg.name, stored_cfg, versions(cfg))
+        state = _RunState(
+            start=int(ckpt["round"]),
+            resumed_from=int(ckpt["round"]),
+            acc=prev["acc"],
+            loss=prev["loss"],
+            train_seconds=float(prev["train_seconds"]),
+            seconds_before=float(prev["seconds"]),
+        )
+        store.resume_run(run_id, state.start)
+        return sim, state
+    remove_checkpoint(ckpt_path)  # a stale one (e.g. with force) must not be resumed
+    stored_cfg = cfg.to_dict()
+    stored_cfg["resolved"] = {
+        "c_max": cfg.resolved_c_max,
+        "malicious_ids": sorted(int(i) for i in sim.client_ids[sim.malicious].tolist()),
+    }
+    store.start_run(run_id, cfg.name, stored_cfg, versions(cfg))
+    return sim, _RunState()
+
+
+def _diverged(store: ResultsStore, run_id: str, sim: FedSGDSimulation, r: int) -> RoundMetrics:
+    """Round ``r`` diverged: a result, not a crash; the accuracy measured there is stored."""
+    ev = sim.evaluate_model()
+    metrics = RoundMetrics(
+        lr=float(sim.lr_fn(r)), test_accuracy=ev.accuracy, test_loss=finite_or_none(ev.loss)
+    )
+    store.write_round(run_id, r, metrics, class_accuracy=ev.class_accuracy)
+    return metrics
+
+
+def _run_claimed(
+    cfg: ExperimentConfig,
+    store: ResultsStore,
+    store_path: Path,
+    existing: dict[str, Any] | None,
+    force: bool,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_experiment` once this process owns the run in the store: the
+    round loop (a round, an evaluation when due, its records, a checkpoint when due)."""
+    run_id = cfg.run_id()
+    ckpt_path = checkpoint_path(store_path, run_id)
+    sim, st = _start_or_resume(cfg, store, ckpt_path, existing, force)
     t0 = time.perf_counter()
-    diverged_at: int | None = None
     try:
-        for r in range(start, cfg.rounds):
+        for r in range(st.start, cfg.rounds):
             t_round = time.perf_counter()
             last = r == cfg.rounds - 1
             recording = r % cfg.record_every == 0 or last
             try:
                 res = sim.step(want_flip_scores=recording)
             except DivergedError:
-                # A result, not a crash: the round and the accuracy measured there are kept.
-                diverged_at = r
-                ev = sim.evaluate_model()
-                acc, loss = ev.accuracy, _finite(ev.loss)
-                store.write_round(
-                    run_id,
-                    r,
-                    {"lr": float(sim.lr_fn(r)), "test_accuracy": acc, "test_loss": loss},
-                    class_accuracy=ev.class_accuracy,
-                )
+                m = _diverged(store, run_id, sim, r)
+                st.diverged_at, st.acc, st.loss = r, m.test_accuracy, m.test_loss
                 break
-            train_seconds += time.perf_counter() - t_round
+            st.train_seconds += time.perf_counter() - t_round
             if (r + 1) % cfg.eval_every == 0 or last:
                 ev = sim.evaluate_model()
-                acc, loss = ev.accuracy, ev.loss
-                res.test_accuracy, res.test_loss = acc, loss
+                st.acc, st.loss = ev.accuracy, ev.loss
+                res.test_accuracy, res.test_loss = ev.accuracy, ev.loss
                 res.class_accuracy = ev.class_accuracy
-            rec = res.aggregate.record
-            rows = _client_rows(sim, res) if recording else []
             store.write_round(
                 run_id,
                 r,
-                {
-                    "lr": res.lr,
-                    "train_loss": _finite(res.train_loss),
-                    "test_accuracy": res.test_accuracy,
-                    "test_loss": _finite(res.test_loss),
-                    "fs_low": _finite(rec.get("fs_low")),
-                    "fs_high": _finite(rec.get("fs_high")),
-                },
-                rows,
+                round_metrics(
+                    res.lr, res.train_loss, res.aggregate, res.test_accuracy, res.test_loss
+                ),
+                _client_rows(sim, res) if recording else [],
                 attack=res.attack,
                 class_accuracy=res.class_accuracy,
             )
             if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and not last:
-                seconds = seconds_before + time.perf_counter() - t0
-                _save_or_warn(
-                    ckpt_path,
-                    _checkpoint_payload(cfg, sim, r + 1, acc, loss, train_seconds, seconds),
+                seconds = st.seconds_before + time.perf_counter() - t0
+                payload = _checkpoint_payload(
+                    cfg, sim, r + 1, st.acc, st.loss, st.train_seconds, seconds
                 )
+                _save_or_warn(ckpt_path, payload)
             if progress is not None:
-                progress(
-                    r + 1,
-                    cfg.rounds,
-                    {"acc": acc, "loss": res.train_loss, "resumed_from": resumed_from},
-                )
+                info = {"acc": st.acc, "loss": res.train_loss, "resumed_from": st.resumed_from}
+                progress(r + 1, cfg.rounds, info)
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         raise
-    wall = seconds_before + time.perf_counter() - t0
-    summary = {
-        "run_id": run_id,
+    summary = _summary(cfg, sim, st, store_path, st.seconds_before + time.perf_counter() - t0)
+    store.finish_run(run_id, summary)
+    remove_checkpoint(ckpt_path)
+    return summary
+
+
+def _summary(
+    cfg: ExperimentConfig, sim: FedSGDSimulation, st: _RunState, store_path: Path, wall: float
+) -> dict[str, Any]:
+    """What :func:`run_experiment` returns and the store keeps for a finished run."""
+    return {
+        "run_id": cfg.run_id(),
         "name": cfg.name,
         "dataset": cfg.dataset,
         "defense": cfg.defense,
         "attack": cfg.attack,
         "malicious": cfg.malicious,
         "rounds": cfg.rounds,
-        "final_accuracy": acc,
-        "final_loss": loss,
-        "rounds_per_second": cfg.rounds / train_seconds if train_seconds > 0 else None,
+        "final_accuracy": st.acc,
+        "final_loss": st.loss,
+        "rounds_per_second": cfg.rounds / st.train_seconds if st.train_seconds > 0 else None,
         "seconds": wall,
         "backend": sim.backend,
         "device": str(sim.device),
         "store": str(store_path),
         "cached": False,
-        "resumed_from": resumed_from,
-        "diverged_at": diverged_at,
+        "resumed_from": st.resumed_from,
+        "diverged_at": st.diverged_at,
     }
-    store.finish_run(run_id, summary)
-    remove_checkpoint(ckpt_path)
-    return summary

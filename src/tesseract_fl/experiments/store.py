@@ -17,8 +17,9 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tesseract_fl.errors import RunBusyError, StoreError
 
@@ -88,6 +89,30 @@ CREATE TABLE IF NOT EXISTS attack_records (
 );
 """
 )
+
+
+class ClientRow(NamedTuple):
+    """One client's record of a round (a row of the ``clients`` table): whether it is an
+    attacker, its flip-score, the defense's reputation of it (when it keeps one) and its weight
+    in the update."""
+
+    client: int
+    malicious: bool
+    flip_score: float | None
+    reputation: float | None
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """One round's row of the ``metrics`` table; ``None`` where nothing was measured."""
+
+    lr: float | None = None
+    train_loss: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    fs_low: float | None = None
+    fs_high: float | None = None
 
 
 #: An owner silent for this long (no round written) is taken to be gone, wherever it ran.
@@ -297,8 +322,8 @@ class ResultsStore:
         self,
         run_id: str,
         round_: int,
-        metrics: dict[str, float | None],
-        clients: Iterable[tuple[int, bool, float | None, float | None, float | None]] = (),
+        metrics: RoundMetrics,
+        clients: Iterable[ClientRow] = (),
         attack: dict[str, float] | None = None,
         class_accuracy: Sequence[float] = (),
     ) -> None:
@@ -313,18 +338,29 @@ class ResultsStore:
                 (
                     run_id,
                     round_,
-                    metrics.get("lr"),
-                    metrics.get("train_loss"),
-                    metrics.get("test_accuracy"),
-                    metrics.get("test_loss"),
-                    metrics.get("fs_low"),
-                    metrics.get("fs_high"),
+                    metrics.lr,
+                    metrics.train_loss,
+                    metrics.test_accuracy,
+                    metrics.test_loss,
+                    metrics.fs_low,
+                    metrics.fs_high,
                 ),
             )
             c.executemany(
                 "INSERT OR REPLACE INTO clients (run_id, round, client, malicious, flip_score, "
                 "reputation, weight) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, round_, cid, int(mal), fs, rs, w) for cid, mal, fs, rs, w in clients],
+                [
+                    (
+                        run_id,
+                        round_,
+                        r.client,
+                        int(r.malicious),
+                        r.flip_score,
+                        r.reputation,
+                        r.weight,
+                    )
+                    for r in clients
+                ],
             )
             c.executemany(
                 "INSERT OR REPLACE INTO attack_records (run_id, round, key, value) "

@@ -26,6 +26,7 @@ from flwr.app import Array, ArrayRecord
 from torch import Tensor, nn
 
 from tesseract_fl.errors import UpdateError
+from tesseract_fl.simulation.flat import flat_slices
 
 __all__ = [
     "GRADIENT_KEY",
@@ -110,10 +111,8 @@ class Layout:
                 f"flat vector has shape {tuple(flat.shape)}, the layout needs ({self.num_params},)"
             )
         out: dict[str, np.ndarray] = {}
-        offset = 0
-        for key, shape, n in zip(self.keys, self.shapes, self.sizes, strict=True):
-            out[key] = flat[offset : offset + n].detach().cpu().numpy().reshape(shape).copy()
-            offset += n
+        for key, shape, sl in zip(self.keys, self.shapes, flat_slices(self.sizes), strict=True):
+            out[key] = flat[sl].detach().cpu().numpy().reshape(shape).copy()
         return out
 
     def read_gradient(self, record: ArrayRecord) -> Tensor:

@@ -41,13 +41,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from torch import Tensor
 
-from tesseract_fl.aggregators import AggregationContext
-from tesseract_fl.aggregators.tesseract import flip_scores
+from tesseract_fl.aggregators import Aggregate, AggregationContext
 from tesseract_fl.errors import ConfigError, UpdateError
-from tesseract_fl.experiments.store import ResultsStore
+from tesseract_fl.experiments.store import ClientRow, ResultsStore, RoundMetrics
 from tesseract_fl.flower.records import Layout
 from tesseract_fl.flower.slots import NodeSlots, SlotAggregator
 from tesseract_fl.preaggregators.clip import DEFAULT_MULTIPLIER
+from tesseract_fl.simulation.flat import flat_slices
+from tesseract_fl.simulation.round import NonFiniteUpdateError, aggregate_round, next_direction
+from tesseract_fl.validation import finite_or_none
 
 __all__ = [
     "DEFAULT_MAX_NODES",
@@ -111,13 +113,6 @@ class RoundRecord:
     skipped: str | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
-
-
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    v = float(x)
-    return v if math.isfinite(v) else None
 
 
 def with_safeguard(
@@ -335,7 +330,7 @@ class RobustStrategy(FedAvg):
             capacity=min(capacity, max_nodes),  # only the initial allocation
             max_capacity=max_nodes,
         )
-        self.needs_root = bool(getattr(self.defense.aggregator, "needs_root_gradient", False))
+        self.needs_root = bool(self.defense.aggregator.needs_root_gradient)
         if self.needs_root and root_gradient_fn is None:
             raise ConfigError(
                 f"defense {self.defense_name!r} needs the server's root gradient: pass "
@@ -385,8 +380,67 @@ class RobustStrategy(FedAvg):
         if self.arrays is None or self.layout is None:
             raise UpdateError("aggregate_train before configure_train: no global model to update")
         layout = self.layout
-        lr = self._round_lr(server_round)
-        # None: a malformed reply to penalize (a NaN row).
+        usable, malformed, failed = self._read_replies(server_round, replies)
+        rows, examples, losses = self._round_rows(usable, layout)
+        record = RoundRecord(
+            round=server_round,
+            lr=self._round_lr(server_round),
+            seconds=0.0,
+            train_loss=None,
+            malformed=malformed,
+            failed=failed,
+        )
+        if not rows:
+            record.skipped = "no usable replies"
+            return self._finish_round(record, None)
+
+        nodes = list(rows)
+        slot_list = self.slots.assign(nodes)
+        order = sorted(range(len(nodes)), key=slot_list.__getitem__)
+        nodes = [nodes[i] for i in order]
+        slots = torch.tensor([slot_list[i] for i in order], dtype=torch.long)
+        G = torch.stack([rows[n] for n in nodes])
+        n_samples = torch.tensor([examples[n] for n in nodes], dtype=torch.float32)
+        ctx = AggregationContext(
+            n_samples=n_samples,
+            root_gradient=self._root_gradient(server_round, layout) if self.needs_root else None,
+        )
+        out = self._aggregate_and_step(server_round, G, slots, ctx, record)
+        if out is None:
+            return self._finish_round(record, None)
+        agg, fs, update, new_arrays = out
+
+        if losses:
+            weights_l = [examples[n] for n in losses]
+            record.train_loss = sum(
+                w * v for w, v in zip(weights_l, losses.values(), strict=True)
+            ) / sum(weights_l)
+        rep = agg.diagnostics.reputation
+        w = agg.weights.detach().cpu().to(torch.float64)
+        record.nodes = [
+            NodeRound(
+                node_id=n,
+                slot=int(slots[i]),
+                weight=float(w[i]),
+                flip_score=float(fs[i]),
+                reputation=None if rep is None else float(rep[i]),
+                malicious=bool(self.node_info.get(n, {}).get("malicious", False)),
+                num_examples=examples[n],
+            )
+            for i, n in enumerate(nodes)
+        ]
+        record.fs_low = finite_or_none(agg.diagnostics.fs_low)
+        record.fs_high = finite_or_none(agg.diagnostics.fs_high)
+        self._s_g = next_direction(update)
+        self._set_model(new_arrays)
+        return self._finish_round(record, new_arrays)
+
+    def _read_replies(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[dict[int, _Reply | None], list[int], list[int]]:
+        """Check every reply: ``(usable, malformed, failed)`` where a usable reply of ``None``
+        is a malformed one to penalize (a NaN row); nodes beyond ``max_nodes`` are dropped."""
+        assert self.layout is not None
         usable: dict[int, _Reply | None] = {}
         malformed: list[int] = []
         failed: list[int] = []
@@ -413,7 +467,7 @@ class RobustStrategy(FedAvg):
                 )
                 continue
             try:
-                usable[node] = self._read_reply(_content(msg), layout)
+                usable[node] = self._read_reply(_content(msg), self.layout)
             except UpdateError as exc:
                 self._malformed(server_round, node, str(exc))
                 malformed.append(node)
@@ -433,7 +487,13 @@ class RobustStrategy(FedAvg):
             del usable[node]
             if node not in malformed:
                 malformed.append(node)
+        return usable, malformed, failed
 
+    def _round_rows(
+        self, usable: dict[int, _Reply | None], layout: Layout
+    ) -> tuple[dict[int, Tensor], dict[int, float], dict[int, float]]:
+        """Each usable node's gradient row (NaN for one to penalize), example count and (for
+        nodes not marked malicious) training loss; records what nodes report about themselves."""
         rows: dict[int, Tensor] = {}
         examples: dict[int, float] = {}
         losses: dict[int, float] = {}
@@ -448,46 +508,38 @@ class RobustStrategy(FedAvg):
             examples[node] = parsed.num_examples
             if parsed.loss is not None and not info.get("malicious", False):
                 losses[node] = parsed.loss
-        record = RoundRecord(
-            round=server_round,
-            lr=lr,
-            seconds=0.0,
-            train_loss=None,
-            malformed=malformed,
-            failed=failed,
-        )
-        if not rows:
-            record.skipped = "no usable replies"
-            return self._finish_round(record, None)
+        return rows, examples, losses
 
-        nodes = list(rows)
-        slot_list = self.slots.assign(nodes)
-        order = sorted(range(len(nodes)), key=slot_list.__getitem__)
-        nodes = [nodes[i] for i in order]
-        slots = torch.tensor([slot_list[i] for i in order], dtype=torch.long)
-        G = torch.stack([rows[n] for n in nodes])
-        n_samples = torch.tensor([examples[n] for n in nodes], dtype=torch.float32)
-        ctx = AggregationContext(
-            client_ids=slots, n_samples=n_samples, c_max=self.c_max, round=server_round - 1
-        )
-        if self.needs_root:
-            ctx.extra["root_gradient"] = self._root_gradient(server_round, layout)
+    def _aggregate_and_step(
+        self,
+        server_round: int,
+        G: Tensor,
+        slots: Tensor,
+        ctx: AggregationContext,
+        record: RoundRecord,
+    ) -> tuple[Aggregate, Tensor, Tensor, ArrayRecord] | None:
+        """The round's aggregation (shared with the simulator) and server step:
+        ``(aggregate, flip-scores, update, new arrays)``, or ``None`` with ``record.skipped``
+        saying why the global model is left unchanged."""
+        new_arrays = None
         try:
-            agg = self.defense.aggregate(G, slots, ctx)
+            out = aggregate_round(self.defense, G, slots, ctx, s_g=self._s_g, want_flip_scores=True)
+        except NonFiniteUpdateError:
+            # Finite but huge rows can overflow a defense without robust bounds (e.g. FedSGD);
+            # the round is skipped rather than the run ended (the defense has seen the round).
+            record.skipped = "aggregated update is not finite"
         except UpdateError as exc:  # e.g. too few nodes for c_max this round
             log(ERROR, "round %d skipped, the global model is unchanged: %s", server_round, exc)
             record.skipped = str(exc)
-            return self._finish_round(record, None)
-        update = agg.update.detach().to(torch.float32).cpu()
-        # Finite but huge rows can overflow a defense without robust bounds (e.g. FedSGD); the
-        # round is skipped rather than the run ended (the defense's state has seen the round).
-        new_arrays = None
-        if not bool(torch.isfinite(update).all()):
-            record.skipped = "aggregated update is not finite"
+            return None
         else:
-            new_arrays = self._step(update, record.lr)
-            if new_arrays is None:
-                record.skipped = "the SGD step would make the global model non-finite"
+            update = out.aggregate.update.detach().to(torch.float32).cpu()
+            if not bool(torch.isfinite(update).all()):  # beyond float32's range
+                record.skipped = "aggregated update is not finite"
+            else:
+                new_arrays = self._step(update, record.lr)
+                if new_arrays is None:
+                    record.skipped = "the SGD step would make the global model non-finite"
         if new_arrays is None:
             log(
                 ERROR,
@@ -495,36 +547,9 @@ class RobustStrategy(FedAvg):
                 server_round,
                 record.skipped,
             )
-            return self._finish_round(record, None)
-
-        if losses:
-            weights_l = [examples[n] for n in losses]
-            record.train_loss = sum(
-                w * v for w, v in zip(weights_l, losses.values(), strict=True)
-            ) / sum(weights_l)
-        fs = agg.record.get("flip_scores")
-        if fs is None:  # every defense gets flip-scores against the last global direction
-            s_g = self._s_g if self._s_g is not None else torch.zeros(layout.num_params)
-            fs = flip_scores(G, s_g)
-        rep = agg.record.get("reputation")
-        w = agg.weights.detach().cpu().to(torch.float64)
-        record.nodes = [
-            NodeRound(
-                node_id=n,
-                slot=int(slots[i]),
-                weight=float(w[i]),
-                flip_score=float(fs[i]),
-                reputation=None if rep is None else float(rep[i]),
-                malicious=bool(self.node_info.get(n, {}).get("malicious", False)),
-                num_examples=examples[n],
-            )
-            for i, n in enumerate(nodes)
-        ]
-        record.fs_low = _finite(agg.record.get("fs_low"))
-        record.fs_high = _finite(agg.record.get("fs_high"))
-        self._s_g = torch.sign(update)
-        self._set_model(new_arrays)
-        return self._finish_round(record, new_arrays)
+            return None
+        assert out.flip_scores is not None  # every defense gets flip-scores (want_flip_scores)
+        return out.aggregate, out.flip_scores, update, new_arrays
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -777,14 +802,12 @@ class RobustStrategy(FedAvg):
         None when the new model would not be finite."""
         assert self.arrays is not None and self.layout is not None
         out: dict[str, Array] = {}
-        offset = 0
-        for key, n in zip(self.layout.keys, self.layout.sizes, strict=True):
+        for key, sl in zip(self.layout.keys, flat_slices(self.layout.sizes), strict=True):
             p = torch.from_numpy(self.arrays[key].numpy().copy())
-            p.add_(update[offset : offset + n].view_as(p).to(p.dtype), alpha=-lr)
+            p.add_(update[sl].view_as(p).to(p.dtype), alpha=-lr)
             if p.is_floating_point() and not bool(torch.isfinite(p).all()):
                 return None
             out[key] = Array(p.numpy())
-            offset += n
         return ArrayRecord(out)
 
     def _finish_round(
@@ -851,20 +874,22 @@ class RobustStrategy(FedAvg):
         rows = []
         if rnd % self.record_every == 0:
             rows = [
-                (nr.slot, nr.malicious, _finite(nr.flip_score), nr.reputation, nr.weight)
+                ClientRow(
+                    nr.slot, nr.malicious, finite_or_none(nr.flip_score), nr.reputation, nr.weight
+                )
                 for nr in record.nodes
             ]
         self._store.write_round(self.run_id, rnd, self._store_metrics(record), rows)
 
-    def _store_metrics(self, record: RoundRecord) -> dict[str, float | None]:
-        return {
-            "lr": record.lr,
-            "train_loss": _finite(record.train_loss),
-            "test_accuracy": record.test_accuracy,
-            "test_loss": _finite(record.test_loss),
-            "fs_low": record.fs_low,
-            "fs_high": record.fs_high,
-        }
+    def _store_metrics(self, record: RoundRecord) -> RoundMetrics:
+        return RoundMetrics(
+            lr=record.lr,
+            train_loss=finite_or_none(record.train_loss),
+            test_accuracy=record.test_accuracy,
+            test_loss=finite_or_none(record.test_loss),
+            fs_low=record.fs_low,
+            fs_high=record.fs_high,
+        )
 
     def _record_test(self, server_round: int, res: MetricRecord) -> None:
         record = next((r for r in self.history if r.round == server_round), None)

@@ -79,15 +79,17 @@ def _registrar(
 
     def add(target: T) -> T:
         key = name if name is not None else getattr(target, "name", None)
-        if not isinstance(key, str):
+        if not isinstance(key, str) or not key:
             raise PluginError(
                 f"{kind} {target!r} needs a name: register_{kind}('my_name', ...) or a class "
                 "attribute `name`"
             )
         check(key, target)
         registry(kind).add(key, target, **kwargs)
-        if kind in ("defense", "attack") and not isinstance(getattr(target, "name", None), str):
+        if kind in ("defense", "attack") and not getattr(target, "name", None):
             target.name = key.strip().lower()  # type: ignore[attr-defined]  # what records show
+        if kind == "defense" and not hasattr(target, "needs_root_gradient"):
+            target.needs_root_gradient = False  # type: ignore[attr-defined]  # no FLTrust root set
         return target
 
     return add if obj is None else add(obj)

@@ -1,6 +1,13 @@
 """The FedSGD round loop: batches, per-client gradients, attack, aggregation, server step."""
 
-from tesseract_fl.simulation.engine import FedSGDSimulation, RoundResult, apply_update, evaluate
+from tesseract_fl.simulation.engine import (
+    FederatedData,
+    FedSGDSimulation,
+    RoundResult,
+    SimulationSpec,
+    apply_update,
+    evaluate,
+)
 from tesseract_fl.simulation.gradients import BACKENDS, client_gradients, default_backend
 from tesseract_fl.simulation.sampler import RoundRobinSampler
 from tesseract_fl.simulation.schedules import LR_SCHEDULES, make_schedule
@@ -9,8 +16,10 @@ __all__ = [
     "BACKENDS",
     "LR_SCHEDULES",
     "FedSGDSimulation",
+    "FederatedData",
     "RoundResult",
     "RoundRobinSampler",
+    "SimulationSpec",
     "apply_update",
     "client_gradients",
     "default_backend",

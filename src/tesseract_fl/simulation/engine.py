@@ -20,11 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator
-from tesseract_fl.aggregators.tesseract import flip_scores
-from tesseract_fl.attacks.base import AttackContext, DefenseView, Poison
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, Diagnostics
+from tesseract_fl.attacks.base import AttackContext, DataAttack, DefenseView, ModelAttack, Poison
 from tesseract_fl.errors import ConfigError, DivergedError, UpdateError
+from tesseract_fl.simulation.flat import flat_slices
 from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params
+from tesseract_fl.simulation.round import (
+    NonFiniteUpdateError,
+    aggregate_round,
+    every_flip_score,
+    next_direction,
+)
 from tesseract_fl.simulation.sampler import RoundRobinSampler
 
 AggregateOnly = Literal["benign", "malicious"]
@@ -48,16 +54,13 @@ class RoundResult:
 
 def apply_update(model: nn.Module, update: Tensor, lr: float) -> None:
     """Server SGD step on the flattened trainable parameters: ``theta <- theta - lr * update``."""
-    offset = 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    if total != update.numel():
+        raise UpdateError(f"update has {update.numel()} entries, model has {total} parameters")
     with torch.no_grad():
-        for p in model.parameters():
-            if not p.requires_grad:
-                continue
-            n = p.numel()
-            p.add_(update[offset : offset + n].view_as(p), alpha=-lr)
-            offset += n
-    if offset != update.numel():
-        raise UpdateError(f"update has {update.numel()} entries, model has {offset} parameters")
+        for p, sl in zip(params, flat_slices(p.numel() for p in params), strict=True):
+            p.add_(update[sl].view_as(p), alpha=-lr)
 
 
 def params_finite(model: nn.Module) -> bool:
@@ -117,6 +120,50 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> t
     return ev.accuracy, ev.loss
 
 
+@dataclass(frozen=True)
+class FederatedData:
+    """The tensors of a simulated federation: training set (indexed by the clients'
+    ``partitions``), test set, ``num_classes`` (default: from ``train_y``) and FLTrust's clean
+    ``root_indices`` (training rows kept out of every partition)."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    partitions: list[np.ndarray]
+    num_classes: int | None = None
+    root_indices: np.ndarray | None = None
+
+
+@dataclass
+class SimulationSpec:
+    """Everything a :class:`FedSGDSimulation` is built from (docs/design.md, "The FedSGD round").
+
+    ``malicious_ids``: the attackers' client ids; ``c_max``: what the server assumes (passed to
+    the attack's context); ``lr_fn(round) -> lr``: the server schedule; ``backend`` /
+    ``vmap_chunk``: how the clients' gradients are computed (same numbers for loop and threads);
+    ``seed``: the attack's generator (and, derived from it, the augmentation's);
+    ``aggregate_only``: Figure 2's modes (aggregate only the benign or only the malicious rows,
+    everyone's flip-score kept); ``augment``: training-time augmentation of the batches.
+    """
+
+    model: nn.Module
+    data: FederatedData
+    aggregator: Aggregator
+    malicious_ids: list[int]
+    c_max: int
+    batch_size: int
+    lr_fn: Callable[[int], float]
+    attack: ModelAttack | DataAttack | None = None
+    backend: Backend = "loop"
+    vmap_chunk: int = 10
+    device: torch.device | str = "cpu"
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    seed: int = 0
+    aggregate_only: AggregateOnly | None = None
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+
+
 class FedSGDSimulation:
     """In-process federated simulation of ``m`` clients of which ``malicious_ids`` are attackers.
 
@@ -124,83 +171,70 @@ class FedSGDSimulation:
     the attack is a pure function of the round's benign gradients plus its context.
     """
 
-    def __init__(
-        self,
-        *,
-        model: nn.Module,
-        train_x: Tensor,
-        train_y: Tensor,
-        test_x: Tensor,
-        test_y: Tensor,
-        partitions: list[np.ndarray],
-        aggregator: Aggregator,
-        malicious_ids: list[int],
-        c_max: int,
-        batch_size: int,
-        lr_fn: Callable[[int], float],
-        backend: Backend = "loop",
-        vmap_chunk: int = 10,
-        device: torch.device | str = "cpu",
-        attack: Any = None,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-        seed: int = 0,
-        root_indices: np.ndarray | None = None,
-        num_classes: int | None = None,
-        aggregate_only: AggregateOnly | None = None,
-        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-    ) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device)
-        self.train_x = train_x.to(self.device)
-        self.train_y = train_y.to(self.device)
-        self.test_x = test_x.to(self.device)
-        self.test_y = test_y.to(self.device)
-        self.sampler = RoundRobinSampler(partitions, batch_size)
-        self.num_clients = len(partitions)
-        self.aggregator = aggregator
+    def __init__(self, spec: SimulationSpec) -> None:
+        data = spec.data
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        self.model = spec.model.to(self.device)
+        self.train_x = data.train_x.to(self.device)
+        self.train_y = data.train_y.to(self.device)
+        self.test_x = data.test_x.to(self.device)
+        self.test_y = data.test_y.to(self.device)
+        self.sampler = RoundRobinSampler(data.partitions, spec.batch_size)
+        self.num_clients = len(data.partitions)
+        self.aggregator = spec.aggregator
         self.malicious = torch.zeros(self.num_clients, dtype=torch.bool)
-        if malicious_ids:
-            self.malicious[torch.as_tensor(malicious_ids, dtype=torch.long)] = True
-        self.c_max = c_max
-        self.lr_fn = lr_fn
-        self.backend: Backend = backend
-        self.vmap_chunk = vmap_chunk
-        self.attack = attack
-        self.data_attack = callable(getattr(attack, "poison_labels", None))
-        if (
-            attack is not None
-            and not self.data_attack
-            and not callable(getattr(attack, "poison", None))
-        ):
-            raise ConfigError(f"attack {attack!r} has neither poison() nor poison_labels()")
-        self.num_classes = int(num_classes) if num_classes is not None else int(train_y.max()) + 1
-        if aggregate_only not in (None, "benign", "malicious"):
+        if spec.malicious_ids:
+            self.malicious[torch.as_tensor(spec.malicious_ids, dtype=torch.long)] = True
+        self.c_max = spec.c_max
+        self.lr_fn = spec.lr_fn
+        self.backend: Backend = spec.backend
+        self.vmap_chunk = spec.vmap_chunk
+        self.attack = spec.attack
+        self.num_classes = (
+            int(data.num_classes) if data.num_classes is not None else int(data.train_y.max()) + 1
+        )
+        if spec.aggregate_only not in (None, "benign", "malicious"):
             raise ConfigError(
-                f"aggregate_only must be 'benign', 'malicious' or None, got {aggregate_only!r}"
+                f"aggregate_only must be 'benign', 'malicious' or None, got {spec.aggregate_only!r}"
             )
-        self.aggregate_only = aggregate_only
-        self.defense_view = DefenseView(aggregator)
+        self.aggregate_only = spec.aggregate_only
+        self.defense_view = DefenseView(spec.aggregator)
         # Sign of the last global update (the flip-score reference s_g); None before round 1.
         self.s_g: Tensor | None = None
-        self.loss_fn = loss_fn
+        self.loss_fn = spec.loss_fn
         self.round = 0
         self.num_params = num_params(self.model)
         self.client_ids = torch.arange(self.num_clients)
         self.n_samples = torch.as_tensor(self.sampler.n_samples, dtype=torch.float32)
-        self.rng = torch.Generator().manual_seed(seed)
+        self.rng = torch.Generator().manual_seed(spec.seed)
         # Training-time augmentation of the clients' batches (e.g. CIFAR crop + flip), drawn
         # from its own generator so that it changes no other random stream of the run.
-        self.augment = augment
+        self.augment = spec.augment
         self.augment_rng = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, 5]).generate_state(1)[0])
+            int(np.random.SeedSequence([spec.seed, 5]).generate_state(1)[0])
         )
         self._G = torch.empty(self.num_clients, self.num_params, device=self.device)
         # FLTrust's clean root set on the server (kept out of the clients' partitions).
         self.root_sampler: RoundRobinSampler | None = None
-        if getattr(aggregator, "needs_root_gradient", False):
-            if root_indices is None or len(root_indices) == 0:
-                raise UpdateError(f"defense {aggregator.name!r} needs a server root set")
-            self.root_sampler = RoundRobinSampler([root_indices], batch_size)
+        if spec.aggregator.needs_root_gradient:
+            if data.root_indices is None or len(data.root_indices) == 0:
+                raise UpdateError(f"defense {spec.aggregator.name!r} needs a server root set")
+            self.root_sampler = RoundRobinSampler([data.root_indices], spec.batch_size)
+
+    @property
+    def attack(self) -> ModelAttack | DataAttack | None:
+        """The malicious clients' attack: a data-poisoning attack relabels their batches, a
+        model-poisoning one replaces their rows of the gradient matrix."""
+        return self._attack
+
+    @attack.setter
+    def attack(self, attack: ModelAttack | DataAttack | None) -> None:
+        data = attack if isinstance(attack, DataAttack) else None
+        model = attack if data is None and isinstance(attack, ModelAttack) else None
+        if attack is not None and model is None and data is None:
+            raise ConfigError(f"attack {attack!r} has neither poison() nor poison_labels()")
+        self._attack, self.data_attack, self.model_attack = attack, data, model
 
     def root_gradient(self) -> Tensor:
         """Server gradient g_0 on the next root batch at the current global model (FLTrust)."""
@@ -218,9 +252,9 @@ class FedSGDSimulation:
         y = self.train_y[idx]
         if self.augment is not None:
             x = self.augment(x.flatten(0, 1), self.augment_rng).view_as(x)
-        if self.data_attack and bool(self.malicious.any()):
+        if self.data_attack is not None and bool(self.malicious.any()):
             mal = self.malicious.to(self.device)
-            y[mal] = self.attack.poison_labels(y[mal], self.num_classes)
+            y[mal] = self.data_attack.poison_labels(y[mal], self.num_classes)
         self.model.train()
         return client_gradients(
             self.model,
@@ -246,7 +280,8 @@ class FedSGDSimulation:
             generator=self.rng,
             defense=self.defense_view,
         )
-        out = self.attack.poison(G, ctx)
+        assert self.model_attack is not None
+        out = self.model_attack.poison(G, ctx)
         rows = out.rows if isinstance(out, Poison) else out
         c = int(self.malicious.sum())
         if not isinstance(rows, Tensor) or tuple(rows.shape) != (c, self.num_params):
@@ -269,7 +304,7 @@ class FedSGDSimulation:
         if benign.numel() and not bool(torch.isfinite(benign).any()):
             raise DivergedError(self.round, "every benign client's loss is non-finite")
         attack_record: dict[str, float] = {}
-        if self.attack is not None and not self.data_attack and bool(self.malicious.any()):
+        if self.model_attack is not None and bool(self.malicious.any()):
             attack_record = self.poison(G)
         rows = None
         if self.aggregate_only is not None:
@@ -281,28 +316,30 @@ class FedSGDSimulation:
         sel = slice(None) if rows is None else rows.to(G.device)
         ids = self.client_ids if rows is None else self.client_ids[rows]
         ctx_agg = AggregationContext(
-            client_ids=ids,
             n_samples=self.n_samples if rows is None else self.n_samples[rows],
-            c_max=self.c_max,
-            round=self.round,
+            root_gradient=None if self.root_sampler is None else self.root_gradient(),
         )
-        if self.root_sampler is not None:
-            ctx_agg.extra["root_gradient"] = self.root_gradient()
-        agg = self.aggregator.aggregate(G if rows is None else G[sel], ids, ctx_agg)
-        if not bool(torch.isfinite(agg.update).all()):
-            raise DivergedError(self.round, "the aggregated update is not finite")
+        try:
+            out = aggregate_round(
+                self.aggregator,
+                G if rows is None else G[sel],
+                ids,
+                ctx_agg,
+                s_g=self.s_g,
+                want_flip_scores=want_flip_scores and rows is None,
+            )
+        except NonFiniteUpdateError as exc:
+            raise DivergedError(self.round, str(exc)) from None
+        agg, fs = out.aggregate, out.flip_scores
         if rows is not None:
+            # Figure 2's modes: weights over every client, and everyone's flip-score
             agg = self._widen(agg, rows)
-        fs = agg.record.get("flip_scores") if rows is None else None
-        if fs is None and (rows is not None or want_flip_scores):
-            # Everyone's flip-score against the previous global update's sign (Alg. 1 line 3).
-            s_g = self.s_g if self.s_g is not None else torch.zeros(self.num_params)
-            fs = flip_scores(G, s_g.to(G.device)).cpu()
+            fs = every_flip_score(G, self.s_g)
         lr = float(self.lr_fn(self.round))
         apply_update(self.model, agg.update, lr)
         if not params_finite(self.model):
             raise DivergedError(self.round, "the server step made parameters non-finite")
-        self.s_g = torch.sign(agg.update.detach()).cpu()
+        self.s_g = next_direction(agg.update)
         benign_loss = losses[~self.malicious] if bool((~self.malicious).any()) else losses
         result = RoundResult(
             round=self.round,
@@ -320,11 +357,13 @@ class FedSGDSimulation:
         defense's reputations (when it keeps them) over all clients."""
         weights = torch.zeros(self.num_clients, dtype=agg.weights.dtype)
         weights[rows] = agg.weights.detach().cpu()
-        record = {k: v for k, v in agg.record.items() if k in ("fs_low", "fs_high")}
         rep = self.defense_view.public_state().get("reputation")
-        if isinstance(rep, Tensor) and rep.numel() == self.num_clients:
-            record["reputation"] = rep
-        return Aggregate(update=agg.update, weights=weights, record=record)
+        diagnostics = Diagnostics(
+            fs_low=agg.diagnostics.fs_low,
+            fs_high=agg.diagnostics.fs_high,
+            reputation=rep if isinstance(rep, Tensor) and rep.numel() == self.num_clients else None,
+        )
+        return Aggregate(update=agg.update, weights=weights, diagnostics=diagnostics)
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the current global model."""

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.simulation.flat import flat_slices
 
 Backend = Literal["loop", "threads", "vmap"]
 BACKENDS: tuple[str, ...] = ("loop", "threads", "vmap")
@@ -65,15 +66,13 @@ def loop_gradients(
     P = sum(p.numel() for p in params)
     G = out if out is not None else torch.empty(m, P, dtype=torch.float32, device=x.device)
     losses = torch.empty(m, dtype=torch.float32, device=x.device)
+    slices = flat_slices(p.numel() for p in params)
     for i in range(m):
         loss = loss_fn(model(x[i]), y[i])
         grads = torch.autograd.grad(loss, params)
-        offset = 0
         row = G[i]
-        for g in grads:
-            n = g.numel()
-            row[offset : offset + n].copy_(g.reshape(-1))
-            offset += n
+        for g, sl in zip(grads, slices, strict=True):
+            row[sl].copy_(g.reshape(-1))
         losses[i] = loss.detach()
     return G, losses
 
@@ -229,12 +228,9 @@ def vmap_gradients(
             else buffers
         )
         grads, loss = per_client(params, bufs, x[start:stop], y[start:stop])
-        offset = 0
-        for n in names:
+        for n, sl in zip(names, flat_slices(grads[n][0].numel() for n in names), strict=True):
             g = grads[n]
-            k = g[0].numel()
-            G[start:stop, offset : offset + k].copy_(g.reshape(stop - start, k))
-            offset += k
+            G[start:stop, sl].copy_(g.reshape(stop - start, sl.stop - sl.start))
         losses[start:stop] = loss
     return G, losses
 

@@ -18,13 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import tesseract_fl
-from tesseract_fl.aggregators.base import (
-    Aggregate,
-    AggregationContext,
-    check_client_ids,
-    check_layout,
-    split_finite,
-)
+from tesseract_fl.aggregators.base import Defense, Rows, RuleResult
 from tesseract_fl.attacks.base import AttackContext, Poison, malicious_mask
 from tesseract_fl.data import Dataset
 from tesseract_fl.errors import ConfigError
@@ -42,8 +36,13 @@ def centered_clip(G: Tensor, v: Tensor, tau: float, iters: int) -> Tensor:
 
 
 @tesseract_fl.register_defense("centered_clip")  # fingerprint: its source hash
-class CenteredClip:
-    """Centered clipping around last round's aggregate (its state)."""
+class CenteredClip(Defense):
+    """Centered clipping around last round's aggregate (its state).
+
+    The base class applies the hostile-input policy every defense keeps (rows with NaN/Inf
+    excluded, weight 0, listed in ``diagnostics.excluded``; no finite row: the zero update) and
+    calls :meth:`rule` on the finite rows.
+    """
 
     name = "centered_clip"
 
@@ -55,24 +54,15 @@ class CenteredClip:
         self.tau, self.iters = float(tau), iters
         self.previous: Tensor | None = None
 
-    def aggregate(
-        self, G: Tensor, client_ids: Any = None, ctx: AggregationContext | None = None
-    ) -> Aggregate:
-        # The hostile-input policy every defense keeps: rows with NaN/Inf are excluded (weight
-        # 0, listed in record["excluded"]); no finite row left gives the zero update.
-        check_layout(G)
-        check_client_ids(client_ids, G.shape[0])
-        fin = split_finite(G)
-        if fin.m_finite == 0:
-            return fin.zero_update()
+    def rule(self, rows: Rows) -> RuleResult:
+        G = rows.G
         start = self.previous
         if start is None or start.shape[0] != G.shape[1]:
             start = torch.zeros(G.shape[1], dtype=G.dtype, device=G.device)
-        update = centered_clip(fin.G, start.to(G.device, G.dtype), self.tau, self.iters)
+        update = centered_clip(G, start.to(G.device, G.dtype), self.tau, self.iters)
         self.previous = update.detach().clone()
-        m = fin.m_finite
-        weights = fin.scatter(torch.full((m,), 1.0 / m, dtype=torch.float64))
-        return Aggregate(update=update, weights=weights, record=fin.record())
+        m = G.shape[0]
+        return RuleResult(update=update, weights=torch.full((m,), 1.0 / m, dtype=torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
         return {"previous": None if self.previous is None else self.previous.clone()}
