@@ -46,8 +46,8 @@ def measured_run(rounds: int) -> dict[str, Any]:
         "seconds_per_round": seconds / rounds,
         "projected_full_run_s": seconds / rounds * full,
         "full_rounds": full,
-        "final_accuracy": summary.get("final_accuracy"),
-        "backend": summary.get("backend"),
+        "final_accuracy": summary.final_accuracy,
+        "backend": summary.backend,
     }
 
 

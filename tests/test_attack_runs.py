@@ -24,10 +24,10 @@ def test_every_attack_runs_and_records(
 ) -> None:
     cfg = resolve_config("mnist", overrides=[*tiny_overrides, f"attack={attack}", "rounds=3"])
     summary = run_experiment(cfg, tmp_path / "s.sqlite")
-    assert summary["attack"] == attack and 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary.attack == attack and 0.0 <= summary.final_accuracy <= 1.0
     with ResultsStore(tmp_path / "s.sqlite") as s:
-        records = s.attack_records(summary["run_id"])
-        run = s.get_run(summary["run_id"])
+        records = s.attack_records(summary.run_id)
+        run = s.get_run(summary.run_id)
     assert run is not None
     ids = run["config"]["resolved"]["malicious_ids"]
     assert len(ids) == 2 and ids == sorted(ids)
@@ -118,7 +118,7 @@ def test_aggregate_only_with_tesseract_records_reputations_of_everyone(
     over = [*tiny_overrides, "clients=12", "malicious=2", "c_max=1", "aggregate_only=benign"]
     summary = run_experiment(resolve_config("mnist", overrides=over), tmp_path / "s.sqlite")
     with ResultsStore(tmp_path / "s.sqlite") as s:
-        last = [r for r in s.client_records(summary["run_id"]) if r["round"] == 5]
+        last = [r for r in s.client_records(summary.run_id) if r["round"] == 5]
     assert len(last) == 12
     assert all(r["flip_score"] is not None and r["reputation"] is not None for r in last)
     assert all(r["weight"] == 0 for r in last if r["malicious"])
@@ -131,7 +131,7 @@ def test_flip_scores_recorded_for_defenses_without_them(
     cfg = resolve_config("mnist", overrides=[*tiny_overrides, "defense=median"])
     summary = run_experiment(cfg, tmp_path / "s.sqlite")
     with ResultsStore(tmp_path / "s.sqlite") as s:
-        recs = s.client_records(summary["run_id"])
+        recs = s.client_records(summary.run_id)
     assert recs and all(r["flip_score"] is not None and r["flip_score"] >= 0 for r in recs)
 
 
@@ -174,9 +174,9 @@ def test_same_seed_same_attack_numbers(tmp_path: Path, tiny_overrides: list[str]
     over = [*tiny_overrides, "defense=krum", "attack=full_krum"]
     a = run_experiment(resolve_config("mnist", overrides=over), tmp_path / "a.sqlite")
     b = run_experiment(resolve_config("mnist", overrides=over), tmp_path / "b.sqlite")
-    assert a["final_accuracy"] == b["final_accuracy"] and a["final_loss"] == b["final_loss"]
+    assert a.final_accuracy == b.final_accuracy and a.final_loss == b.final_loss
     with ResultsStore(tmp_path / "a.sqlite") as sa, ResultsStore(tmp_path / "b.sqlite") as sb:
-        assert sa.attack_records(a["run_id"]) == sb.attack_records(b["run_id"])
+        assert sa.attack_records(a.run_id) == sb.attack_records(b.run_id)
 
 
 def test_explicit_malicious_ids(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -189,7 +189,7 @@ def test_explicit_malicious_ids(tmp_path: Path, tiny_overrides: list[str]) -> No
     stored = json.loads(con.execute("SELECT config FROM runs").fetchone()[0])
     assert stored["resolved"]["malicious_ids"] == [1, 7]
     mal = {r[0] for r in con.execute("SELECT client FROM clients WHERE malicious = 1")}
-    assert mal == {1, 7} and summary["malicious"] == 2
+    assert mal == {1, 7} and summary.malicious == 2
 
 
 @pytest.mark.parametrize(

@@ -78,17 +78,17 @@ def test_diverging_run_is_a_result(
     cfg = resolve_config("mnist", overrides=over)
     store = tmp_path / "s.sqlite"
     summary = run_experiment(cfg, store)
-    at = summary["diverged_at"]
+    at = summary.diverged_at
     assert at is not None and 0 <= at < cfg.rounds
-    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    assert 0.0 <= summary.final_accuracy <= 1.0
     with ResultsStore(store) as s:
         run = s.get_run(cfg.run_id())
         assert run is not None and run["status"] == "finished"
         metrics = s.metrics(cfg.run_id())
     assert [m["round"] for m in metrics] == list(range(at + 1))
-    assert metrics[-1]["test_accuracy"] == summary["final_accuracy"]
+    assert metrics[-1]["test_accuracy"] == summary.final_accuracy
     again = run_experiment(cfg, store)
-    assert again["cached"] is True and again["diverged_at"] == at
+    assert again.cached is True and again.diverged_at == at
     assert main(["run", "--preset", "mnist", "--store", str(store), *_sets(over)]) == 0
     assert f"at round {at} (accuracy measured there)" in _flat(capsys.readouterr().out)
     assert main(["show", "--store", str(store)]) == 0

@@ -52,4 +52,4 @@ def test_preset_runs(tmp_path: Path) -> None:
     cfg = resolve_config("breast_cancer", overrides=["rounds=4", "eval_every=2"])
     assert cfg.model == "mlp" and cfg.clients == 10 and cfg.malicious == 3
     summary = run_experiment(cfg, tmp_path / "s.sqlite")
-    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    assert 0.0 <= summary.final_accuracy <= 1.0

@@ -62,7 +62,7 @@ def test_planted_pickle_is_never_run(tmp_path: Path, tiny_overrides: list[str]) 
         assert not marker.exists()
     with pytest.warns(RuntimeWarning, match="cannot be used"):
         summary = run_experiment(cfg, store)
-    assert summary["resumed_from"] is None and not marker.exists()
+    assert summary.resumed_from is None and not marker.exists()
 
 
 def test_flipped_byte_is_detected(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -80,9 +80,9 @@ def test_flipped_byte_is_detected(tmp_path: Path, tiny_overrides: list[str]) -> 
         load_checkpoint(ckpt)
     with pytest.warns(RuntimeWarning, match="checksum"):
         summary = run_experiment(cfg, store)
-    assert summary["resumed_from"] is None
+    assert summary.resumed_from is None
     whole = run_experiment(cfg, tmp_path / "whole.sqlite")
-    assert summary["final_loss"] == whole["final_loss"]
+    assert summary.final_loss == whole.final_loss
 
 
 def test_resume_under_another_backend_is_refused(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -98,9 +98,9 @@ def test_resume_under_another_backend_is_refused(tmp_path: Path, tiny_overrides:
         run_experiment(loop, store, progress=_stop_at(3))
     with pytest.warns(RuntimeWarning, match="backend"):  # ... so the checkpoint must say it
         summary = run_experiment(vmap, store)
-    assert summary["resumed_from"] is None
+    assert summary.resumed_from is None
     same = run_experiment(vmap, tmp_path / "fresh.sqlite")
-    assert summary["final_loss"] == same["final_loss"]
+    assert summary.final_loss == same.final_loss
 
 
 def test_two_stores_in_one_folder_keep_their_checkpoints(
@@ -115,7 +115,7 @@ def test_two_stores_in_one_folder_keep_their_checkpoints(
     assert checkpoint_path(b, cfg.run_id()).exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert run_experiment(cfg, b)["resumed_from"] == 2
+        assert run_experiment(cfg, b).resumed_from == 2
 
 
 def test_checkpoint_round_trip_keeps_plain_data(tmp_path: Path) -> None:

@@ -39,8 +39,8 @@ def test_runs_store_class_accuracy(tmp_path: Path, tiny_overrides: list[str]) ->
     store = tmp_path / "s.sqlite"
     summary = run_experiment(cfg, store)
     with ResultsStore(store) as s:
-        by_round = s.class_accuracy(summary["run_id"])
-        metrics = {m["round"]: m for m in s.metrics(summary["run_id"])}
+        by_round = s.class_accuracy(summary.run_id)
+        metrics = {m["round"]: m for m in s.metrics(summary.run_id)}
     assert sorted(by_round) == [2, 5]  # eval_every = 3 over 6 rounds
     counts = torch.bincount(torch.as_tensor(_test_labels(cfg)), minlength=10).tolist()
     for rnd, accs in by_round.items():

@@ -85,6 +85,6 @@ def test_random_configs_run_or_fail_cleanly(
             summary = run_experiment(cfg, tmp_path / "s.sqlite", force=True)
     except TesseractFLError:
         return
-    assert summary["rounds"] == 2
-    acc = summary["final_accuracy"]
+    assert summary.rounds == 2
+    acc = summary.final_accuracy
     assert acc is None or 0.0 <= acc <= 1.0

@@ -251,9 +251,9 @@ def test_resumed_run_is_bit_identical(
         assert run is not None and run["status"] == "failed" and run["rounds_done"] == 5
     assert load_checkpoint(ckpt)["round"] == 4
     resumed = run_experiment(cfg, store)
-    assert resumed["resumed_from"] == 4 and whole["resumed_from"] is None
-    assert resumed["final_accuracy"] == whole["final_accuracy"]
-    assert resumed["final_loss"] == whole["final_loss"]
+    assert resumed.resumed_from == 4 and whole.resumed_from is None
+    assert resumed.final_accuracy == whole.final_accuracy
+    assert resumed.final_loss == whole.final_loss
     assert _dump(store, cfg.run_id()) == _dump(tmp_path / "a" / "s.sqlite", cfg.run_id())
     assert not ckpt.exists()  # a finished run keeps no checkpoint
     with ResultsStore(store) as s:
@@ -273,14 +273,14 @@ def test_without_checkpoint_or_with_force_the_run_restarts(
         run_experiment(off, store, progress=_stop_at(5))
     assert not checkpoint_path(store, off.run_id()).exists()
     again = run_experiment(off, store)
-    assert again["resumed_from"] is None and len(_dump(store, off.run_id())[0]) == 6
+    assert again.resumed_from is None and len(_dump(store, off.run_id())[0]) == 6
 
     on = resolve_config("mnist", overrides=[*tiny_overrides, "checkpoint_every=2", "seed=1"])
     with pytest.raises(KeyboardInterrupt):
         run_experiment(on, store, progress=_stop_at(5))
     assert checkpoint_path(store, on.run_id()).exists()
     forced = run_experiment(on, store, force=True)
-    assert forced["resumed_from"] is None and not checkpoint_path(store, on.run_id()).exists()
+    assert forced.resumed_from is None and not checkpoint_path(store, on.run_id()).exists()
 
 
 def test_unusable_checkpoint_warns_and_restarts(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -296,13 +296,13 @@ def test_unusable_checkpoint_warns_and_restarts(tmp_path: Path, tiny_overrides: 
     first.write_bytes(b"not a checkpoint")
     with pytest.warns(RuntimeWarning, match="cannot be used"):
         summary = run_experiment(cfgs[0], store)
-    assert summary["resumed_from"] is None
+    assert summary.resumed_from is None
     assert [m["round"] for m in _dump(store, cfgs[0].run_id())[0]] == list(range(6))
     # A checkpoint of another run (same shapes) must not be taken for this one.
     second.write_bytes(_checkpoint_bytes(tmp_path, cfgs[0]))
     with pytest.warns(RuntimeWarning, match="belongs to run"):
         summary = run_experiment(cfgs[1], store)
-    assert summary["resumed_from"] is None and not second.exists()
+    assert summary.resumed_from is None and not second.exists()
 
 
 def _checkpoint_bytes(tmp_path: Path, cfg: Any) -> bytes:
@@ -355,8 +355,8 @@ def test_run_killed_with_sigkill_resumes_identically(
     resumed = json.loads(capsys.readouterr().out)
     assert resumed["resumed_from"] == at and resumed["cached"] is False
     whole = run_experiment(cfg, tmp_path / "whole" / "s.sqlite")
-    assert resumed["final_accuracy"] == whole["final_accuracy"]
-    assert resumed["final_loss"] == whole["final_loss"]
+    assert resumed["final_accuracy"] == whole.final_accuracy
+    assert resumed["final_loss"] == whole.final_loss
     assert _dump(store, cfg.run_id()) == _dump(tmp_path / "whole" / "s.sqlite", cfg.run_id())
     assert not ckpt.exists()
 
@@ -407,8 +407,8 @@ def test_run_grid_in_parallel_then_skips_finished_runs(tmp_path: Path, tiny_data
     assert not any((tmp_path / "checkpoints").glob("*.pt"))
     # A worker process computes exactly what a run by hand computes.
     hand = run_experiment(grid.runs[1].config, tmp_path / "hand.sqlite")
-    assert hand["final_accuracy"] == results[1]["final_accuracy"]
-    assert _dump(tmp_path / "hand.sqlite", hand["run_id"]) == _dump(store, hand["run_id"])
+    assert hand.final_accuracy == results[1]["final_accuracy"]
+    assert _dump(tmp_path / "hand.sqlite", hand.run_id) == _dump(store, hand.run_id)
 
     before = _updated_at(store)
     events.clear()

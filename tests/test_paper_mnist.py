@@ -30,4 +30,4 @@ def test_mnist_300_rounds_reaches_87_percent(tmp_path: Path, defense: str) -> No
     """Acceptance: paper settings (Table 1), no attack, 300 rounds -> >= 87% accuracy."""
     cfg = resolve_config("mnist", overrides=["rounds=300", f"defense={defense}", "eval_every=300"])
     summary = run_experiment(cfg, tmp_path / "store.sqlite")
-    assert summary["final_accuracy"] >= 0.87, summary
+    assert summary.final_accuracy >= 0.87, summary

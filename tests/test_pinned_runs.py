@@ -100,8 +100,8 @@ def _digest(store: Path, run_id: str, summary: dict[str, Any]) -> dict[str, Any]
         }
     blob = json.dumps(payload, sort_keys=True, default=repr, allow_nan=True)
     return {
-        "final_accuracy": summary["final_accuracy"],
-        "final_loss": summary["final_loss"],
+        "final_accuracy": summary.final_accuracy,
+        "final_loss": summary.final_loss,
         "sha256": hashlib.sha256(blob.encode()).hexdigest(),
     }
 
@@ -131,7 +131,7 @@ def _run_case(tmp_path: Path, tiny_overrides: list[str], case: str) -> dict[str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Bulyan warns at m=10, c=2 (m < 4c+3)
         summary = run_experiment(cfg, store)
-    return _digest(store, summary["run_id"], summary)
+    return _digest(store, summary.run_id, summary)
 
 
 def test_every_case_is_pinned() -> None:

@@ -266,9 +266,9 @@ def test_store_schema_1_is_migrated_and_keeps_its_runs(tmp_path: Path, tiny_data
         assert s.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
             "2",
         )
-        assert len(s.metrics(first["run_id"])) == 3
+        assert len(s.metrics(first.run_id)) == 3
     cached = run_experiment(cfg, store)  # its package version is its fingerprint: reused
-    assert cached["cached"] is True and cached["final_accuracy"] == first["final_accuracy"]
+    assert cached.cached is True and cached.final_accuracy == first.final_accuracy
 
 
 def test_flower_strategy_builds_a_plugin_defense_by_name(example_plugin_free: None) -> None:
@@ -302,7 +302,7 @@ def test_readme_plugin_skeleton_runs(tmp_path: Path, tiny_data_dir: Path) -> Non
             overrides=[f'data_dir="{tiny_data_dir}"', "defense=my_rule", "rounds=2"],
         )
         summary = run_experiment(cfg, tmp_path / "s.sqlite")
-        assert summary["defense"] == "my_rule" and summary["final_accuracy"] is not None
+        assert summary.defense == "my_rule" and summary.final_accuracy is not None
         assert AGGREGATORS["my_rule"].name == "my_rule"
     finally:
         _forget(AGGREGATORS, "my_rule")
@@ -341,6 +341,6 @@ def test_checkpoint_from_before_fingerprints_still_resumes(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "cannot be used" warning
         resumed = run_experiment(cfg, store)
-    assert resumed["resumed_from"] == 4
+    assert resumed.resumed_from == 4
     fresh = run_experiment(cfg, tmp_path / "fresh.sqlite")
-    assert resumed["final_accuracy"] == fresh["final_accuracy"]
+    assert resumed.final_accuracy == fresh.final_accuracy

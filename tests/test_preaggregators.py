@@ -135,16 +135,16 @@ def test_safeguard_holds_tesseract_under_magnitude_attacks(
     """Without the clip, one round of huge rows makes the model diverge; with it TESSERACT
     trains on."""
     plain = _run(tmp_path, tiny_overrides, "defense=tesseract", *attack)
-    assert plain["diverged_at"] is not None
+    assert plain.diverged_at is not None
     clean = _run(tmp_path, tiny_overrides, "defense=tesseract")
     safe = _run(tmp_path, tiny_overrides, "defense=clip+tesseract", *attack)
-    assert safe["final_loss"] < 1.2 * clean["final_loss"]
-    assert safe["final_accuracy"] >= clean["final_accuracy"] - 0.15
+    assert safe.final_loss < 1.2 * clean.final_loss
+    assert safe.final_accuracy >= clean.final_accuracy - 0.15
 
 
 def test_clip_changes_nothing_without_an_attack(tmp_path: Path, tiny_overrides: list[str]) -> None:
     """Benign rows lie within 3 median norms here: the clipped run is the plain run's bits."""
     plain = _run(tmp_path, tiny_overrides, "defense=tesseract")
     clipped = _run(tmp_path, tiny_overrides, "defense=clip+tesseract")
-    assert clipped["final_loss"] == plain["final_loss"]
-    assert clipped["run_id"] != plain["run_id"]
+    assert clipped.final_loss == plain.final_loss
+    assert clipped.run_id != plain.run_id

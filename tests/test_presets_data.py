@@ -175,8 +175,8 @@ def test_quick_preset_runs_end_to_end(preset: str, tmp_path: Path) -> None:
     root = _fixture(cfg.dataset, tmp_path / "data")
     over = [f'data_dir="{root}"', "rounds=2", "batch_size=2", "eval_every=1", "record_every=1"]
     summary = run_experiment(resolve_config(preset, overrides=over), tmp_path / "s.sqlite")
-    assert summary["rounds"] == 2 and summary["final_accuracy"] is not None
-    assert np.isfinite(summary["final_loss"])
+    assert summary.rounds == 2 and summary.final_accuracy is not None
+    assert np.isfinite(summary.final_loss)
 
 
 def test_cifar10_quick_details(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def test_second_process_on_a_running_run_is_refused(
     with ResultsStore(store) as s:
         assert s.missing_rounds(cfg.run_id(), 60) == []
         assert s.get_run(cfg.run_id())["status"] == "finished"  # type: ignore[index]
-    assert run_experiment(cfg, store)["cached"] is True
+    assert run_experiment(cfg, store).cached is True
 
 
 def test_owner_that_died_is_taken_over(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -78,7 +78,7 @@ def test_owner_that_died_is_taken_over(tmp_path: Path, tiny_overrides: list[str]
             "INSERT INTO owners VALUES (?, 'old', ?, ?, ?)",
             (cfg.run_id(), socket.gethostname(), dead.pid, time.time()),
         )
-    assert run_experiment(cfg, store)["cached"] is False
+    assert run_experiment(cfg, store).cached is False
     # A live owner on another host is taken over only once it has been silent long enough.
     other = resolve_config("mnist", overrides=[*tiny_overrides, "seed=3"])
     with ResultsStore(store) as s, s.transaction() as c:
@@ -89,7 +89,7 @@ def test_owner_that_died_is_taken_over(tmp_path: Path, tiny_overrides: list[str]
         run_experiment(other, store)
     with ResultsStore(store) as s, s.transaction() as c:
         c.execute("UPDATE owners SET heartbeat = ? WHERE run_id = ?", (0.0, other.run_id()))
-    assert run_experiment(other, store)["cached"] is False
+    assert run_experiment(other, store).cached is False
     with ResultsStore(store) as s:
         assert s.conn.execute("SELECT COUNT(*) FROM owners").fetchone()[0] == 0
 
@@ -104,10 +104,10 @@ def test_finished_run_with_holes_is_run_again(tmp_path: Path, tiny_overrides: li
     con.close()
     with pytest.warns(RuntimeWarning, match="2 of its 6 rounds are missing"):
         again = run_experiment(cfg, store)
-    assert again["cached"] is False and again["final_loss"] == first["final_loss"]
+    assert again.cached is False and again.final_loss == first.final_loss
     with ResultsStore(store) as s:
         assert s.missing_rounds(cfg.run_id(), 6) == []
-    assert run_experiment(cfg, store)["cached"] is True
+    assert run_experiment(cfg, store).cached is True
 
 
 def test_finish_refuses_holes_and_a_lost_claim_stops_writes(tmp_path: Path) -> None:

@@ -27,16 +27,12 @@ def test_same_seed_same_numbers(tmp_path: Path, tiny_overrides: list[str], defen
     cfg = resolve_config("mnist", overrides=[*tiny_overrides, f"defense={defense}"])
     s1 = run_experiment(cfg, tmp_path / "a.sqlite")
     s2 = run_experiment(cfg, tmp_path / "b.sqlite")
-    assert s1["final_accuracy"] == s2["final_accuracy"]
-    assert s1["final_loss"] == s2["final_loss"]
-    assert _metrics(tmp_path / "a.sqlite", s1["run_id"]) == _metrics(
-        tmp_path / "b.sqlite", s2["run_id"]
-    )
+    assert s1.final_accuracy == s2.final_accuracy
+    assert s1.final_loss == s2.final_loss
+    assert _metrics(tmp_path / "a.sqlite", s1.run_id) == _metrics(tmp_path / "b.sqlite", s2.run_id)
     other = resolve_config("mnist", overrides=[*tiny_overrides, f"defense={defense}", "seed=7"])
     s3 = run_experiment(other, tmp_path / "a.sqlite")
-    assert _metrics(tmp_path / "a.sqlite", s3["run_id"]) != _metrics(
-        tmp_path / "a.sqlite", s1["run_id"]
-    )
+    assert _metrics(tmp_path / "a.sqlite", s3.run_id) != _metrics(tmp_path / "a.sqlite", s1.run_id)
 
 
 def test_backends_give_same_run(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -46,8 +42,8 @@ def test_backends_give_same_run(tmp_path: Path, tiny_overrides: list[str]) -> No
     vmap = run_experiment(
         resolve_config("mnist", overrides=[*tiny_overrides, "backend=vmap"]), tmp_path / "v.sqlite"
     )
-    assert loop["final_accuracy"] == pytest.approx(vmap["final_accuracy"], abs=0.02)
-    assert loop["final_loss"] == pytest.approx(vmap["final_loss"], rel=1e-3)
+    assert loop.final_accuracy == pytest.approx(vmap.final_accuracy, abs=0.02)
+    assert loop.final_loss == pytest.approx(vmap.final_loss, rel=1e-3)
 
 
 def test_store_contents_and_cache(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -55,20 +51,20 @@ def test_store_contents_and_cache(tmp_path: Path, tiny_overrides: list[str]) -> 
     store = tmp_path / "s.sqlite"
     summary = run_experiment(cfg, store)
     with ResultsStore(store) as s:
-        run = s.get_run(summary["run_id"])
+        run = s.get_run(summary.run_id)
         assert run is not None and run["status"] == "finished" and run["rounds_done"] == 6
-        metrics = s.metrics(summary["run_id"])
+        metrics = s.metrics(summary.run_id)
         assert [m["round"] for m in metrics] == list(range(6))
         assert [m["round"] for m in metrics if m["test_accuracy"] is not None] == [2, 5]
         assert all(m["fs_high"] >= m["fs_low"] for m in metrics)
-        recs = s.client_records(summary["run_id"])
+        recs = s.client_records(summary.run_id)
         assert sorted({r["round"] for r in recs}) == [0, 2, 4, 5]
         last = [r for r in recs if r["round"] == 5]
         assert len(last) == 10 and sum(r["malicious"] for r in last) == 2
         assert sum(r["weight"] for r in last) == pytest.approx(1.0, abs=1e-5)
         assert all(r["flip_score"] is not None and r["reputation"] is not None for r in last)
     again = run_experiment(cfg, store)
-    assert again["cached"] is True and again["final_accuracy"] == summary["final_accuracy"]
+    assert again.cached is True and again.final_accuracy == summary.final_accuracy
 
 
 def test_interrupted_run_keeps_whole_rounds(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -87,7 +83,7 @@ def test_interrupted_run_keeps_whole_rounds(tmp_path: Path, tiny_overrides: list
         assert len(s.metrics(cfg.run_id())) == 4
     # Restarting the same run replaces the partial attempt and finishes it.
     summary = run_experiment(cfg, store)
-    assert summary["cached"] is False
+    assert summary.cached is False
     assert len(_metrics(store, cfg.run_id())) == 6
 
 
@@ -142,7 +138,7 @@ def test_learning_happens(tmp_path: Path, tiny_data_dir: Path) -> None:
             "partition=iid",
         ],
     )
-    assert run_experiment(cfg, tmp_path / "s.sqlite")["final_accuracy"] > 0.6
+    assert run_experiment(cfg, tmp_path / "s.sqlite").final_accuracy > 0.6
 
 
 @pytest.mark.parametrize(
@@ -166,9 +162,9 @@ def test_every_defense_runs_in_the_simulator(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Bulyan warns at m=10, c=2 (m < 4c+3)
         summary = run_experiment(cfg, tmp_path / "s.sqlite")
-    assert summary["rounds"] == 3 and 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary.rounds == 3 and 0.0 <= summary.final_accuracy <= 1.0
     with ResultsStore(tmp_path / "s.sqlite") as s:
-        rows = [r for r in s.client_records(summary["run_id"]) if r["round"] == 2]
+        rows = [r for r in s.client_records(summary.run_id) if r["round"] == 2]
     assert len(rows) == 10
     total = sum(r["weight"] for r in rows)
     if defense != "fltrust":  # FLTrust's effective weights include the norm rescaling
@@ -199,8 +195,8 @@ def test_shorter_run_is_prefix_of_longer_run(tmp_path: Path, tiny_overrides: lis
     short = run_experiment(
         resolve_config("mnist", overrides=[*tiny_overrides, "rounds=3"]), tmp_path / "s.sqlite"
     )
-    m_long = _metrics(tmp_path / "s.sqlite", long["run_id"])[:3]
-    m_short = _metrics(tmp_path / "s.sqlite", short["run_id"])
+    m_long = _metrics(tmp_path / "s.sqlite", long.run_id)[:3]
+    m_short = _metrics(tmp_path / "s.sqlite", short.run_id)
     assert [m["train_loss"] for m in m_long] == [m["train_loss"] for m in m_short]
     assert m_long[2]["test_accuracy"] == m_short[2]["test_accuracy"]
 

@@ -105,4 +105,4 @@ def test_preset_runs_on_fixture(tmp_path: Path) -> None:
         ],
     )
     assert cfg.model == "char_gru" and cfg.partition == "sequential"
-    assert 0.0 <= run_experiment(cfg, tmp_path / "s.sqlite")["final_accuracy"] <= 1.0
+    assert 0.0 <= run_experiment(cfg, tmp_path / "s.sqlite").final_accuracy <= 1.0

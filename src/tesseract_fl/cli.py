@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 
 import tesseract_fl
 from tesseract_fl.errors import ConfigError, TesseractFLError
+
+if TYPE_CHECKING:
+    from tesseract_fl.experiments.runner import RunSummary
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -182,24 +185,22 @@ def _diverged_note(summary: dict[str, Any]) -> str:
     return "" if at is None else f" (diverged at round {at})"
 
 
-def _summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"run {summary.get('run_id')}" + (" (from store)" if summary.get("cached") else "")
-    )
+def _summary_table(summary: RunSummary) -> Table:
+    table = Table(title=f"run {summary.run_id}" + (" (from store)" if summary.cached else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("name", "dataset", "defense", "attack", "rounds"):
-        table.add_row(key, str(summary.get(key)))
-    acc = summary.get("final_accuracy")
+        table.add_row(key, str(getattr(summary, key)))
+    acc = summary.final_accuracy
     table.add_row("final test accuracy", "-" if acc is None else f"{100 * acc:.2f}%")
-    if summary.get("diverged_at") is not None:
-        table.add_row("diverged", f"at round {summary['diverged_at']} (accuracy measured there)")
-    loss = summary.get("final_loss")
+    if summary.diverged_at is not None:
+        table.add_row("diverged", f"at round {summary.diverged_at} (accuracy measured there)")
+    loss = summary.final_loss
     table.add_row("final test loss", "-" if loss is None else f"{loss:.4f}")
-    rps = summary.get("rounds_per_second")
+    rps = summary.rounds_per_second
     table.add_row("rounds / second", "-" if rps is None else f"{rps:.3f}")
-    table.add_row("backend / device", f"{summary.get('backend')} / {summary.get('device')}")
-    table.add_row("store", str(summary.get("store")))
+    table.add_row("backend / device", f"{summary.backend} / {summary.device}")
+    table.add_row("store", str(summary.store))
     return table
 
 
@@ -210,7 +211,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def _run_with_progress(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _run_with_progress(cfg: Any, args: argparse.Namespace) -> RunSummary:
     """Run one config into ``--store`` with a progress bar on stderr (unless ``--quiet``)."""
     from tesseract_fl.experiments.runner import DEFAULT_STORE, run_experiment
 
@@ -273,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_resumable(cfg, args)
     summary = _run_with_progress(cfg, args)
     if args.json:
-        print(json_text(summary))
+        print(json_text(summary.to_dict()))
     else:
         out_console.print(_summary_table(summary))
     return 0
@@ -303,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _check_resumable(cfg, args)
     summaries = [_run_with_progress(cfg, args) for cfg in cfgs]
     if args.json:
-        print(json_text({"runs": summaries}))
+        print(json_text({"runs": [s.to_dict() for s in summaries]}))
         return 0
     first = cfgs[0]
     table = Table(
@@ -319,18 +320,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for cfg, summary in zip(cfgs, summaries, strict=True):
-        acc, loss, rps = (
-            summary.get(k) for k in ("final_accuracy", "final_loss", "rounds_per_second")
-        )
+        acc, loss, rps = summary.final_accuracy, summary.final_loss, summary.rounds_per_second
         table.add_row(
             cfg.defense,
             "-" if acc is None else f"{100 * acc:.2f}%",
             "-" if loss is None else f"{loss:.4f}",
             "-" if rps is None else f"{rps:.2f}",
-            str(summary.get("run_id")) + (" (cached)" if summary.get("cached") else ""),
+            summary.run_id + (" (cached)" if summary.cached else ""),
         )
     out_console.print(table)
-    out_console.print(f"results store: {summaries[-1].get('store')}")
+    out_console.print(f"results store: {summaries[-1].store}")
     return 0
 
 

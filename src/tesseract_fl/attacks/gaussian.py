@@ -11,29 +11,20 @@ gradients' device and dtype.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
-from tesseract_fl.errors import ConfigError, UpdateError
-from tesseract_fl.validation import as_count
+from tesseract_fl.errors import UpdateError
+from tesseract_fl.validation import as_count, positive_finite
 
 __all__ = ["GaussianNoise", "gaussian_noise"]
 
 
 def _check_sigma(sigma: Any) -> float:
-    try:
-        s = float(sigma)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"Gaussian attack sigma must be a positive finite number, got {sigma!r}"
-        ) from None
-    if isinstance(sigma, bool) or not (math.isfinite(s) and s > 0.0):
-        raise ConfigError(f"Gaussian attack sigma must be a positive finite number, got {sigma!r}")
-    return s
+    return positive_finite(sigma, "Gaussian attack sigma")
 
 
 def _noise(

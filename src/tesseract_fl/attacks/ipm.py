@@ -9,26 +9,18 @@ gradient shrinks or turns negative; a large ``eps`` amounts to sign flipping of 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import Tensor
 
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
-from tesseract_fl.errors import ConfigError
-from tesseract_fl.validation import as_count
+from tesseract_fl.validation import as_count, positive_finite
 
 __all__ = ["IPM", "ipm"]
 
 
 def _check_eps(eps: Any) -> float:
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise ConfigError(f"IPM eps must be a positive finite number, got {eps!r}") from None
-    if isinstance(eps, bool) or not (math.isfinite(e) and e > 0.0):
-        raise ConfigError(f"IPM eps must be a positive finite number, got {eps!r}")
-    return e
+    return positive_finite(eps, "IPM eps")
 
 
 def _ipm(G_benign: Tensor, num_malicious: int, eps: float) -> Tensor:

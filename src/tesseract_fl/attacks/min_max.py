@@ -26,7 +26,6 @@ tested gamma costs O(k), not O(k P).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch import Tensor
 
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
 from tesseract_fl.errors import ConfigError
-from tesseract_fl.validation import as_count
+from tesseract_fl.validation import as_count, positive_finite
 
 __all__ = [
     "PERTURBATIONS",
@@ -65,13 +64,7 @@ def _check_perturbation(kind: Any) -> str:
 
 
 def _check_positive(value: Any, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a positive finite number, got {value!r}") from None
-    if isinstance(value, bool) or not (math.isfinite(v) and v > 0.0):
-        raise ConfigError(f"{what} must be a positive finite number, got {value!r}")
-    return v
+    return positive_finite(value, what)
 
 
 def _mean_and_direction(X: Tensor, kind: str) -> tuple[Tensor, Tensor]:

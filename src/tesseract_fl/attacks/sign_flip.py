@@ -7,27 +7,18 @@ Each attacker sends the negation of its own honest gradient, times ``scale`` (de
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import Tensor
 
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
-from tesseract_fl.errors import ConfigError
+from tesseract_fl.validation import positive_finite
 
 __all__ = ["SignFlip", "sign_flip"]
 
 
 def _check_scale(scale: Any) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"sign-flip scale must be a positive finite number, got {scale!r}"
-        ) from None
-    if isinstance(scale, bool) or not (math.isfinite(s) and s > 0.0):
-        raise ConfigError(f"sign-flip scale must be a positive finite number, got {scale!r}")
-    return s
+    return positive_finite(scale, "sign-flip scale")
 
 
 def sign_flip(G_own: Tensor, scale: float = 1.0) -> Tensor:

@@ -154,12 +154,12 @@ def _execute(
         return {"status": "failed", "error": f"{type(exc).__name__}: {msg}" if msg else repr(exc)}
     return {
         "status": "finished",
-        "final_accuracy": summary.get("final_accuracy"),
-        "final_loss": summary.get("final_loss"),
-        "seconds": summary.get("seconds"),
-        "resumed_from": summary.get("resumed_from"),
-        "diverged_at": summary.get("diverged_at"),
-        "replaced_stale": summary.get("replaced_stale"),
+        "final_accuracy": summary.final_accuracy,
+        "final_loss": summary.final_loss,
+        "seconds": summary.seconds,
+        "resumed_from": summary.resumed_from,
+        "diverged_at": summary.diverged_at,
+        "replaced_stale": summary.replaced_stale,
     }
 
 

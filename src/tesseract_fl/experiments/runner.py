@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import warnings
@@ -366,7 +367,7 @@ def run_experiment(
     force: bool = False,
     progress: ProgressFn | None = None,
     reuse_stale: bool = False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run ``cfg`` to completion, writing every round to the store; return the summary.
 
     A finished run is reused only when the code that computed it is the current code (its
@@ -406,11 +407,12 @@ def run_experiment(
         if existing and existing["status"] == "finished" and not force:
             missing = store.missing_rounds(run_id, rounds_claimed(cfg, existing["summary"]))
             if not missing:
-                summary = dict(existing["summary"] or {})
-                summary.update(cached=True, store=str(store_path))
-                if reason:
-                    summary["stale"] = reason
-                return summary
+                return dataclasses.replace(
+                    RunSummary.from_dict(existing["summary"] or {}),
+                    cached=True,
+                    store=str(store_path),
+                    stale=reason or None,
+                )
             # A store repaired, not trusted: the run is redone from round 0.
             warnings.warn(
                 f"run {run_id} was marked finished in {str(store_path)!r} but {len(missing)} "
@@ -427,7 +429,7 @@ def run_experiment(
         finally:
             store.release(run_id)
         if replaced is not None:
-            summary["replaced_stale"] = replaced
+            summary = dataclasses.replace(summary, replaced_stale=replaced)
         return summary
 
 
@@ -435,6 +437,53 @@ def rounds_claimed(cfg: ExperimentConfig, summary: dict[str, Any] | None) -> int
     """How many rounds a finished run holds: all of them, or up to the one it diverged at."""
     at = (summary or {}).get("diverged_at")
     return cfg.rounds if at is None else int(at) + 1
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What :func:`run_experiment` returns and the store keeps (as a JSON object) for a run.
+
+    ``final_accuracy``/``final_loss``: the last evaluation (at the round it diverged, if it
+    did: ``diverged_at``); ``rounds_per_second``: rounds over the seconds spent in rounds (not
+    evaluations); ``cached``: read from the store, not run; ``resumed_from``: the checkpoint's
+    round it continued from; ``stale``: why a reused stored result's code differs
+    (``reuse_stale``); ``replaced_stale``: the id the outdated stored attempt was kept under.
+    """
+
+    run_id: str
+    name: str
+    dataset: str
+    defense: str
+    attack: str
+    malicious: int
+    rounds: int
+    final_accuracy: float | None = None
+    final_loss: float | None = None
+    rounds_per_second: float | None = None
+    seconds: float | None = None
+    backend: str | None = None
+    device: str | None = None
+    store: str | None = None
+    cached: bool = False
+    resumed_from: int | None = None
+    diverged_at: int | None = None
+    stale: str | None = None
+    replaced_stale: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object the store keeps (``stale``/``replaced_stale`` only when set)."""
+        d = dataclasses.asdict(self)
+        for key in ("stale", "replaced_stale"):
+            if d[key] is None:
+                del d[key]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSummary:
+        """A stored summary (keys this version does not know are ignored; missing optional
+        ones are None)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -510,7 +559,7 @@ def _run_claimed(
     existing: dict[str, Any] | None,
     force: bool,
     progress: ProgressFn | None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """The body of :func:`run_experiment` once this process owns the run in the store: the
     round loop (a round, an evaluation when due, its records, a checkpoint when due)."""
     run_id = cfg.run_id()
@@ -557,31 +606,31 @@ def _run_claimed(
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         raise
     summary = _summary(cfg, sim, st, store_path, st.seconds_before + time.perf_counter() - t0)
-    store.finish_run(run_id, summary)
+    store.finish_run(run_id, summary.to_dict())
     remove_checkpoint(ckpt_path)
     return summary
 
 
 def _summary(
     cfg: ExperimentConfig, sim: FedSGDSimulation, st: _RunState, store_path: Path, wall: float
-) -> dict[str, Any]:
-    """What :func:`run_experiment` returns and the store keeps for a finished run."""
-    return {
-        "run_id": cfg.run_id(),
-        "name": cfg.name,
-        "dataset": cfg.dataset,
-        "defense": cfg.defense,
-        "attack": cfg.attack,
-        "malicious": cfg.malicious,
-        "rounds": cfg.rounds,
-        "final_accuracy": st.acc,
-        "final_loss": st.loss,
-        "rounds_per_second": cfg.rounds / st.train_seconds if st.train_seconds > 0 else None,
-        "seconds": wall,
-        "backend": sim.backend,
-        "device": str(sim.device),
-        "store": str(store_path),
-        "cached": False,
-        "resumed_from": st.resumed_from,
-        "diverged_at": st.diverged_at,
-    }
+) -> RunSummary:
+    """The summary of a run that just finished (or diverged)."""
+    return RunSummary(
+        run_id=cfg.run_id(),
+        name=cfg.name,
+        dataset=cfg.dataset,
+        defense=cfg.defense,
+        attack=cfg.attack,
+        malicious=cfg.malicious,
+        rounds=cfg.rounds,
+        final_accuracy=st.acc,
+        final_loss=st.loss,
+        rounds_per_second=cfg.rounds / st.train_seconds if st.train_seconds > 0 else None,
+        seconds=wall,
+        backend=sim.backend,
+        device=str(sim.device),
+        store=str(store_path),
+        cached=False,
+        resumed_from=st.resumed_from,
+        diverged_at=st.diverged_at,
+    )
