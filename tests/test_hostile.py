@@ -57,12 +57,16 @@ def max_c(name: str, m: int) -> int:
         "faba": (m - 1) // 2,
         "krum": m - 3,
         "bulyan": (m - 1) // 4,
+        "geomed": 0,
+        "centered_clipping": 0,
+        "meamed": (m - 1) // 2,
+        "nnm+median": m - 1,
     }[name]
 
 
 def c_effective(name: str, c: int, m_finite: int) -> int:
     """The documented reduction of c_max to the finite row count."""
-    if name in ("trimmed_mean", "faba"):
+    if name in ("trimmed_mean", "faba", "meamed"):
         return min(c, (m_finite - 1) // 2)
     if name == "bulyan":
         return min(c, (m_finite - 1) // 4)
@@ -113,6 +117,10 @@ AGGREGATOR_NAMES = [
     "faba",
     "foolsgold",
     "fltrust",
+    "geomed",
+    "centered_clipping",
+    "meamed",
+    "nnm+median",
 ]
 
 

@@ -425,6 +425,10 @@ NAMES = [
     "faba",
     "foolsgold",
     "fltrust",
+    "geomed",
+    "centered_clipping",
+    "meamed",
+    "nnm+median",
 ]
 DTYPES = [torch.float16, torch.float32, torch.float64]
 WIDTH = {torch.float16: 16, torch.float32: 32, torch.float64: 64}
@@ -437,6 +441,8 @@ def max_c(name: str, m: int) -> int:
         "faba": (m - 1) // 2,
         "krum": m - 3,
         "bulyan": (m - 1) // 4,
+        "meamed": (m - 1) // 2,
+        "nnm+median": m - 1,
     }.get(name, 0)
 
 

@@ -21,13 +21,16 @@ from tesseract_fl.aggregators.base import (
     check_matrix,
 )
 from tesseract_fl.aggregators.bulyan import Bulyan, bulyan
+from tesseract_fl.aggregators.centered_clipping import CenteredClipping
 from tesseract_fl.aggregators.composed import PreAggregated
 from tesseract_fl.aggregators.faba import FABA, faba
 from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
 from tesseract_fl.aggregators.fltrust import FLTrust, fltrust
 from tesseract_fl.aggregators.foolsgold import FoolsGold
+from tesseract_fl.aggregators.geometric_median import GeometricMedian, geometric_median
 from tesseract_fl.aggregators.kernels.gram import pairwise_sq_distances
 from tesseract_fl.aggregators.krum import Krum, krum, krum_scores
+from tesseract_fl.aggregators.meamed import Meamed, meamed
 from tesseract_fl.aggregators.median import Median, median
 from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
 from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean
@@ -43,12 +46,15 @@ __all__ = [
     "AggregationContext",
     "Aggregator",
     "Bulyan",
+    "CenteredClipping",
     "Defense",
     "Diagnostics",
     "FLTrust",
     "FedSGD",
     "FoolsGold",
+    "GeometricMedian",
     "Krum",
+    "Meamed",
     "Median",
     "PreAggregated",
     "Rows",
@@ -61,9 +67,11 @@ __all__ = [
     "fedsgd",
     "flip_scores",
     "fltrust",
+    "geometric_median",
     "krum",
     "krum_scores",
     "make_aggregator",
+    "meamed",
     "median",
     "pairwise_sq_distances",
     "penalty_mask",
@@ -79,20 +87,36 @@ __all__ = [
 AGGREGATORS: Registry = Registry("defense", "aggregator (defense)")
 
 with origin(BUILTIN):
-    for _cls in (FedSGD, Tesseract, TrimmedMean, Median, Krum, Bulyan, FABA, FoolsGold, FLTrust):
+    for _cls in (
+        FedSGD,
+        Tesseract,
+        TrimmedMean,
+        Median,
+        Krum,
+        Bulyan,
+        FABA,
+        FoolsGold,
+        FLTrust,
+        GeometricMedian,
+        CenteredClipping,
+        Meamed,
+    ):
         register_defense(_cls.name, _cls)
     del _cls
 
 
-def _build(cls: type, key: str, kind: str, params: dict[str, Any]) -> Any:
-    """``cls(**params)`` with unknown parameters named (a pre-aggregator takes no sizes)."""
+def _build(cls: type, key: str, kind: str, params: dict[str, Any], *, c_max: int) -> Any:
+    """``cls(**params)`` with unknown parameters named; the round's ``c_max`` is passed when the
+    constructor takes it (nnm's neighbour count)."""
     accepted, var_kw = constructor_params(cls)
-    unknown = sorted(set(params) - set(accepted))
+    unknown = sorted(set(params) - {a for a in accepted if a != "c_max"})
     if unknown and not var_kw:
         raise ConfigError(
             f"{kind} {key!r} does not accept parameter(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(accepted) if accepted else '(none)'}"
         )
+    if "c_max" in accepted:
+        params = {**params, "c_max": c_max}
     return cls(**params)
 
 
@@ -154,7 +178,9 @@ def make_aggregator(name: str, *, num_clients: int, c_max: int, **params: Any) -
                 raise ConfigError(
                     f"parameters of pre-aggregator {pre!r} must be a table, got {pre_params!r}"
                 )
-            built.append(_build(PRE_AGGREGATORS[pre], pre, "pre-aggregator", pre_params))
+            built.append(
+                _build(PRE_AGGREGATORS[pre], pre, "pre-aggregator", pre_params, c_max=c_max)
+            )
         inner = make_aggregator(rule, num_clients=num_clients, c_max=c_max, **rest)
         return PreAggregated(built, inner)
     key = str(name).strip().lower()

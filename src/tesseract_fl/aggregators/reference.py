@@ -15,13 +15,17 @@ from torch import Tensor
 
 __all__ = [
     "bulyan_reference",
+    "centered_clipping_reference",
     "faba_reference",
     "fedsgd_reference",
     "flip_scores_reference",
     "fltrust_reference",
     "foolsgold_reference",
+    "geometric_median_reference",
     "krum_reference",
+    "meamed_reference",
     "median_reference",
+    "nearest_neighbour_mixing_reference",
     "trimmed_mean_reference",
 ]
 
@@ -171,3 +175,67 @@ def flip_scores_reference(G: Tensor, s_g: Tensor) -> Tensor:
     G64 = G.double()
     mask = torch.sign(G64) != s_g.to(device=G.device, dtype=torch.float64)
     return (G64 * G64 * mask).sum(dim=1)
+
+
+def geometric_median_reference(
+    G: Tensor, iters: int, nu: float, *, init: str = "mean", alpha: Tensor | None = None
+) -> Tensor:
+    """RFA's smoothed Weiszfeld (Pillutla et al. 2022, Algorithm 2), one row at a time:
+    ``beta_i = alpha_i / max(nu, ||z - g_i||)``, ``z <- sum_i beta_i g_i / sum_i beta_i``, from
+    the weighted mean (``init = "mean"``) or from zero (ByzFL's start)."""
+    X = _f64(G)
+    m = X.shape[0]
+    a = [1.0 / m] * m if alpha is None else [float(v) for v in _f64(alpha) / _f64(alpha).sum()]
+    z = torch.zeros(X.shape[1], dtype=torch.float64)
+    if init == "mean":
+        for i in range(m):
+            z = z + a[i] * X[i]
+    for _ in range(iters):
+        beta = [a[i] / max(nu, float(torch.linalg.vector_norm(z - X[i]))) for i in range(m)]
+        z = torch.zeros(X.shape[1], dtype=torch.float64)
+        for i in range(m):
+            z = z + beta[i] * X[i]
+        z = z / sum(beta)
+    return z
+
+
+def centered_clipping_reference(G: Tensor, v: Tensor, tau: float, iters: int) -> Tensor:
+    """Karimireddy et al. 2021, Eq. 2: ``v <- v + (1/m) sum_i (g_i - v) min(1, tau/||g_i - v||)``,
+    ``iters`` times."""
+    X, z = _f64(G), _f64(v)
+    m = X.shape[0]
+    for _ in range(iters):
+        step = torch.zeros_like(z)
+        for i in range(m):
+            d = X[i] - z
+            n = float(torch.linalg.vector_norm(d))
+            step += d * (min(1.0, tau / n) if n > 0 else 1.0)
+        z = z + step / m
+    return z
+
+
+def meamed_reference(G: Tensor, c: int) -> Tensor:
+    """Xie et al. 2018, Def. 3: per coordinate, the mean of the ``m - c`` values nearest the
+    median (ties to the lower value)."""
+    X = _f64(G)
+    m, P = X.shape
+    out = torch.empty(P, dtype=torch.float64)
+    for j in range(P):
+        col = X[:, j].tolist()
+        med = float(np.median(col))
+        nearest = sorted(col, key=lambda x: (abs(x - med), x))[: m - c]
+        out[j] = sum(nearest) / len(nearest)
+    return out
+
+
+def nearest_neighbour_mixing_reference(G: Tensor, c: int) -> Tensor:
+    """Allouah et al. 2023, Algorithm 1: each row becomes the mean of its ``m - c`` nearest rows
+    (itself included; ties to the lower index)."""
+    X = _f64(G)
+    m = X.shape[0]
+    out = torch.empty_like(X)
+    for i in range(m):
+        d = [float(((X[i] - X[j]) ** 2).sum()) for j in range(m)]
+        near = sorted(range(m), key=lambda j: (d[j], j))[: m - c]
+        out[i] = X[near].mean(0)
+    return out

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from tesseract_fl.preaggregators.base import PreAggregator
 from tesseract_fl.preaggregators.clip import MedianNormClip, clip_to_median_norm, row_norms
+from tesseract_fl.preaggregators.nnm import NearestNeighbourMixing, nearest_neighbour_mixing
 
 __all__ = [
     "PRE_AGGREGATORS",
     "MedianNormClip",
+    "NearestNeighbourMixing",
     "PreAggregator",
     "clip_to_median_norm",
+    "nearest_neighbour_mixing",
     "row_norms",
 ]
 
 #: Pre-aggregator classes by name (the part of a defense name before ``+``).
-PRE_AGGREGATORS: dict[str, type] = {MedianNormClip.name: MedianNormClip}
+PRE_AGGREGATORS: dict[str, type] = {
+    MedianNormClip.name: MedianNormClip,
+    NearestNeighbourMixing.name: NearestNeighbourMixing,
+}

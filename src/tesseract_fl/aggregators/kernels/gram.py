@@ -19,6 +19,7 @@ from tesseract_fl.aggregators.base import check_layout, check_matrix
 from tesseract_fl.errors import UpdateError
 
 __all__ = [
+    "distances_to",
     "downscale_exponent",
     "fits",
     "gram64",
@@ -214,3 +215,33 @@ def nearest_sums_np(D: np.ndarray, n_neighbours: int) -> np.ndarray:
 def nearest_sums(D: Tensor, n_neighbours: int) -> Tensor:
     """Tensor wrapper of :func:`nearest_sums_np` (float64, CPU)."""
     return torch.from_numpy(nearest_sums_np(D.detach().cpu().double().numpy(), n_neighbours))
+
+
+#: Rows per chunk of :func:`distances_to` hold about this many elements (4 MiB of float32), so
+#: the difference ``g_i - z`` lives in a reused, cache-sized buffer instead of an [m, P] one.
+_DIST_CHUNK_ELEMENTS = 1 << 20
+
+
+def distances_to(G: Tensor, z: Tensor) -> Tensor:
+    """``||g_i - z||`` for every row of ``G`` [m, P] as float64 Tensor[m] (CPU).
+
+    One pass in G's dtype over cache-sized chunks of rows; rows whose difference overflows
+    there (entries near the dtype's limit on opposite sides) are redone in float64, and a
+    distance beyond even float64's range is capped at its maximum, so every distance is finite
+    for finite inputs.
+    """
+    m, P = G.shape
+    d = torch.empty(m, dtype=torch.float64)
+    rows = max(1, min(m, _DIST_CHUNK_ELEMENTS // max(P, 1))) if G.device.type == "cpu" else m
+    buf = torch.empty(rows, P, dtype=G.dtype, device=G.device)
+    for i in range(0, m, rows):
+        g = G[i : i + rows]
+        u = buf[: g.shape[0]]
+        torch.sub(g, z, out=u)
+        d[i : i + g.shape[0]] = torch.linalg.vector_norm(u, dim=1).to("cpu", torch.float64)
+    bad = (~torch.isfinite(d)).nonzero().flatten()
+    if bad.numel():
+        far = G.index_select(0, bad.to(G.device)).to(torch.float64) - z.to(torch.float64)
+        d[bad] = torch.linalg.vector_norm(far, dim=1).cpu()
+        d.nan_to_num_(posinf=torch.finfo(torch.float64).max)
+    return d

@@ -400,3 +400,54 @@ def window_mean_kernel(
         bad = ~torch.isfinite(out)
         out[bad] = (low[bad] * 2.0**k).clamp(-big, big)
     return out
+
+
+def nearest_median_mean_kernel(
+    G: Tensor, keep: int, *, chunk_size: int | None = None, method: str = "auto"
+) -> Tensor:
+    """Per column of ``G`` [m, P], the mean of the ``keep`` values nearest the column's median
+    (NumPy's median): the window ``S[s : s + keep]`` of the sorted column whose farthest member
+    is nearest the median, the lowest ``s`` on ties (Meamed; the same rule as Bulyan's window).
+
+    Every window holds the sorted positions ``c .. m - c - 1`` (``c = m - keep``), so only the
+    ``c + 1`` values at each end and the median positions need their exact order: the pruned
+    sorting network (or the transposed sort) orders just those, and the window's sum is the
+    middle band's plus the end values it takes, summed in float64 (no cancellation).
+    """
+    m = G.shape[0]
+    c = m - keep
+    lo_pos, hi_pos = (m - 1) // 2, m // 2
+    exact = set(range(c + 1)) | set(range(m - c - 1, m)) | {lo_pos, hi_pos}
+    groups = [k if k in exact else m for k in range(m)]  # the rest: one symmetric label
+
+    def block(X: Tensor) -> Tensor:
+        out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
+        for start, stop, S in sorted_column_chunks(
+            X, groups=groups, chunk_size=chunk_size, method=method
+        ):
+            S64 = [np.asarray(torch.as_tensor(x).cpu().numpy(), dtype=np.float64) for x in S]
+            med = (S64[lo_pos] + S64[hi_pos]) * 0.5
+            s0 = np.zeros(med.shape[0], dtype=np.int64)
+            best = np.maximum(med - S64[0], S64[keep - 1] - med)
+            for s in range(1, c + 1):
+                cost = np.maximum(med - S64[s], S64[s + keep - 1] - med)
+                better = cost < best
+                s0[better] = s
+                np.copyto(best, cost, where=better)
+            acc = np.zeros(med.shape[0])
+            for k in range(c, m - c):
+                acc += S64[k]
+            for k in range(c):
+                acc += np.where(s0 <= k, S64[k], 0.0)  # low end values inside the window
+            for k in range(m - c, m):
+                acc += np.where(k <= s0 + keep - 1, S64[k], 0.0)  # high end values inside
+            with np.errstate(over="ignore"):
+                val = acc / keep
+            out[start:stop] = torch.from_numpy(val).to(device=X.device, dtype=X.dtype)
+        return out
+
+    out = map_column_ranges(block, G)
+    if not bool(torch.isfinite(out).all()):  # a float32 mean beyond range: only by rounding
+        big = float(torch.finfo(G.dtype).max)
+        out = out.nan_to_num(posinf=big, neginf=-big)
+    return out
