@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$PY" -m venv .venv
 fi
-# torch is pinned to 2.13.0 in pyproject.toml: a looser spec pulls a multi-GB CUDA build.
+# torch is installed pinned to 2.13.0 (the CPU wheel) before the package, whose range allows it.
 # Reinstall also when the environment's tesseract_fl is another checkout's (an editable install
 # made elsewhere), so the tests always import this tree's src/.
 here_src="$(pwd -P)/src"
@@ -18,7 +18,11 @@ if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff, flwr' 2
 sys.exit(pathlib.Path(tesseract_fl.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]))' \
         "$here_src" 2>/dev/null; then
     echo "==> installing tesseract-fl and its dependencies into .venv"
-    # (grep drops this machine's pip warnings about absent local index folders)
+    # torch first, pinned to the CPU wheel: the package's own range (torch>=2.2,<3) would let
+    # pip pick a multi-GB CUDA build on a CPU machine. (grep drops this machine's pip warnings
+    # about absent local index folders.)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check 'torch==2.13.0' \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,flower]' \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     touch .venv/.installed

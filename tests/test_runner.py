@@ -227,3 +227,23 @@ def test_cli_presets_datasets_and_show(
     run_id = resolve_config("mnist", overrides=tiny_overrides).run_id()
     assert main(["show", run_id, "--store", str(store)]) == 0
     assert main(["show", "nosuchrun", "--store", str(store)]) == 2
+    capsys.readouterr()
+    assert main(["show", run_id[:6], "--store", str(store)]) == 0  # a prefix, as listed
+    assert run_id in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["mnist", "fmnist-quick", "cifar10", "breast_cancer"])
+def test_presets_name_prints_a_config_file_that_reads_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preset: str
+) -> None:
+    """``presets NAME`` prints TOML (no ``null``): written to a file and read with ``--config``
+    it gives the preset's config, run id included."""
+    import tomllib
+
+    assert main(["presets", preset]) == 0
+    text = capsys.readouterr().out
+    assert "null" not in text
+    tomllib.loads(text)  # valid TOML
+    path = tmp_path / "copy.toml"
+    path.write_text(text)
+    assert resolve_config(None, path).run_id() == resolve_config(preset).run_id()

@@ -576,9 +576,45 @@ def cmd_presets(args: argparse.Namespace) -> int:
         out_console.print(table)
         return 0
     cfg = build_config(load_preset(args.name))
-    for key, value in cfg.to_dict().items():
-        out_console.print(f"{key} = {json.dumps(value)}", highlight=False)
+    print(config_toml(cfg.to_dict()), end="")
     return 0
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal of a config value (strings, numbers, booleans, lists, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def config_toml(d: dict[str, Any]) -> str:
+    """A config as a TOML file ``run --config`` reads back to the same config: keys without a
+    value (TOML has no null) become comments saying what their default is, and the defense's
+    and attack's parameters become their ``[defense]`` / ``[attack]`` tables."""
+    lines: list[str] = []
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in d.items():
+        if key in ("defense", "attack"):
+            tables[key] = {"name": value, **(d.get(f"{key}_params") or {})}
+        elif key in ("defense_params", "attack_params"):
+            continue
+        elif value is None:
+            lines.append(f"# {key} = ...   (not set: its default applies)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, table in tables.items():
+        lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -605,12 +641,22 @@ def cmd_show(args: argparse.Namespace) -> int:
             out_console.print(table)
             return 0
         one = store.get_run(args.run_id)
+        if one is None:  # a prefix, as the table shows them
+            matches = [
+                r["run_id"] for r in store.list_runs() if r["run_id"].startswith(args.run_id)
+            ]
+            if len(matches) > 1:
+                raise TesseractFLError(
+                    f"run id prefix {args.run_id!r} matches {len(matches)} runs in {store.path}: "
+                    f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}"
+                )
+            one = store.get_run(matches[0]) if matches else None
         if one is None:
             raise TesseractFLError(f"no run {args.run_id!r} in {store.path}")
         table = Table(title=f"{one['run_id']} ({one['status']})")
         for col in ("round", "train loss", "test acc", "test loss"):
             table.add_column(col, justify="right")
-        for m in store.metrics(args.run_id):
+        for m in store.metrics(one["run_id"]):
             if m["test_accuracy"] is None:
                 continue
             table.add_row(
