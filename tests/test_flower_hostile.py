@@ -355,7 +355,9 @@ def test_settings_are_checked_when_the_strategy_is_built(
 
 
 def test_defense_name_must_be_a_string() -> None:
-    with pytest.raises(ConfigError, match=r"^defense must be an aggregator name \(a string\)"):
+    with pytest.raises(
+        ConfigError, match=r"^defense must be a registered name or an aggregator instance"
+    ):
         RobustStrategy(None, c_max=1)  # type: ignore[arg-type]
 
 

@@ -14,12 +14,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from flower_helpers import FakeGrid, arrays_of, flat, play_round, reply, task_identity
-from tesseract_fl.aggregators import Tesseract
+from tesseract_fl.aggregators import Tesseract, make_aggregator
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.experiments.config import build_config
 from tesseract_fl.experiments.runner import build_simulation
 from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.flower import (
+    DEFAULT_MAX_NODES,
     Layout,
     RobustStrategy,
     gradient_record,
@@ -464,7 +465,7 @@ def test_weights_mode_applies_the_simulators_aggregate_of_the_pseudo_gradients(
 ) -> None:
     """In weights mode each defense's step is exactly what the simulator's aggregator gives on
     the pseudo-gradient matrix ``w_global - w_local`` (rows by slot), applied with lr 1."""
-    from tesseract_fl.aggregators import AggregationContext, make_aggregator
+    from tesseract_fl.aggregators import AggregationContext
 
     gen = torch.Generator().manual_seed(11)
     m, c_max = 11, 2
@@ -519,3 +520,30 @@ def test_fraction_sampling_keeps_the_state_of_nodes_not_sampled() -> None:
             if n not in sampled and n in before:
                 assert after[n] == before[n]  # not sampled: unchanged
     assert len(set().union(*sampled_rounds)) > 5  # the sample changed between rounds
+
+
+def test_a_defense_instance_is_the_same_as_its_name() -> None:
+    """An instance built by the user runs as the registry's build of the same name does (with
+    the safeguard in front, and its state kept per node); a stateful instance caps max_nodes at
+    its num_clients, a mismatched c_max or defense_params with an instance is refused."""
+    nodes = [9, 4, 7, 1, 30]
+    by_name = _tesseract_strategy(max_nodes=8)
+    inst = RobustStrategy(Tesseract(num_clients=8, c_max=1), c_max=1, lr=0.1)
+    assert inst.defense_name == "clip+tesseract" and inst.max_nodes == 8
+    arrays_a = arrays_b = arrays_of(SHAPES)
+    for r in (1, 2, 3):
+        G = _grads(r, len(nodes))
+        replies = [reply(n, r, G[i]) for i, n in enumerate(nodes)]
+        arrays_a = play_round(by_name, r, arrays_a, replies, nodes)
+        arrays_b = play_round(inst, r, arrays_b, replies, nodes)
+        assert torch.equal(flat(arrays_a), flat(arrays_b))
+    assert by_name.reputations() == inst.reputations()
+    with pytest.raises(ConfigError, match="c_max"):
+        RobustStrategy(Tesseract(num_clients=8, c_max=2), c_max=1)
+    with pytest.raises(ConfigError, match="defense_params"):
+        RobustStrategy(Tesseract(num_clients=8, c_max=1), c_max=1, defense_params={"mu_d": 0.5})
+    with pytest.raises(ConfigError, match="registered name or an aggregator"):
+        RobustStrategy(object(), c_max=1)  # type: ignore[arg-type]
+    # a stateless instance (no num_clients) holds any number of nodes
+    med = RobustStrategy(make_aggregator("median", num_clients=2, c_max=0), c_max=0, lr=0.1)
+    assert med.max_nodes == DEFAULT_MAX_NODES

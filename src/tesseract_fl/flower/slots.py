@@ -85,7 +85,9 @@ def grow_state(state: dict[str, Any], old: int, new: int, keys: Iterable[str]) -
 
 
 class SlotAggregator:
-    """A registry aggregator (by name) over node slots, grown as new nodes appear.
+    """A registry aggregator (by name) over node slots, grown as new nodes appear; or a defense
+    instance the caller built, used as it is (it cannot be rebuilt larger: a stateful one holds
+    at most its ``num_clients`` slots).
 
     ``capacity`` is the initial ``num_clients`` (at least ``2 c_max + 1``, TESSERACT's minimum);
     ``max_capacity`` (None: unbounded) caps the growth. Growing doubles the capacity (or more, to
@@ -97,24 +99,34 @@ class SlotAggregator:
 
     def __init__(
         self,
-        name: str,
+        name: str | Aggregator,
         *,
         c_max: int,
         params: dict[str, Any] | None = None,
         capacity: int = 8,
         max_capacity: int | None = None,
     ) -> None:
-        self.name = str(name)
         self.c_max = int(c_max)
-        self.params = dict(params or {})
         self.max_capacity = max_capacity
+        self.instance = not isinstance(name, str)
+        if self.instance:
+            assert not isinstance(name, str)
+            if params:
+                raise ConfigError("defense_params apply to a defense name, not to an instance")
+            self.name, self.params = str(name.name), {}
+            self.aggregator: Aggregator = name
+            slots = getattr(name, "num_clients", None)
+            self.capacity = int(slots) if slots is not None else (max_capacity or 2**31 - 1)
+            return
+        self.name = str(name)
+        self.params = dict(params or {})
         self.capacity = max(int(capacity), 2 * self.c_max + 1, 1)
         if max_capacity is not None and self.capacity > max_capacity:
             raise ConfigError(
                 f"max_capacity = {max_capacity} is below the {self.capacity} slots that "
                 f"c_max = {self.c_max} needs"
             )
-        self.aggregator: Aggregator = make_aggregator(
+        self.aggregator = make_aggregator(
             self.name, num_clients=self.capacity, c_max=self.c_max, **self.params
         )
 
@@ -122,6 +134,11 @@ class SlotAggregator:
         """Make room for slots ``0..slots_needed-1`` (rebuild with the state carried over)."""
         if slots_needed <= self.capacity:
             return
+        if self.instance:
+            raise ConfigError(
+                f"{slots_needed} nodes have taken part, but the defense instance keeps state "
+                f"for {self.capacity} clients (build it with more, or pass its name)"
+            )
         if self.max_capacity is not None and slots_needed > self.max_capacity:
             raise ConfigError(
                 f"{slots_needed} nodes have taken part, more than max_capacity = "

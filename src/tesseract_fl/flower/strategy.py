@@ -41,12 +41,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from torch import Tensor
 
-from tesseract_fl.aggregators import Aggregate, AggregationContext
+from tesseract_fl.aggregators import Aggregate, AggregationContext, Aggregator, PreAggregated
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.experiments.store import ClientRow, ResultsStore, RoundMetrics
 from tesseract_fl.flower.records import Layout
 from tesseract_fl.flower.slots import NodeSlots, SlotAggregator
-from tesseract_fl.preaggregators.clip import DEFAULT_MULTIPLIER
+from tesseract_fl.preaggregators.clip import DEFAULT_MULTIPLIER, MedianNormClip
 from tesseract_fl.simulation.flat import flat_slices
 from tesseract_fl.simulation.round import NonFiniteUpdateError, aggregate_round, next_direction
 from tesseract_fl.validation import finite_or_none
@@ -115,6 +115,15 @@ class RoundRecord:
     test_loss: float | None = None
 
 
+def instance_with_safeguard(defense: Aggregator, multiplier: float | None) -> Aggregator:
+    """A defense instance with the median-norm clip in front (unless ``multiplier`` is None or
+    it already starts with a ``clip`` pre-aggregator)."""
+    if multiplier is None or str(defense.name).strip().lower().startswith("clip+"):
+        return defense
+    _check_real("safeguard", multiplier, low=1.0, low_open=False)
+    return PreAggregated([MedianNormClip(float(multiplier))], defense)
+
+
 def with_safeguard(
     defense: str, params: dict[str, Any] | None, multiplier: float | None
 ) -> tuple[str, dict[str, Any]]:
@@ -129,9 +138,9 @@ def with_safeguard(
 
 
 class RobustStrategy(FedAvg):
-    """Any tesseract-fl defense (``defense``: a registry name, built-in or plugin) in a Flower
-    app, for FedSGD apps (nodes reply with a gradient) and FedAvg apps (nodes train locally and
-    reply with their new weights or their update).
+    """Any tesseract-fl defense (``defense``: a registry name, built-in or plugin, or an
+    aggregator instance) in a Flower app, for FedSGD apps (nodes reply with a gradient) and
+    FedAvg apps (nodes train locally and reply with their new weights or their update).
 
     Parameters beyond ``FedAvg``'s (sampling, record keys, evaluation):
 
@@ -147,7 +156,11 @@ class RobustStrategy(FedAvg):
 
     - ``defense``, ``defense_params``: the aggregator, as ``make_aggregator`` builds it (unknown
       names or parameters raise :class:`ConfigError` listing the allowed ones); ``c_max``: the
-      number of nodes assumed malicious.
+      number of nodes assumed malicious. ``defense`` may instead be an instance you built
+      (e.g. ``Tesseract(num_clients=50, c_max=5, mu_d=0.95)`` or a plugin class's object):
+      it is used as it is (no ``defense_params``; its ``c_max``, if it has one, must equal
+      the strategy's), and a stateful one keeps state for at most its ``num_clients`` nodes,
+      so ``max_nodes`` is capped there.
     - ``lr``: server learning rate, a finite number > 0 or ``round -> lr`` (rounds from 0, as
       the simulator's schedules; every value must be a finite number >= 0, else the round
       raises :class:`ConfigError`); default 0.01 for gradient replies, 1.0 for weights and
@@ -197,7 +210,7 @@ class RobustStrategy(FedAvg):
 
     def __init__(
         self,
-        defense: str = "tesseract",
+        defense: str | Aggregator = "tesseract",
         *,
         c_max: int,
         lr: float | Callable[[int], float] | None = None,
@@ -225,9 +238,20 @@ class RobustStrategy(FedAvg):
         configrecord_key: str = "config",
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
     ) -> None:
-        if not isinstance(defense, str) or not defense:
-            raise ConfigError(f"defense must be an aggregator name (a string), got {defense!r}")
+        if (isinstance(defense, str) and not defense) or not isinstance(defense, str | Aggregator):
+            raise ConfigError(
+                f"defense must be a registered name or an aggregator instance, got {defense!r}"
+            )
         _check_int("c_max", c_max, 0)
+        if not isinstance(defense, str):
+            inst_c = getattr(defense, "c_max", None)
+            if inst_c is not None and int(inst_c) != c_max:
+                raise ConfigError(
+                    f"the defense instance has c_max = {inst_c} but the strategy c_max = {c_max}"
+                )
+            slots = getattr(defense, "num_clients", None)
+            if slots is not None:
+                max_nodes = min(max_nodes, int(slots))  # it cannot be rebuilt for more
         if not isinstance(reply, str) or reply not in REPLY_KINDS:
             raise ConfigError(
                 f"reply = {reply!r}; allowed values: {', '.join(REPLY_KINDS)} (what a node's "
@@ -319,12 +343,15 @@ class RobustStrategy(FedAvg):
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
         self._custom_evaluate_aggr = evaluate_metrics_aggr_fn is not None
-        defense, defense_params = with_safeguard(defense, defense_params, safeguard)
-        self.defense_name = defense
+        if isinstance(defense, str):
+            defense, defense_params = with_safeguard(defense, defense_params, safeguard)
+        else:
+            defense = instance_with_safeguard(defense, safeguard)
+        self.defense_name = defense if isinstance(defense, str) else str(defense.name)
         self.c_max = c_max
         self.max_nodes = max_nodes
         self.defense = SlotAggregator(
-            self.defense_name,
+            defense,  # a name (rebuilt larger as nodes join) or the caller's instance
             c_max=c_max,
             params=defense_params,
             capacity=min(capacity, max_nodes),  # only the initial allocation
@@ -859,6 +886,9 @@ class RobustStrategy(FedAvg):
             "engine": "flower",
             "defense": self.defense_name,
             "defense_params": self.defense.params,
+            **(
+                {"defense_instance": repr(self.defense.aggregator)} if self.defense.instance else {}
+            ),
             "c_max": self.c_max,
             **self.run_config,
         }
