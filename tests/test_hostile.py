@@ -61,6 +61,7 @@ def max_c(name: str, m: int) -> int:
         "centered_clipping": 0,
         "meamed": (m - 1) // 2,
         "nnm+median": m - 1,
+        "dnc": m - 1,
     }[name]
 
 
@@ -72,6 +73,8 @@ def c_effective(name: str, c: int, m_finite: int) -> int:
         return min(c, (m_finite - 1) // 4)
     if name == "krum":
         return max(0, min(c, m_finite - 3))
+    if name == "dnc":
+        return max(0, min(c, m_finite - 1))
     return c
 
 
@@ -121,6 +124,7 @@ AGGREGATOR_NAMES = [
     "centered_clipping",
     "meamed",
     "nnm+median",
+    "dnc",
 ]
 
 

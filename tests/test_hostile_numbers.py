@@ -429,6 +429,7 @@ NAMES = [
     "centered_clipping",
     "meamed",
     "nnm+median",
+    "dnc",
 ]
 DTYPES = [torch.float16, torch.float32, torch.float64]
 WIDTH = {torch.float16: 16, torch.float32: 32, torch.float64: 64}
@@ -443,6 +444,7 @@ def max_c(name: str, m: int) -> int:
         "bulyan": (m - 1) // 4,
         "meamed": (m - 1) // 2,
         "nnm+median": m - 1,
+        "dnc": m - 1,
     }.get(name, 0)
 
 

@@ -192,3 +192,39 @@ def test_meamed_kernel_forms_agree(
     c = data.draw(st.integers(0, (m - 1) // 2), label="c")
     got = nearest_median_mean_kernel(G, m - c, method=method)
     torch.testing.assert_close(got.double(), meamed_reference(G, c), rtol=1e-5, atol=1e-5)
+
+
+def test_dnc_removes_the_outlier_and_resumes_its_draws() -> None:
+    """Four rows near (1, 1, ...) and one far along a direction: DnC (c_max = 1) keeps the four
+    and averages them; a copy restored from the state draws the same coordinates next."""
+    from tesseract_fl.aggregators import DnC
+
+    G = torch.ones(5, 40, dtype=torch.float64) + 0.01 * _rand(5, 40, 3).double()
+    G[2] += 5.0 * torch.linspace(-1, 1, 40, dtype=torch.float64)
+    rule = DnC(c_max=1, b=16)
+    out = rule.aggregate(G)
+    assert out.diagnostics.selected is not None
+    assert out.diagnostics.selected.tolist() == [0, 1, 3, 4]
+    torch.testing.assert_close(out.update, G[[0, 1, 3, 4]].mean(0))
+    assert out.weights.tolist() == [0.25, 0.25, 0.0, 0.25, 0.25]
+    twin = DnC(c_max=1, b=16)
+    twin.load_state_dict(rule.state_dict())
+    G2 = _rand(5, 40, 4).double()
+    a, b = rule.aggregate(G2), twin.aggregate(G2)
+    assert torch.equal(a.update, b.update) and torch.equal(
+        a.diagnostics.scores, b.diagnostics.scores
+    )
+    with pytest.raises(ConfigError, match="remove"):
+        DnC(c_max=5).aggregate(G)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases)
+def test_dnc_scores_match_the_plain_power_iteration(case: tuple[int, int, int]) -> None:
+    from tesseract_fl.aggregators.dnc import dnc_scores
+    from tesseract_fl.aggregators.reference import dnc_scores_reference
+
+    m, P, seed = case
+    X = _rand(m, P, seed).double()
+    X[0] += 3.0  # a clear top direction, so the power iteration converges
+    torch.testing.assert_close(dnc_scores(X), dnc_scores_reference(X), rtol=1e-6, atol=1e-9)

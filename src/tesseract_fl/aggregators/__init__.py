@@ -23,6 +23,7 @@ from tesseract_fl.aggregators.base import (
 from tesseract_fl.aggregators.bulyan import Bulyan, bulyan
 from tesseract_fl.aggregators.centered_clipping import CenteredClipping
 from tesseract_fl.aggregators.composed import PreAggregated
+from tesseract_fl.aggregators.dnc import DnC
 from tesseract_fl.aggregators.faba import FABA, faba
 from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
 from tesseract_fl.aggregators.fltrust import FLTrust, fltrust
@@ -49,6 +50,7 @@ __all__ = [
     "CenteredClipping",
     "Defense",
     "Diagnostics",
+    "DnC",
     "FLTrust",
     "FedSGD",
     "FoolsGold",
@@ -100,6 +102,7 @@ with origin(BUILTIN):
         GeometricMedian,
         CenteredClipping,
         Meamed,
+        DnC,
     ):
         register_defense(_cls.name, _cls)
     del _cls

@@ -16,6 +16,7 @@ from torch import Tensor
 __all__ = [
     "bulyan_reference",
     "centered_clipping_reference",
+    "dnc_scores_reference",
     "faba_reference",
     "fedsgd_reference",
     "flip_scores_reference",
@@ -239,3 +240,20 @@ def nearest_neighbour_mixing_reference(G: Tensor, c: int) -> Tensor:
         near = sorted(range(m), key=lambda j: (d[j], j))[: m - c]
         out[i] = X[near].mean(0)
     return out
+
+
+def dnc_scores_reference(X: Tensor) -> Tensor:
+    """DnC's outlier scores (Shejwalkar and Houmansadr 2021, Algorithm 3): the squared
+    projection of each centred row on the top right singular vector, by power iteration on the
+    covariance ``Y^T Y`` (plain, no SVD routine)."""
+    Y = _f64(X)
+    Y = Y - Y.mean(0)
+    C = Y.T @ Y
+    v = torch.ones(C.shape[0], dtype=torch.float64)
+    for _ in range(2000):
+        v = C @ v
+        n = float(torch.linalg.vector_norm(v))
+        if n == 0.0:
+            return torch.zeros(Y.shape[0], dtype=torch.float64)
+        v = v / n
+    return (Y @ v) ** 2
