@@ -57,6 +57,16 @@ BYZFL_CLASSES = {
     "median": "Median",
     "krum": "Krum",
     "multi_krum": "MultiKrum",
+    "geomed": "GeometricMedian",
+    "centered_clipping": "CenteredClipping",
+    "meamed": "Meamed",
+}
+#: ByzFL constructor arguments doing the work ours does with its defaults (c = c_max): the
+#: geometric median with 4 smoothed Weiszfeld steps at nu = 1e-6 (ours starts from the mean,
+#: ByzFL from 0), centered clipping with tau = 10 and one step.
+BYZFL_KWARGS: dict[str, Any] = {
+    "geomed": lambda c: {"nu": 1e-6, "T": 4},
+    "centered_clipping": lambda c: {"tau": 10.0, "L": 1},
 }
 
 
@@ -102,7 +112,8 @@ def _import_byzfl_aggregators() -> Any:
 
 
 def time_byzfl(G: torch.Tensor, c: int, repeats: int) -> dict[str, Any]:
-    """ByzFL's TrMean/Median/Krum/MultiKrum on numpy and torch input; the best of the two."""
+    """ByzFL's rules that we also have (:data:`BYZFL_CLASSES`) on numpy and torch input; the
+    best of the two."""
     try:
         mod = _import_byzfl_aggregators()
     except Exception as exc:  # not installed, or its imports fail
@@ -121,7 +132,10 @@ def time_byzfl(G: torch.Tensor, c: int, repeats: int) -> dict[str, Any]:
         if cls is None:
             out["results"][ours] = {"error": f"no class {cls_name}"}
             continue
-        agg = cls(f=c) if _accepts(cls, "f") else cls()
+        if ours in BYZFL_KWARGS:
+            agg = cls(**BYZFL_KWARGS[ours](c))
+        else:
+            agg = cls(f=c) if _accepts(cls, "f") else cls()
         entry: dict[str, Any] = {"class": cls_name}
         for kind, data in (("numpy", Gn), ("torch", G)):
             try:

@@ -25,5 +25,11 @@ sys.exit(pathlib.Path(tesseract_fl.__file__).resolve().parents[1] != pathlib.Pat
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,flower]' \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    # ByzFL, for the cross-check tests and the benchmarks only (same matrices, same results):
+    # without its dependencies, since its package imports torchvision; its aggregator modules
+    # need only numpy and torch. Optional: the tests skip when it is absent.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps 'byzfl==0.0.11' \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) \
+        || echo "warning: byzfl not installed; its cross-check tests will be skipped" >&2
     touch .venv/.installed
 fi
