@@ -247,3 +247,18 @@ def test_presets_name_prints_a_config_file_that_reads_back(
     path = tmp_path / "copy.toml"
     path.write_text(text)
     assert resolve_config(None, path).run_id() == resolve_config(preset).run_id()
+
+
+def test_presets_table_fits_80_columns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 80 columns no cell is cut (no ellipsis) and no line is longer than the terminal."""
+    from rich.console import Console
+
+    import tesseract_fl.cli as cli
+
+    monkeypatch.setattr(cli, "out_console", Console(width=80, force_terminal=False))
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert "mnist-quick" in out and "resnet18_cifar" in out

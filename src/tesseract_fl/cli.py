@@ -545,35 +545,43 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from tesseract_fl.experiments.config import build_config, list_presets, load_preset
 
     if args.name is None:
-        table = Table(title="presets (`tesseract-fl presets NAME` shows every key)")
+        # Compact enough for 80 columns: short cells, no wrapping; what to do about missing
+        # data goes below the table instead of into it.
+        table = Table(
+            title="presets (`tesseract-fl presets NAME` prints one as a config file)",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            padding=(0, 1, 0, 0),
+        )
         for col, justify in (
             ("name", "left"),
-            ("dataset", "left"),
             ("model", "left"),
-            ("m / c", "right"),
+            ("m/c", "right"),
             ("rounds", "right"),
             ("batch", "right"),
             ("lr", "right"),
             ("data", "left"),
         ):
-            table.add_column(col, justify=justify, no_wrap=col == "name")  # type: ignore[arg-type]
+            table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
         present: dict[str, bool] = {}
         for n in list_presets():
             cfg = build_config(load_preset(n))
             if cfg.dataset not in present:
                 present[cfg.dataset] = dataset_status(cfg.dataset).present
-            lr = f"{cfg.lr:g}" + ("" if cfg.lr_schedule == "constant" else f" ({cfg.lr_schedule})")
+            lr = f"{cfg.lr:g}" + ("" if cfg.lr_schedule == "constant" else f" {cfg.lr_schedule}")
             table.add_row(
                 n,
-                cfg.dataset,
                 cfg.model,
-                f"{cfg.clients} / {cfg.malicious}",
+                f"{cfg.clients}/{cfg.malicious}",
                 str(cfg.rounds),
                 str(cfg.batch_size),
                 lr,
-                "present" if present[cfg.dataset] else f"missing: datasets prepare {cfg.dataset}",
+                "yes" if present[cfg.dataset] else "no",
             )
         out_console.print(table)
+        missing = sorted(d for d, ok in present.items() if not ok)
+        if missing:
+            out_console.print(f"data not here: tesseract-fl datasets prepare {' | '.join(missing)}")
         return 0
     cfg = build_config(load_preset(args.name))
     print(config_toml(cfg.to_dict()), end="")
