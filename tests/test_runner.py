@@ -262,3 +262,11 @@ def test_presets_table_fits_80_columns(
     out = capsys.readouterr().out
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert "mnist-quick" in out and "resnet18_cifar" in out
+
+
+def test_run_help_lists_the_registered_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for name in ("tesseract", "geomed", "full_krum", "breast_cancer", "mnist_cnn", "nnm+RULE"):
+        assert name in out

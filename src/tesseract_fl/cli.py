@@ -57,6 +57,35 @@ def _add_run_args(
     _add_plugin_arg(p)
 
 
+class _Raw(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks."""
+
+
+class _NamesInHelp(argparse.ArgumentParser):
+    """``run --help`` ends with the registered names (read when help is asked for, so the
+    command line stays quick to start)."""
+
+    def format_help(self) -> str:
+        if self.prog.split()[-1] != "run":
+            return super().format_help()
+        from tesseract_fl.plugins import all_components
+
+        by_kind: dict[str, list[str]] = {}
+        for c in all_components():
+            by_kind.setdefault(c.kind, []).append(c.name)
+        import textwrap
+
+        lines = ["names for --set defense=..., attack=..., dataset=..., model=...:"]
+        for kind in ("defense", "attack", "dataset", "model"):
+            names = ", ".join(sorted(by_kind.get(kind, [])))
+            lines += textwrap.wrap(
+                f"{kind}s: {names}", width=78, initial_indent="  ", subsequent_indent="    "
+            )
+        lines.append("  before a defense: clip+RULE, nnm+RULE (pre-aggregators)")
+        self.epilog = "\n".join(lines)
+        return super().format_help()
+
+
 def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--plugin",
@@ -82,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"tesseract-fl {tesseract_fl.__version__}"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_args(sub.add_parser("run", help="run one experiment"), preset_required=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_NamesInHelp)
+    _add_run_args(
+        sub.add_parser("run", help="run one experiment", formatter_class=_Raw),
+        preset_required=False,
+    )
     _add_run_args(
         sub.add_parser(
             "demo", help="FedSGD vs TESSERACT under Full-Trim on MNIST (the short demo preset)"
