@@ -106,7 +106,7 @@ def _pruned_network(n: int, groups: tuple[int, ...]) -> tuple[tuple[int, int], .
     return tuple(reversed(keep))
 
 
-def _numpy_view(G: Tensor) -> np.ndarray:
+def numpy_view(G: Tensor) -> np.ndarray:
     """A NumPy view of CPU tensor ``G`` (float32/float64), converting other float dtypes."""
     X = G.detach()
     if X.dtype not in (torch.float32, torch.float64):
@@ -147,7 +147,7 @@ def sorted_row_blocks(
     """CPU transposed sort: yields ``(start, stop, B)`` with ``B[j]`` the values of column
     ``start + j`` of ``G[row_idx]`` in ascending order (``B`` is ``[stop - start, len(row_idx)]``,
     a reused buffer: use it before the next step)."""
-    A = _numpy_view(G)
+    A = numpy_view(G)
     m_all, P = A.shape
     rows = list(row_idx)
     tbuf = np.empty((chunk, len(rows)), dtype=A.dtype)
@@ -210,7 +210,7 @@ def sorted_column_chunks(
             yield start, stop, [b[:, k] for k in range(m)]
         return
 
-    A = _numpy_view(G)
+    A = numpy_view(G)
     network = _pruned_network(m, group_key)
     buf = np.empty((m + 1, chunk), dtype=A.dtype)
     for start in range(0, P, chunk):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.kernels.sorting import _numpy_view
+from tesseract_fl.aggregators.kernels.sorting import numpy_view
 from tesseract_fl.validation import as_count
 
 __all__ = [
@@ -67,8 +67,8 @@ def sampled_columns_t(G: Tensor, rows: Tensor | None, sample: int | None) -> np.
             X = X.index_select(0, rows.to(X.device))
         if cols is not None:
             X = X.index_select(1, cols.to(X.device))
-        return np.ascontiguousarray(_numpy_view(X.cpu()).T)
-    A = _numpy_view(X)
+        return np.ascontiguousarray(numpy_view(X.cpu()).T)
+    A = numpy_view(X)
     r = slice(None) if rows is None else rows.cpu().numpy()
     c = slice(None) if cols is None else cols.numpy()
     if rows is not None and cols is not None:
