@@ -62,6 +62,7 @@ def max_c(name: str, m: int) -> int:
         "meamed": (m - 1) // 2,
         "nnm+median": m - 1,
         "dnc": m - 1,
+        "bucketing+median": 0,
     }[name]
 
 
@@ -125,6 +126,7 @@ AGGREGATOR_NAMES = [
     "meamed",
     "nnm+median",
     "dnc",
+    "bucketing+median",
 ]
 
 

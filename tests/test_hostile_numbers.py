@@ -430,6 +430,7 @@ NAMES = [
     "meamed",
     "nnm+median",
     "dnc",
+    "bucketing+median",
 ]
 DTYPES = [torch.float16, torch.float32, torch.float64]
 WIDTH = {torch.float16: 16, torch.float32: 32, torch.float64: 64}
@@ -445,6 +446,7 @@ def max_c(name: str, m: int) -> int:
         "meamed": (m - 1) // 2,
         "nnm+median": m - 1,
         "dnc": m - 1,
+        "bucketing+median": 0,
     }.get(name, 0)
 
 

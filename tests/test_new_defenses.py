@@ -228,3 +228,43 @@ def test_dnc_scores_match_the_plain_power_iteration(case: tuple[int, int, int]) 
     X = _rand(m, P, seed).double()
     X[0] += 3.0  # a clear top direction, so the power iteration converges
     torch.testing.assert_close(dnc_scores(X), dnc_scores_reference(X), rtol=1e-6, atol=1e-9)
+
+
+def test_bucketing_averages_random_buckets_and_maps_weights_back() -> None:
+    """Buckets of s rows of a seeded permutation; the rule sees their means, the clients get
+    their bucket's weight split evenly; the state replays the permutation; counts are summed."""
+    from tesseract_fl.preaggregators import Bucketing
+
+    G = _rand(7, 5, 8).double()
+    rule = make_aggregator("bucketing+fedsgd", num_clients=7, c_max=0)
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(0))
+    buckets = [perm[0:2], perm[2:4], perm[4:6], perm[6:7]]  # ceil(7 / 2) = 4, the last of 1
+    want = torch.stack([G[b].mean(0) for b in buckets]).mean(0)
+    out = rule.aggregate(G)
+    torch.testing.assert_close(out.update, want)
+    per_client = torch.zeros(7, dtype=torch.float64)
+    for b in buckets:
+        per_client[b] = 0.25 / b.numel()
+    torch.testing.assert_close(out.weights, per_client)
+    assert out.diagnostics.extra["buckets"] == 4 and out.diagnostics.flip_scores is None
+    # FedSGD behind bucketing weights each bucket by its members' summed counts
+    n = torch.arange(1.0, 8.0)
+    counted = make_aggregator("bucketing+fedsgd", num_clients=7, c_max=0)
+    got = counted.aggregate(G, ctx=AggregationContext(n_samples=n)).update
+    sums = torch.stack([n[b].sum() for b in buckets]).double()
+    means = torch.stack([G[b].mean(0) for b in buckets])
+    torch.testing.assert_close(got, (sums / sums.sum()) @ means)
+    # the generator is the state: a restored copy draws the next permutation too
+    a = Bucketing(s=3)
+    a.mix(G)
+    b = Bucketing(s=3)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.mix(G)[1], b.mix(G)[1])
+    # a NaN row makes its bucket hostile: that bucket's clients all get weight 0
+    H = G.clone()
+    H[3, 0] = float("nan")
+    med = make_aggregator("bucketing+median", num_clients=7, c_max=0).aggregate(H)
+    assert med.diagnostics.excluded == [3] and float(med.weights[3]) == 0.0
+    assert bool(torch.isfinite(med.update).all())
+    with pytest.raises(ConfigError, match="in front of a rule"):
+        Bucketing().transform(G)

@@ -81,7 +81,7 @@ class _NamesInHelp(argparse.ArgumentParser):
             lines += textwrap.wrap(
                 f"{kind}s: {names}", width=78, initial_indent="  ", subsequent_indent="    "
             )
-        lines.append("  before a defense: clip+RULE, nnm+RULE (pre-aggregators)")
+        lines.append("  before a defense: clip+RULE, nnm+RULE, bucketing+RULE (pre-aggregators)")
         self.epilog = "\n".join(lines)
         return super().format_help()
 

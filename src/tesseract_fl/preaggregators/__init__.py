@@ -9,11 +9,13 @@ from a name with ``+`` (docs/design.md, "Pre-aggregators").
 from __future__ import annotations
 
 from tesseract_fl.preaggregators.base import PreAggregator
+from tesseract_fl.preaggregators.bucketing import Bucketing
 from tesseract_fl.preaggregators.clip import MedianNormClip, clip_to_median_norm, row_norms
 from tesseract_fl.preaggregators.nnm import NearestNeighbourMixing, nearest_neighbour_mixing
 
 __all__ = [
     "PRE_AGGREGATORS",
+    "Bucketing",
     "MedianNormClip",
     "NearestNeighbourMixing",
     "PreAggregator",
@@ -26,4 +28,5 @@ __all__ = [
 PRE_AGGREGATORS: dict[str, type] = {
     MedianNormClip.name: MedianNormClip,
     NearestNeighbourMixing.name: NearestNeighbourMixing,
+    Bucketing.name: Bucketing,
 }

@@ -23,3 +23,14 @@ class PreAggregator(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class RowMixer(Protocol):
+    """A pre-aggregator that changes the rows (bucketing): ``mix(G)`` returns the new rows
+    ``X [B, P]``, the mixing matrix ``M [B, m]`` (float64, ``X = M @ G``) and a report, so the
+    composed defense can map the rule's weights back to the clients."""
+
+    name: str
+
+    def mix(self, G: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]: ...
