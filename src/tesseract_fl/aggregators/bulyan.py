@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Defense, Diagnostics, FiniteRows, Rows, RuleResult
+from tesseract_fl.aggregators.base import Diagnostics, FiniteRows, Rows, RuleResult
+from tesseract_fl.aggregators.coordinatewise import CoordinateWise
 from tesseract_fl.aggregators.kernels.gram import sq_distances
 from tesseract_fl.aggregators.kernels.selection import select_direct, select_incremental
 from tesseract_fl.aggregators.kernels.sorting import window_mean_kernel, window_start
 from tesseract_fl.aggregators.kernels.weights import (
     WEIGHT_SAMPLE,
-    check_weight_sample,
     sampled_columns_t,
 )
 from tesseract_fl.errors import ConfigError
@@ -125,7 +125,7 @@ def bulyan_weights(G: Tensor, sel: Tensor, beta: int, sample: int | None = WEIGH
     return w.to(dtype=G.dtype, device=G.device)
 
 
-class Bulyan(Defense):
+class Bulyan(CoordinateWise):
     """Bulyan aggregator (El Mhamdi et al. 2018); stateless apart from a warn-once flag.
 
     ``c_max``: clients assumed malicious (needs ``m > 4 c_max`` each round; a ``RuntimeWarning``
@@ -145,10 +145,7 @@ class Bulyan(Defense):
         chunk_size: int | None = None,
         method: str = "auto",
     ) -> None:
-        self.c_max = as_count(c_max, "c_max")
-        self.weight_sample = check_weight_sample(weight_sample)
-        self.chunk_size = chunk_size
-        self.method = method
+        super().__init__(c_max, weight_sample, chunk_size=chunk_size, method=method)
         self._warned = False
 
     def effective_c(self, fin: FiniteRows) -> int:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Defense, FiniteRows, Rows, RuleResult
+from tesseract_fl.aggregators.base import FiniteRows, Rows, RuleResult
 from tesseract_fl.aggregators.bulyan import bulyan_weights
+from tesseract_fl.aggregators.coordinatewise import CoordinateWise
 from tesseract_fl.aggregators.kernels.sorting import nearest_median_mean_kernel, window_mean_kernel
-from tesseract_fl.aggregators.kernels.weights import WEIGHT_SAMPLE, check_weight_sample
+from tesseract_fl.aggregators.kernels.weights import WEIGHT_SAMPLE
 from tesseract_fl.aggregators.trimmed_mean import effective_trim
 from tesseract_fl.errors import ConfigError
-from tesseract_fl.validation import as_count
 
 __all__ = ["Meamed", "meamed"]
 
@@ -30,7 +30,7 @@ def meamed(G: Tensor, c_max: int) -> Tensor:
     return Meamed(c_max).aggregate(G).update
 
 
-class Meamed(Defense):
+class Meamed(CoordinateWise):
     """Meamed aggregator (Xie et al. 2018); stateless.
 
     ``c_max``: values left out per coordinate (needs ``m > 2 c_max``; reduced to
@@ -53,10 +53,7 @@ class Meamed(Defense):
     ) -> None:
         if method not in ("auto", "window"):
             raise ConfigError(f"method must be 'auto' or 'window', got {method!r}")
-        self.c_max = as_count(c_max, "c_max")
-        self.weight_sample = check_weight_sample(weight_sample)
-        self.chunk_size = chunk_size
-        self.method = method
+        super().__init__(c_max, weight_sample, chunk_size=chunk_size, method=method)
 
     def effective_c(self, fin: FiniteRows) -> int:
         """The trimmed mean's rule: ``m > 2 c_max``, reduced to fit the finite rows."""

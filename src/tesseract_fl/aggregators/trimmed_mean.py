@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Defense, FiniteRows, Rows, RuleResult
+from tesseract_fl.aggregators.base import FiniteRows, Rows, RuleResult
+from tesseract_fl.aggregators.coordinatewise import CoordinateWise
 from tesseract_fl.aggregators.kernels.sorting import trimmed_mean_kernel
 from tesseract_fl.aggregators.kernels.weights import (
     WEIGHT_SAMPLE,
-    check_weight_sample,
     position_weights,
     rank_rows,
 )
@@ -73,7 +73,7 @@ def trimmed_mean_weights(G: Tensor, c_max: int, sample: int | None = WEIGHT_SAMP
     return torch.from_numpy(position_weights(order, pw, m)).to(dtype=G.dtype, device=G.device)
 
 
-class TrimmedMean(Defense):
+class TrimmedMean(CoordinateWise):
     """Coordinate-wise trimmed mean aggregator (Yin et al. 2018); stateless.
 
     ``c_max``: values dropped at each end per coordinate (needs ``m > 2 c_max`` each round).
@@ -83,19 +83,6 @@ class TrimmedMean(Defense):
     """
 
     name = "trimmed_mean"
-
-    def __init__(
-        self,
-        c_max: int,
-        weight_sample: int | None = WEIGHT_SAMPLE,
-        *,
-        chunk_size: int | None = None,
-        method: str = "auto",
-    ) -> None:
-        self.c_max = as_count(c_max, "c_max")
-        self.weight_sample = check_weight_sample(weight_sample)
-        self.chunk_size = chunk_size
-        self.method = method
 
     def effective_c(self, fin: FiniteRows) -> int:
         """:func:`effective_trim`."""
