@@ -136,17 +136,7 @@ class Bulyan(CoordinateWise):
     """
 
     name = "bulyan"
-
-    def __init__(
-        self,
-        c_max: int,
-        weight_sample: int | None = WEIGHT_SAMPLE,
-        *,
-        chunk_size: int | None = None,
-        method: str = "auto",
-    ) -> None:
-        super().__init__(c_max, weight_sample, chunk_size=chunk_size, method=method)
-        self._warned = False
+    _warned = False  # set on the instance once it has warned about m < 4 c_max + 3
 
     def effective_c(self, fin: FiniteRows) -> int:
         """c_max validated against the rows received, reduced to fit the finite rows."""

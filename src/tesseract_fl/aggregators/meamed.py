@@ -16,9 +16,7 @@ from tesseract_fl.aggregators.base import FiniteRows, Rows, RuleResult
 from tesseract_fl.aggregators.bulyan import bulyan_weights
 from tesseract_fl.aggregators.coordinatewise import CoordinateWise
 from tesseract_fl.aggregators.kernels.sorting import nearest_median_mean_kernel, window_mean_kernel
-from tesseract_fl.aggregators.kernels.weights import WEIGHT_SAMPLE
 from tesseract_fl.aggregators.trimmed_mean import effective_trim
-from tesseract_fl.errors import ConfigError
 
 __all__ = ["Meamed", "meamed"]
 
@@ -42,18 +40,7 @@ class Meamed(CoordinateWise):
     """
 
     name = "meamed"
-
-    def __init__(
-        self,
-        c_max: int,
-        weight_sample: int | None = WEIGHT_SAMPLE,
-        *,
-        chunk_size: int | None = None,
-        method: str = "auto",
-    ) -> None:
-        if method not in ("auto", "window"):
-            raise ConfigError(f"method must be 'auto' or 'window', got {method!r}")
-        super().__init__(c_max, weight_sample, chunk_size=chunk_size, method=method)
+    methods = ("auto", "window")
 
     def effective_c(self, fin: FiniteRows) -> int:
         """The trimmed mean's rule: ``m > 2 c_max``, reduced to fit the finite rows."""
