@@ -151,12 +151,6 @@ def resolve_client_ids(
     return t
 
 
-def check_client_ids(client_ids: Tensor | Sequence[int] | None, m: int) -> None:
-    """Raise :class:`UpdateError` when ``client_ids`` is given with a length other than ``m``."""
-    if client_ids is not None and len(client_ids) != m:
-        raise UpdateError(f"client_ids has {len(client_ids)} entries but G has {m} rows")
-
-
 def check_layout(G: Tensor) -> None:
     """The cheap part of :func:`~tesseract_fl.aggregators.base.check_matrix`: a 2-D floating
     point Tensor with at least one row (its error messages). Finiteness is left to the caller,

@@ -173,7 +173,6 @@ class FedSGDSimulation:
 
     def __init__(self, spec: SimulationSpec) -> None:
         data = spec.data
-        self.spec = spec
         self.device = torch.device(spec.device)
         self.model = spec.model.to(self.device)
         self.train_x = data.train_x.to(self.device)
