@@ -1,6 +1,6 @@
 """Whole runs: seconds per round of a ``mnist`` TESSERACT + Full-Trim run through the runner
 (store writes, records, checkpoints and evaluation included), and the projected time of the
-paper's Table 2 MNIST column (the 19 runs of ``experiments/table2-mnist.toml``).
+paper's Table 2 MNIST column (the 19 runs of the packaged grid ``table2-mnist``).
 
 The run part executes ``--rounds`` rounds (default 50; ``--rounds 500`` for the whole run) into
 a temporary store and projects to the preset's 500 rounds. The projection times each of the
@@ -8,7 +8,7 @@ grid's runs for a few rounds (``FedSGDSimulation.step`` after a warm-up round) p
 evaluation amortized over ``eval_every``, and multiplies by its rounds. Where the results store
 already holds finished runs of the grid, their recorded wall times are listed beside.
 
-    .venv/bin/python -m benchmarks wholerun [--rounds 50] [--grid experiments/table2-mnist.toml]
+    .venv/bin/python -m benchmarks wholerun [--rounds 50] [--grid table2-mnist]
         [--store results/store.sqlite] [--quick] [--out results/benchmarks/wholerun.json]
 """
 
@@ -99,7 +99,7 @@ def project_grid(grid_path: str, repeats: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--grid", default="experiments/table2-mnist.toml")
+    ap.add_argument("--grid", default="table2-mnist")
     ap.add_argument("--store", default="results/store.sqlite")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="10 rounds, 1 repeat per grid run")

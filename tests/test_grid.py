@@ -25,7 +25,7 @@ from tesseract_fl.cli import main
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.checkpoints import checkpoint_path, load_checkpoint
 from tesseract_fl.experiments.config import resolve_config
-from tesseract_fl.experiments.grid import expand_grid, load_grid
+from tesseract_fl.experiments.grid import expand_grid, list_grids, load_grid
 from tesseract_fl.experiments.grid_runner import GridEvent, grid_status, run_grid
 from tesseract_fl.experiments.runner import run_experiment
 from tesseract_fl.experiments.store import ResultsStore
@@ -176,7 +176,7 @@ def test_grid_runs_have_the_ids_of_hand_runs(tmp_path: Path) -> None:
     ]
     assert [r.run_id for r in grid.runs] == [c.run_id() for c in by_hand]
     assert grid.runs[1].config.defense_params == {"mu_d": 0.9}
-    table2 = load_grid(Path(__file__).parents[1] / "experiments" / "table2-mnist.toml")
+    table2 = load_grid("table2-mnist")
     assert len(table2.runs) == 19 and len({r.run_id for r in table2.runs}) == 19
 
 
@@ -208,8 +208,12 @@ def test_grid_errors_name_the_block_and_key(raw: dict[str, Any], message: str) -
 
 
 def test_grid_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"no grid file .*packaged grids: datasets-paper"):
         load_grid(tmp_path / "nosuch.toml")
+    with pytest.raises(ConfigError, match="table2-mnist"):  # a typo gets a suggestion
+        load_grid("table2-mnsit")
+    with pytest.raises(ConfigError, match="packaged grid of that name is 'table2-quick'"):
+        load_grid("experiments/table2-quick.toml")  # the old path in a clone
     bad = tmp_path / "bad.toml"
     bad.write_text("cells = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -502,3 +506,20 @@ def test_cli_run_resume_continues_or_says_why_not(
     assert summary["resumed_from"] == 4 and summary["rounds"] == 6
     assert main([*args, "--resume"]) == 2  # finished now
     assert "already finished" in capsys.readouterr().err
+
+
+def test_packaged_grids_resolve_by_name_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the clone
+    names = list_grids()
+    assert {"table2-mnist", "table2-quick", "robustness-matrix"} <= set(names)
+    by_name, by_file = load_grid("table2-quick"), load_grid("table2-quick.toml")
+    assert [r.run_id for r in by_name.runs] == [r.run_id for r in by_file.runs]
+    assert by_name.path is not None and by_name.path.name == "table2-quick.toml"
+    # A file in the working folder wins over the packaged grid of the same name.
+    own = tmp_path / "table2-quick.toml"
+    own.write_text(
+        'seeds = [0]\n[datasets]\nq = "demo"\n[[cells]]\nattack = "none"\ndefense = "fedsgd"\n'
+    )
+    assert len(load_grid("table2-quick.toml").runs) == 1

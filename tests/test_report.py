@@ -36,7 +36,7 @@ from tesseract_fl.report.tables import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
+EXPERIMENTS = ROOT / "src" / "tesseract_fl" / "experiments" / "grids"
 
 #: Tiny grids named like the real ones (table2-*, fig2-* ...), so each feeds its artefact.
 TINY_GRIDS: dict[str, str] = {
@@ -460,7 +460,7 @@ def test_cli_report_clear_errors(
     missing_store = ["report", "--store", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path)]
     assert main([*missing_store, "--grid", str(filled["paths"][0])]) == 2
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
-    assert "nope.sqlite" in err and "does not exist" in err
+    assert "nope.sqlite" in err and "no results store" in err
     assert not (tmp_path / "nope.sqlite").exists()  # a report never creates a store
     bad_grid = ["report", "--store", str(filled["store"]), "--grid", str(tmp_path / "x.toml")]
     assert main([*bad_grid, "--out", str(tmp_path)]) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import warnings
@@ -230,6 +232,37 @@ def test_cli_presets_datasets_and_show(
     capsys.readouterr()
     assert main(["show", run_id[:6], "--store", str(store)]) == 0  # a prefix, as listed
     assert run_id in capsys.readouterr().out
+    # --json / --csv: the same records, machine-readable.
+    assert main(["show", "--store", str(store), "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["run_id"] == run_id and listed["status"] == "finished"
+    assert listed["rounds_done"] == listed["rounds"]
+    assert main(["show", run_id[:6], "--store", str(store), "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["run_id"] == run_id and one["config"]["defense"] == listed["defense"]
+    assert one["metrics"] and one["metrics"][-1]["test_accuracy"] == listed["final_accuracy"]
+    assert main(["show", run_id, "--store", str(store), "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [int(r["round"]) for r in rows] == [m["round"] for m in one["metrics"]]
+    assert float(rows[-1]["test_accuracy"]) == one["metrics"][-1]["test_accuracy"]
+
+
+def test_read_only_commands_never_create_a_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``show`` and ``report`` on a missing store fail naming the path and create nothing; in a
+    clone the error points at the committed results."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["show"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no results store at 'runs/store.sqlite'" in err and "committed" not in err
+    assert main(["report", "--grid", "table2-quick"]) == 2
+    assert "runs/store.sqlite" in capsys.readouterr().err
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "store.sqlite").write_bytes(b"")
+    assert main(["show"]) == 2
+    assert "results/store.sqlite" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["results", "store.sqlite"]
 
 
 @pytest.mark.parametrize("preset", ["mnist", "fmnist-quick", "cifar10", "breast_cancer"])

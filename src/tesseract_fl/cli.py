@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich import box
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import tesseract_fl
-from tesseract_fl.errors import ConfigError, TesseractFLError
+from tesseract_fl.errors import TesseractFLError
 
 if TYPE_CHECKING:
     from tesseract_fl.experiments.runner import RunSummary
@@ -26,7 +27,7 @@ out_console = Console()
 
 
 def _add_run_args(
-    p: argparse.ArgumentParser, preset_required: bool, store_default: str = "results/store.sqlite"
+    p: argparse.ArgumentParser, preset_required: bool, store_default: str = "runs/store.sqlite"
 ) -> None:
     p.add_argument("--preset", required=preset_required, help="bundled preset (see `presets`)")
     p.add_argument("--config", help="TOML config file; its keys override the preset's")
@@ -98,9 +99,10 @@ def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: Grid files the report reads by default: the paper-scale ones (``--grid`` for the quick ones).
-DEFAULT_REPORT_GRIDS = "experiments/*-mnist.toml"
-DEFAULT_REPORT_DIR = Path("results") / "report"
+#: Packaged grid files the report reads by default: the paper-scale ones (``--grid`` for the
+#: quick ones).
+DEFAULT_REPORT_GRIDS = "*-mnist"
+DEFAULT_REPORT_DIR = Path("runs") / "report"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         "grid",
         help="run a grid file: skip finished runs, resume interrupted ones, run N in parallel",
     )
-    gr.add_argument("grid_file", help="grid TOML file (e.g. experiments/table2-mnist.toml)")
+    gr.add_argument(
+        "grid_file",
+        help="a packaged grid's name (e.g. table2-mnist; `tesseract-fl grid --list`) or a grid "
+        "TOML file",
+        nargs="?",
+    )
+    gr.add_argument("--list", action="store_true", help="list the packaged grids and exit")
     gr.add_argument(
         "--jobs", "-j", type=int, default=1, help="runs at once, one process each (default 1)"
     )
     gr.add_argument(
-        "--store", default=None, help="SQLite results store (default results/store.sqlite)"
+        "--store", default=None, help="SQLite results store (default runs/store.sqlite)"
     )
     gr.add_argument(
         "--dry-run", action="store_true", help="list the runs and their state; run nothing"
@@ -183,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("name", nargs="?")
     _add_plugin_arg(pr)
     sh = sub.add_parser("show", help="list runs in a store, or one run's metrics")
-    sh.add_argument("run_id", nargs="?")
-    sh.add_argument("--store", default=None)
+    sh.add_argument("run_id", nargs="?", help="a run id or any unique prefix of one")
+    sh.add_argument(
+        "--store", default=None, help="SQLite results store (default runs/store.sqlite)"
+    )
+    fmt = sh.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     _add_plugin_arg(sh)
     pl = sub.add_parser(
         "plugins",
@@ -196,16 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="write report.md (paper Tables 2-3 beside ours, Figures 2-6) and CSV"
     )
     rp.add_argument(
-        "--store", default=None, help="SQLite results store (default results/store.sqlite)"
+        "--store", default=None, help="SQLite results store (default runs/store.sqlite)"
     )
-    rp.add_argument("--out", default=None, help="output folder (default results/report)")
+    rp.add_argument("--out", default=None, help="output folder (default runs/report)")
     rp.add_argument(
         "--grid",
         dest="grids",
         action="append",
         default=[],
         metavar="FILE",
-        help=f"grid file whose runs the report reads (repeatable; default {DEFAULT_REPORT_GRIDS})",
+        help="grid (packaged name or file) whose runs the report reads (repeatable; default "
+        "the packaged paper-scale grids, *-mnist)",
     )
     _add_plugin_arg(rp)
     return parser
@@ -411,12 +425,31 @@ def _grid_dry_run(grid: Any, store: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_grids() -> int:
+    """The packaged grids: name, runs, description."""
+    from tesseract_fl.experiments.grid import list_grids, load_grid
+
+    table = Table(title="packaged grids (tesseract-fl grid NAME)")
+    table.add_column("name")
+    table.add_column("runs", justify="right")
+    table.add_column("description")
+    for name in list_grids():
+        grid = load_grid(name)
+        table.add_row(name, str(len(grid.runs)), grid.description)
+    out_console.print(table)
+    return 0
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     """Run (or with --dry-run list) a grid file's runs into one store."""
     from tesseract_fl.experiments.grid import load_grid
     from tesseract_fl.experiments.grid_runner import GridEvent, run_grid
     from tesseract_fl.experiments.runner import DEFAULT_STORE
 
+    if args.list:
+        return _list_grids()
+    if args.grid_file is None:
+        raise TesseractFLError("grid: name a grid (a packaged one, see --list, or a TOML file)")
     grid = load_grid(args.grid_file)
     store = args.store or DEFAULT_STORE
     if args.jobs < 1:
@@ -657,52 +690,133 @@ def config_toml(d: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def _existing_store(given: str | None) -> Path:
+    """The store a read-only command opens: ``--store`` or the default, which must exist (a
+    command that only reads never creates one); the error points at the committed results when
+    the default is missing in a clone."""
     from tesseract_fl.experiments.runner import DEFAULT_STORE
+
+    path = Path(given) if given is not None else DEFAULT_STORE
+    if path.is_file():
+        return path
+    hint = ""
+    if given is None and COMMITTED_STORE.is_file():
+        hint = f"; the committed paper results are in {str(COMMITTED_STORE)!r} (--store)"
+    raise TesseractFLError(f"no results store at {str(path)!r}{hint}")
+
+
+#: The results store committed with the repository (the paper-scale runs behind the report).
+COMMITTED_STORE = Path("results") / "store.sqlite"
+
+
+def _find_run(store: Any, prefix: str) -> dict[str, Any]:
+    """A run by id or unique id prefix (the table shows ids whole; any prefix works)."""
+    one = store.get_run(prefix)
+    if one is not None:
+        return cast(dict[str, Any], one)
+    matches = [r["run_id"] for r in store.list_runs() if r["run_id"].startswith(prefix)]
+    if len(matches) > 1:
+        raise TesseractFLError(
+            f"run id prefix {prefix!r} matches {len(matches)} runs in {store.path}: "
+            f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}"
+        )
+    if not matches:
+        raise TesseractFLError(f"no run {prefix!r} in {store.path}")
+    return cast(dict[str, Any], store.get_run(matches[0]))
+
+
+def _short_name(name: str, attack: str, defense: str) -> str:
+    """A grid run's name without the attack and defense the table shows beside it
+    (``table2-mnist/mnist/full_trim/tesseract/s0`` -> ``table2-mnist/mnist/s0``)."""
+    parts = name.split("/")
+    if len(parts) == 5 and parts[2:4] == [attack, defense]:
+        return "/".join([parts[0], parts[1], parts[4]])
+    return name
+
+
+def _print_records(records: list[dict[str, Any]], args: argparse.Namespace) -> bool:
+    """``--json`` / ``--csv``: print ``records`` that way and say so; else print nothing."""
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return True
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]) if records else [])
+        writer.writeheader()
+        writer.writerows(records)
+        return True
+    return False
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """The runs in a store (one row each), or one run's metrics per evaluated round."""
     from tesseract_fl.experiments.store import ResultsStore
 
-    with ResultsStore(args.store or DEFAULT_STORE, readonly=True) as store:
+    with ResultsStore(_existing_store(args.store), readonly=True) as store:
         if args.run_id is None:
-            table = Table(title=str(store.path))
-            for col in ("run_id", "name", "defense", "attack", "status", "rounds", "final acc"):
-                table.add_column(col)
+            runs = []
             for run in store.list_runs():
-                cfg = run["config"]
-                acc = (run["summary"] or {}).get("final_accuracy")
+                cfg, summary = run["config"], run["summary"] or {}
+                runs.append(
+                    {
+                        "run_id": run["run_id"],
+                        "name": run["name"],
+                        "defense": cfg["defense"],
+                        "attack": cfg["attack"],
+                        "status": run["status"] + _diverged_note(summary),
+                        "rounds_done": run["rounds_done"],
+                        "rounds": cfg["rounds"],
+                        "final_accuracy": summary.get("final_accuracy"),
+                    }
+                )
+            if _print_records(runs, args):
+                return 0
+            table = Table(title=str(store.path), box=box.SIMPLE, pad_edge=False)
+            table.add_column("run id", no_wrap=True, min_width=10)
+            # At 80 columns the id, status, rounds and accuracy stay whole; names fold.
+            table.add_column("name", overflow="fold", ratio=3)
+            table.add_column("defense", overflow="fold", ratio=2)
+            table.add_column("attack", overflow="fold", ratio=2)
+            table.add_column("status", no_wrap=True)
+            table.add_column("rounds", justify="right", no_wrap=True)
+            table.add_column("acc %", justify="right", no_wrap=True, min_width=5)
+            for r in runs:
+                acc = r["final_accuracy"]
                 table.add_row(
-                    run["run_id"],
-                    run["name"],
-                    cfg["defense"],
-                    cfg["attack"],
-                    run["status"] + _diverged_note(run["summary"] or {}),
-                    f"{run['rounds_done']}/{cfg['rounds']}",
-                    "-" if acc is None else f"{100 * acc:.2f}%",
+                    r["run_id"][:10],
+                    _short_name(r["name"], r["attack"], r["defense"]),
+                    r["defense"],
+                    r["attack"],
+                    r["status"],
+                    f"{r['rounds_done']}/{r['rounds']}",
+                    "-" if acc is None else f"{100 * acc:.2f}",
                 )
             out_console.print(table)
             return 0
-        one = store.get_run(args.run_id)
-        if one is None:  # a prefix, as the table shows them
-            matches = [
-                r["run_id"] for r in store.list_runs() if r["run_id"].startswith(args.run_id)
-            ]
-            if len(matches) > 1:
-                raise TesseractFLError(
-                    f"run id prefix {args.run_id!r} matches {len(matches)} runs in {store.path}: "
-                    f"{', '.join(matches[:5])}{' ...' if len(matches) > 5 else ''}"
-                )
-            one = store.get_run(matches[0]) if matches else None
-        if one is None:
-            raise TesseractFLError(f"no run {args.run_id!r} in {store.path}")
+        one = _find_run(store, args.run_id)
+        metrics = [
+            {
+                "round": m["round"] + 1,
+                "train_loss": m["train_loss"],
+                "test_accuracy": m["test_accuracy"],
+                "test_loss": m["test_loss"],
+            }
+            for m in store.metrics(one["run_id"])
+            if m["test_accuracy"] is not None
+        ]
+        if args.json:
+            record = {k: one[k] for k in ("run_id", "name", "status", "config", "summary")}
+            print(json.dumps({**record, "metrics": metrics}, indent=1))
+            return 0
+        if _print_records(metrics, args):
+            return 0
         table = Table(title=f"{one['run_id']} ({one['status']})")
-        for col in ("round", "train loss", "test acc", "test loss"):
+        for col in ("round", "train loss", "test acc %", "test loss"):
             table.add_column(col, justify="right")
-        for m in store.metrics(one["run_id"]):
-            if m["test_accuracy"] is None:
-                continue
+        for m in metrics:
             table.add_row(
-                str(m["round"] + 1),
+                str(m["round"]),
                 f"{m['train_loss']:.4f}",
-                f"{100 * m['test_accuracy']:.2f}%",
+                f"{100 * m['test_accuracy']:.2f}",
                 f"{m['test_loss']:.4f}",
             )
         out_console.print(table)
@@ -710,26 +824,22 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _report_grid_paths(given: list[str]) -> list[Path]:
-    """``--grid`` files, else the paper-scale grid files under ``experiments/``."""
+    """``--grid`` names or files, else the packaged paper-scale grids (``*-mnist``)."""
+    from tesseract_fl.experiments.grid import packaged_grids_dir, resolve_grid_path
+
     if given:
-        return [Path(g) for g in given]
-    found = sorted(Path().glob(DEFAULT_REPORT_GRIDS))
-    if not found:
-        raise ConfigError(
-            f"no grid files match {DEFAULT_REPORT_GRIDS} in {Path.cwd()}; run from the "
-            "repository root or pass --grid FILE"
-        )
-    return found
+        return [resolve_grid_path(g) for g in given]
+    return sorted(packaged_grids_dir().glob(f"{DEFAULT_REPORT_GRIDS}.toml"))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the report for the runs the grids plan; print where it went and the coverage."""
     from tesseract_fl.experiments.grid import load_grid
-    from tesseract_fl.experiments.runner import DEFAULT_STORE
     from tesseract_fl.report import generate_report
 
     grids = [load_grid(p) for p in _report_grid_paths(args.grids)]
-    result = generate_report(args.store or DEFAULT_STORE, args.out or DEFAULT_REPORT_DIR, grids)
+    store = _existing_store(args.store)
+    result = generate_report(store, args.out or DEFAULT_REPORT_DIR, grids)
     table = Table(title="report coverage")
     for col, justify in (
         ("artefact", "left"),
@@ -814,6 +924,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TesseractFLError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         again = "`grid`" if args.command == "grid" else "`run`"
         err_console.print(

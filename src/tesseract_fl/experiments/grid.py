@@ -29,12 +29,14 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.config import (
     ExperimentConfig,
+    _suggest,
     apply_overrides,
     build_config,
     load_plugin_key,
@@ -43,7 +45,7 @@ from tesseract_fl.experiments.config import (
     read_toml,
 )
 
-__all__ = ["Grid", "RunSpec", "expand_grid", "load_grid"]
+__all__ = ["Grid", "RunSpec", "expand_grid", "list_grids", "load_grid", "resolve_grid_path"]
 
 _TOP_KEYS = ("name", "description", "seeds", "datasets", "set", "cells", "plugins")
 #: Keys a block may use besides config keys (handled by the grid itself).
@@ -207,9 +209,41 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid", base: Path | None = 
     return grid
 
 
+def packaged_grids_dir() -> Path:
+    """The folder of the grid files that ship with the package (the paper's experiments)."""
+    return Path(str(resources.files("tesseract_fl.experiments") / "grids"))
+
+
+def list_grids() -> list[str]:
+    """Names of the packaged grid files (``table2-mnist``, ``fig5-quick``, ...)."""
+    return sorted(p.stem for p in packaged_grids_dir().glob("*.toml"))
+
+
+def resolve_grid_path(name_or_path: str | Path) -> Path:
+    """A grid file: an existing path, else a packaged grid by name (``table2-mnist`` or
+    ``table2-mnist.toml``), so the paper's grids run from any folder, in a clone or not."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    packaged = packaged_grids_dir() / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    if packaged.is_file():
+        if p.parent == Path("."):
+            return packaged
+        raise ConfigError(
+            f"no grid file {str(name_or_path)!r}; the packaged grid of that name is "
+            f"{packaged.stem!r} (pass the name alone)"
+        )
+    names = list_grids()
+    raise ConfigError(
+        f"no grid file {str(name_or_path)!r}{_suggest(p.stem, names)}; give a path to a grid "
+        f"TOML file or one of the packaged grids: {', '.join(names)}"
+    )
+
+
 def load_grid(path: str | Path) -> Grid:
-    """Read and expand a grid TOML file (clear errors for a missing or invalid file)."""
-    p = Path(path)
+    """Read and expand a grid TOML file, given by path or packaged name (clear errors for a
+    missing or invalid file)."""
+    p = resolve_grid_path(path)
     raw = read_toml(p, "grid file")
     grid = expand_grid(raw, name=p.stem, base=p.resolve().parent)
     grid.path = p

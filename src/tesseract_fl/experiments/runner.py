@@ -43,7 +43,10 @@ from tesseract_fl.simulation.schedules import make_schedule
 from tesseract_fl.tuning import tune_cpu
 from tesseract_fl.validation import finite_or_none
 
-DEFAULT_STORE = Path("results") / "store.sqlite"
+#: Where runs go unless ``--store`` says otherwise: a git-ignored folder of the working
+#: directory, so that trying things in a clone never changes the committed results store
+#: (``results/store.sqlite``, written only when asked for by ``--store``).
+DEFAULT_STORE = Path("runs") / "store.sqlite"
 #: Seed of the test subset (``test_subset``): the same samples for every run.
 _TEST_SUBSET_SEED = 20_240_601
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tesseract_fl.errors import StoreError
-from tesseract_fl.experiments.grid import Grid
+from tesseract_fl.experiments.grid import Grid, packaged_grids_dir
 from tesseract_fl.experiments.store import ResultsStore
 from tesseract_fl.report.figures import FigureResult, write_figures
 from tesseract_fl.report.labels import attack_label, dataset_label, defense_label
@@ -70,9 +70,18 @@ def _display(path: Path | str) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
+def _grid_ref(grid: Grid) -> str:
+    """How a command names a grid: a packaged grid by its name, another by its path."""
+    if grid.path is None:
+        return grid.name
+    if grid.path.resolve().parent == packaged_grids_dir().resolve():
+        return grid.path.stem
+    return _display(grid.path)
+
+
 def fill_command(grid: Grid, store: Path) -> str:
     """The command that runs a grid's missing runs into ``store``."""
-    return f"tesseract-fl grid {_display(grid.path or grid.name)} --store {_display(store)}"
+    return f"tesseract-fl grid {_grid_ref(grid)} --store {_display(store)}"
 
 
 def table_coverage(table: Table) -> Coverage:
@@ -129,7 +138,7 @@ def settings_summary(runs: Iterable[GridRun]) -> str:
 
 # -- markdown sections ------------------------------------------------------------------------
 def _intro(paper: PaperValues, store: Path, grids: Sequence[Grid]) -> list[str]:
-    grid_list = ", ".join(f"`{_display(g.path or g.name)}` ({len(g.runs)} runs)" for g in grids)
+    grid_list = ", ".join(f"`{_grid_ref(g)}` ({len(g.runs)} runs)" for g in grids)
     return [
         "# tesseract-fl report: reproduction of the TESSERACT paper",
         "",
@@ -254,7 +263,7 @@ def _fill_md(grids: Sequence[Grid], reader: RunReader, store: Path) -> list[str]
         ]
     unused = [g for g in grids if not _reads(g)]
     if unused:
-        names = ", ".join(f"`{_display(g.path or g.name)}`" for g in unused)
+        names = ", ".join(f"`{_grid_ref(g)}`" for g in unused)
         prefixes = ", ".join(ARTEFACT_PREFIXES)
         lines += [
             f"Grids that are not the paper's (names not starting with {prefixes}) are shown as "
@@ -312,7 +321,8 @@ def _open_store(store: ResultsStore | str | Path) -> tuple[ResultsStore, bool]:
     if not path.is_file():
         raise StoreError(
             f"results store {str(path)!r} does not exist; run a grid first "
-            "(e.g. `tesseract-fl grid experiments/table2-quick.toml`) or pass --store"
+            "(e.g. `tesseract-fl grid table2-quick`) or pass --store (the paper-scale results of "
+            "a clone: --store results/store.sqlite)"
         )
     return ResultsStore(path, readonly=True), True
 
