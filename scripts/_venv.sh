@@ -12,7 +12,7 @@ fi
 # Reinstall also when the environment's tesseract_fl is another checkout's (an editable install
 # made elsewhere), so the tests always import this tree's src/.
 here_src="$(pwd -P)/src"
-if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff, flwr' 2>/dev/null \
+if ! .venv/bin/python -c 'import tesseract_fl, pytest, hypothesis, ruff, flwr, mkdocs, mkdocstrings, build' 2>/dev/null \
     || [ pyproject.toml -nt .venv/.installed ] \
     || ! .venv/bin/python -c 'import pathlib, sys, tesseract_fl
 sys.exit(pathlib.Path(tesseract_fl.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]))' \

@@ -1,0 +1,256 @@
+"""MkDocs hook: the reference pages generated from the code, so nothing is written twice.
+
+Generated at build time (never committed): one page per registered defense and attack (its
+module's formula and citation through mkdocstrings, its parameters from the registry, its
+hostile-input behaviour from the defense's declared flags, a runnable snippet), the configuration
+reference (``ExperimentConfig``'s fields and the registered names) and the CLI reference (each
+subcommand's ``--help``). ``tests/test_docs_site.py`` runs every generated snippet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+#: Clients, assumed-malicious count and gradient length of the snippets (small, so they run in
+#: the test suite in milliseconds; Bulyan needs m >= 4 c_max + 3).
+M, C, P = 12, 2, 1000
+
+
+def _fence(code: str, lang: str = "python") -> str:
+    return f"```{lang}\n{code.rstrip()}\n```\n"
+
+
+def defense_snippet(name: str) -> str:
+    """Python that builds defense ``name`` and aggregates a round with two flipped clients."""
+    from tesseract_fl.aggregators import make_aggregator
+
+    agg = make_aggregator(name, num_clients=M, c_max=C)
+    ctx = ""
+    if getattr(agg, "needs_root_gradient", False):
+        ctx = (
+            "\n# FLTrust scores every client against the server's own gradient on its root set:\n"
+            "ctx = AggregationContext(root_gradient=G[C:].mean(0))\n"
+        )
+    call = "defense.aggregate(G, ctx=ctx)" if ctx else "defense.aggregate(G)"
+    imports = "from tesseract_fl.aggregators import make_aggregator\n"
+    if ctx:
+        imports += "from tesseract_fl.aggregators.base import AggregationContext\n"
+    return (
+        f"import torch\n\n{imports}\n"
+        f"M, C, P = {M}, {C}, {P}  # clients, assumed malicious, gradient length\n"
+        "G = torch.randn(M, P, generator=torch.Generator().manual_seed(0))\n"
+        "G[:C] *= -4  # two clients send flipped, scaled gradients\n"
+        f'defense = make_aggregator("{name}", num_clients=M, c_max=C)\n'
+        f"{ctx}"
+        f"result = {call}\n"
+        "print(result.update.shape, result.weights.round(decimals=3))\n"
+        "assert result.update.shape == (P,) and torch.isfinite(result.update).all()\n"
+    )
+
+
+def attack_snippet(name: str) -> str:
+    """Python that builds attack ``name`` and applies it to one round's gradients or labels."""
+    from tesseract_fl.attacks import NEEDS_DEFENSE_STATE, is_data_attack, make_attack
+
+    head = (
+        "import torch\n\nfrom tesseract_fl.attacks import make_attack\n"
+        "from tesseract_fl.attacks.base import AttackContext\n\n"
+    )
+    if is_data_attack(make_attack(name)):
+        return (
+            "import torch\n\nfrom tesseract_fl.attacks import make_attack\n\n"
+            f'attack = make_attack("{name}")\n'
+            "y = torch.arange(10)  # a malicious client's labels\n"
+            "print(attack.poison_labels(y, num_classes=10))\n"
+        )
+    defense = ""
+    if name in NEEDS_DEFENSE_STATE:
+        head += "from tesseract_fl.aggregators import make_aggregator\n"
+        head += "from tesseract_fl.attacks.base import DefenseView\n\n"
+        defense = (
+            "# Adaptive attacks read the defense's public state (TESSERACT's cut-offs):\n"
+            'tesseract = make_aggregator("tesseract", num_clients=M, c_max=C)\n'
+            "view = DefenseView(tesseract)\n"
+        )
+    return (
+        f"{head}"
+        f"M, C, P = {M}, {C}, {P}\n"
+        "G = torch.randn(M, P, generator=torch.Generator().manual_seed(0))  # honest gradients\n"
+        "malicious = torch.zeros(M, dtype=torch.bool)\n"
+        "malicious[:C] = True\n"
+        f"{defense}"
+        f'attack = make_attack("{name}")\n'
+        "ctx = AttackContext(\n"
+        "    malicious=malicious, c_max=C, generator=torch.Generator().manual_seed(1)"
+        + (", defense=view" if defense else "")
+        + "\n)\n"
+        "poison = attack.poison(G, ctx)\n"
+        "G[malicious] = poison.rows  # what the server receives\n"
+        "print(poison.rows.shape, poison.record)\n"
+    )
+
+
+def _params_table(params: dict[str, Any]) -> str:
+    if not params:
+        return "No parameters.\n"
+    rows = ["| parameter | default |", "|---|---|"]
+    rows += [f"| `{k}` | `{v!r}` |" for k, v in params.items()]
+    return "\n".join(rows) + "\n"
+
+
+def _hostile_md(cls: type) -> str:
+    """What the shared hostile-input policy does around this defense (docs/reliability.md)."""
+    lines = [
+        "Applied by the `Defense` base around the rule, as for every defense: rows with a NaN or "
+        "an infinity are excluded (weight 0, listed in `diagnostics.excluded`), the rule sees "
+        "the finite rows only with `c_max` reduced to what they can hold "
+        "(`diagnostics.c_max_effective`), and client ids must be distinct and in range.",
+    ]
+    if getattr(cls, "runs_without_finite_rows", False):
+        lines.append(
+            "When every row is excluded the rule still runs, so its state (reputations, "
+            "history) advances for the round."
+        )
+    else:
+        lines.append("When every row is excluded the update is zero.")
+    if getattr(cls, "needs_root_gradient", False):
+        lines.append(
+            "It needs `ctx.root_gradient`: a missing or non-finite root gradient is an error."
+        )
+    from tesseract_fl.aggregators.base import Defense
+
+    if getattr(cls, "state_dict", None) not in (None, getattr(Defense, "state_dict", None)):
+        lines.append(
+            "Its state (`state_dict` / `load_state_dict`) is saved in every checkpoint, so a "
+            "resumed run continues with the same state."
+        )
+    else:
+        lines.append("It keeps no state between rounds.")
+    return " ".join(lines) + "\n"
+
+
+def component_page(info: Any) -> str:
+    """The page of one registered defense or attack."""
+    obj = info.obj
+    module = getattr(obj, "__module__", "")
+    qual = f"{module}.{getattr(obj, '__qualname__', '')}"
+    snippet = defense_snippet(info.name) if info.kind == "defense" else attack_snippet(info.name)
+    parts = [
+        f"# `{info.name}`\n",
+        f"{info.description}\n",
+        f'Config: `{info.kind} = "{info.name}"`, parameters under `[{info.kind}]`. '
+        f"Class `{qual}`.\n",
+        "## Formula and source\n",
+        f"::: {module}\n    options:\n      members: false\n      show_root_heading: false\n",
+        "## Parameters\n",
+        _params_table(info.params),
+        f"::: {qual}\n    options:\n      show_root_heading: true\n      members: false\n"
+        "      merge_init_into_class: true\n      show_source: false\n",
+    ]
+    if info.kind == "defense":
+        parts += ["## Hostile input\n", _hostile_md(obj)]
+    parts += ["## Try it\n", _fence(snippet)]
+    return "\n".join(parts)
+
+
+def _index(kind: str, infos: list[Any]) -> str:
+    title = {"defense": "Defenses", "attack": "Attacks"}[kind]
+    rows = [f"# {title}\n", "| name | what it is |", "|---|---|"]
+    rows += [f"| [`{i.name}`]({i.name}.md) | {i.description} |" for i in infos]
+    extra = ""
+    if kind == "defense":
+        extra = (
+            "\nPre-aggregators compose with any rule by name: `clip+RULE` (median-norm clip), "
+            "`nnm+RULE` (nearest-neighbour mixing) and `bucketing+RULE`; e.g. "
+            '`defense = "nnm+median"`. See [Concepts](../concepts.md).\n'
+        )
+    return "\n".join(rows) + "\n" + extra
+
+
+def config_page() -> str:
+    """Every config key (from ``ExperimentConfig``) and every registered name."""
+    from tesseract_fl.experiments.config import (
+        AGGREGATE_ONLY,
+        BACKEND_CHOICES,
+        DEVICES,
+        PARTITIONS,
+        list_presets,
+    )
+    from tesseract_fl.plugins import registries
+
+    names = {kind: sorted(reg.infos) for kind, reg in registries().items()}
+    choices = {
+        "dataset": names["dataset"],
+        "model": names["model"],
+        "defense": names["defense"],
+        "attack": ["none", *names["attack"]],
+        "partition": list(PARTITIONS),
+        "aggregate_only": list(AGGREGATE_ONLY),
+        "device": list(DEVICES),
+        "backend": list(BACKEND_CHOICES),
+    }
+    rows = ["| key | allowed values |", "|---|---|"]
+    rows += [f"| `{k}` | {', '.join(f'`{v}`' for v in vs)} |" for k, vs in choices.items()]
+    return "\n".join(
+        [
+            "# Configuration reference\n",
+            "A config is flat keys in a TOML file (`run --config FILE`), a preset "
+            "(`run --preset NAME`) or `--set key=value` overrides, in that order; a defense's or "
+            "an attack's parameters go under `[defense]` / `[attack]`. Unknown keys and values "
+            "are errors that name the key and the allowed values. `tesseract-fl presets NAME` "
+            "prints a preset as a file `--config` reads back.\n",
+            "## Names\n",
+            "\n".join(rows) + "\n",
+            f"Presets: {', '.join(f'`{p}`' for p in list_presets())}.\n",
+            "## Keys\n",
+            "Defaults are the paper's MNIST setting (Table 1).\n",
+            "::: tesseract_fl.experiments.config.ExperimentConfig\n    options:\n"
+            "      show_root_heading: false\n      members: false\n"
+            "      show_source: true\n",
+        ]
+    )
+
+
+def cli_page() -> str:
+    """``--help`` of ``tesseract-fl`` and of each subcommand, at 80 columns."""
+    import os
+
+    from tesseract_fl.cli import build_parser
+
+    os.environ["COLUMNS"] = "80"
+    parser = build_parser()
+    parts = ["# CLI reference\n", _fence(parser.format_help(), "text")]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        parts += [f"## `tesseract-fl {name}`\n", _fence(p.format_help(), "text")]
+    return "\n".join(parts)
+
+
+def generated_pages() -> dict[str, str]:
+    """Path under docs/ -> Markdown of every generated page."""
+    from tesseract_fl.plugins import registries
+
+    regs = registries()
+    pages: dict[str, str] = {
+        "reference/config.md": config_page(),
+        "reference/cli.md": cli_page(),
+    }
+    for kind, folder in (("defense", "defenses"), ("attack", "attacks")):
+        infos = [regs[kind].infos[n] for n in sorted(regs[kind].infos)]
+        pages[f"{folder}/index.md"] = _index(kind, infos)
+        for info in infos:
+            pages[f"{folder}/{info.name}.md"] = component_page(info)
+    return pages
+
+
+def on_files(files: Files, config: Any) -> Files:
+    for path, text in generated_pages().items():
+        files.append(File.generated(config, path, content=textwrap.dedent(text)))
+    return files
+
+
+__all__ = ["attack_snippet", "defense_snippet", "generated_pages"]
