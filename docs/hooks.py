@@ -209,8 +209,10 @@ def config_page() -> str:
             "## Keys\n",
             "Defaults are the paper's MNIST setting (Table 1).\n",
             "::: tesseract_fl.experiments.config.ExperimentConfig\n    options:\n"
-            "      show_root_heading: false\n      members: false\n"
-            "      show_source: true\n",
+            "      show_root_heading: false\n      show_source: false\n"
+            "      members_order: source\n      filters: ['!^_', '!resolved_c_max', '!run_id', "
+            "'!to_dict', '!from_dict']\n      show_attribute_values: true\n"
+            "      summary: false\n",
         ]
     )
 

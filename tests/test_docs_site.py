@@ -40,9 +40,20 @@ def _hooks() -> ModuleType:
 
 
 def _run(code: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a snippet in ``tmp_path``; what it registers (a plugin page's defense) is removed
+    again, so that the other tests see the registries as they were."""
+    from tesseract_fl.plugins import registries
+
     monkeypatch.chdir(tmp_path)  # a snippet that writes files writes them here
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(code, where, "exec"), {"__name__": "__snippet__"})
+    before = {kind: set(reg.infos) for kind, reg in registries().items()}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code, where, "exec"), {"__name__": "__snippet__"})
+    finally:
+        for kind, reg in registries().items():
+            for name in set(reg.infos) - before[kind]:
+                reg.pop(name, None)
+                reg.infos.pop(name, None)
 
 
 @pytest.mark.parametrize(("where", "code"), _blocks("python"), ids=lambda v: str(v)[:40])

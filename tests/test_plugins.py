@@ -285,12 +285,12 @@ def test_flower_strategy_builds_a_plugin_defense_by_name(example_plugin_free: No
 
 
 def test_readme_plugin_skeleton_runs(tmp_path: Path, tiny_data_dir: Path) -> None:
-    """The README's "Extend tesseract-fl" code, as written there, registers a defense that runs
+    """The "Extend tesseract-fl" page's code, as written there, registers a defense that runs
     (a name attribute is filled in from the registered name)."""
     import re
 
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Extend tesseract-fl") :]
+    text = (ROOT / "docs" / "extending.md").read_text()
+    section = text[text.index("# Extend tesseract-fl") :]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     path = tmp_path / "readme_plugin.py"

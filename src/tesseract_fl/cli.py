@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prepare: never use the network; say what to place where instead",
     )
-    pr = sub.add_parser("presets", help="list presets or show one as TOML-like keys")
+    pr = sub.add_parser(
+        "presets", help="list presets, or print one as a TOML config file (run --config reads it)"
+    )
     pr.add_argument("name", nargs="?")
     _add_plugin_arg(pr)
     sh = sub.add_parser("show", help="list runs in a store, or one run's metrics")

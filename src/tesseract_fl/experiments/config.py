@@ -31,37 +31,69 @@ class ExperimentConfig:
     """One experiment. Defaults are the paper's MNIST setting (Table 1)."""
 
     name: str = "experiment"
+    """A label for the run (shown by ``show``; not part of the run id)."""
     dataset: str = "mnist"
+    """A registered dataset (Configuration reference, "Names")."""
     model: str = "mnist_cnn"
+    """A registered model: ``mnist_cnn`` is the paper's 266,060-parameter DNN,
+    ``mnist_cnn_padded`` the authors' code's 506,060-parameter variant."""
     partition: str = "bias"
+    """How samples are split over clients: ``bias`` (Fang et al.), ``iid``, ``sequential``,
+    ``dirichlet`` or ``writers`` (FEMNIST)."""
     bias: float = 0.5
+    """``bias`` partition: the probability that a sample goes to its label's client group."""
     alpha: float = 0.5
+    """``dirichlet`` partition: the concentration."""
     clients: int = 100
+    """``m``, the number of clients."""
     malicious: int = 20
+    """``c``, the number of malicious clients (drawn by a seeded shuffle)."""
     c_max: int | None = None
+    """Clients the server assumes malicious; unset means ``malicious`` (paper: c_max = c)."""
     rounds: int = 500
+    """Global model updates."""
     batch_size: int = 32
+    """Samples per client gradient."""
     lr: float = 0.01
+    """The server's learning rate."""
     lr_schedule: str = "constant"
-    # Training-time augmentation of the clients' batches ("crop_flip": CIFAR-10's standard one).
+    """``constant``, or ``cifar`` (warm-up to ``lr`` at a quarter of the rounds, then a
+    Gaussian decay)."""
     augment: str = "none"
+    """Training-time augmentation of the clients' batches: ``none``, or ``crop_flip`` (CIFAR-10's
+    standard random crop of the 4-pixel padded image and horizontal flip)."""
     defense: str = "tesseract"
+    """A registered defense, or pre-aggregators before it (``clip+tesseract``, ``nnm+median``)."""
     defense_params: dict[str, Any] = field(default_factory=dict)
+    """The defense's parameters: the ``[defense]`` table or ``--set defense.KEY=VALUE``."""
     attack: str = "none"
+    """A registered attack, or ``none``."""
     attack_params: dict[str, Any] = field(default_factory=dict)
+    """The attack's parameters: the ``[attack]`` table or ``--set attack.KEY=VALUE``."""
     malicious_ids: list[int] | None = None
+    """Explicit attackers (default: the seeded choice, stored with the run)."""
     aggregate_only: str = "all"
+    """``all``, ``benign`` or ``malicious``: the update from one group only (paper Figure 2)."""
     seed: int = 0
+    """Seeds the partition, the attackers, the model and every random draw of the run."""
     eval_every: int = 10
-    # Evaluate on a fixed random subset of this many test samples (0: the whole test set).
+    """Test-set evaluation interval in rounds (the final round is always evaluated)."""
     test_subset: int = 0
+    """Evaluate on a fixed random subset of this many test samples (0: the whole test set)."""
     record_every: int = 10
+    """Interval of the per-client records (flip-score, reputation, weight) in the store."""
     device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     backend: str = "auto"
+    """Gradient backend: ``auto`` (threads on CPU, vmap on CUDA), ``threads``, ``loop``,
+    ``vmap``; all give the same gradients."""
     vmap_chunk: int = 10
+    """Clients per vmap call (the ``vmap`` backend)."""
     data_dir: str | None = None
-    # Save a resumable checkpoint every this many rounds (0: never); not part of the run id.
+    """Dataset folder; default ``$TESSERACT_FL_DATA`` or ``~/.cache/tesseract-fl`` (not part of
+    the run id)."""
     checkpoint_every: int = 25
+    """Save a resumable checkpoint every this many rounds (0: never; not part of the run id)."""
 
     @property
     def resolved_c_max(self) -> int:
