@@ -3,7 +3,7 @@ NaN/Inf/zero/huge/duplicate rows, dropouts, ``stack_updates``, and fuzzing of th
 the grid expander and the IDX reader.
 
 The policy under test is documented in ``aggregators/base.py`` (``split_finite``) and in the
-README section "Hostile input policy".
+reliability page of the docs (docs/reliability.md, "Hostile input policy").
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""tesseract-fl on Flower: the example ServerApp and ClientApp (README "Deploy with Flower")."""
+"""tesseract-fl on Flower: the example ServerApp and ClientApp (docs/flower.md)."""

@@ -1,6 +1,6 @@
 """A Flower federation on this machine, as real processes: one SuperLink and N SuperNodes.
 
-What the deployment test and the benchmark use; the README's "Deploy with Flower" gives the same
+What the deployment test and the benchmark use; docs/flower.md gives the same
 steps as shell commands. :class:`LocalFederation` starts ``flower-superlink`` (optionally in
 simulation mode, where ``flwr run`` uses the Ray simulation engine) and ``flower-supernode``
 processes on free localhost ports, with TLS by default (certificates from

@@ -270,7 +270,7 @@ class FedSGDSimulation:
 
         A wrong shape is a bug in the attack (:class:`UpdateError`); NaN/Inf values are not: a
         malicious client may send them, and the aggregators exclude such rows (hostile-row
-        policy, README). The round still fails if the aggregated update is not finite.
+        policy, docs/reliability.md). The round still fails if the aggregated update is not finite.
         """
         ctx = AttackContext(
             malicious=self.malicious.clone(),
