@@ -157,6 +157,39 @@ def component_page(info: Any) -> str:
     return "\n".join(parts)
 
 
+def pre_snippet(name: str) -> str:
+    """Python that puts pre-aggregator ``name`` before the coordinate-wise median."""
+    return defense_snippet(f"{name}+median")
+
+
+def pre_page(name: str, cls: type) -> str:
+    """The page of one pre-aggregator (``NAME+RULE``)."""
+    from tesseract_fl.plugins.registry import constructor_defaults
+
+    params = {k: v for k, v in constructor_defaults(cls).items() if k != "c_max"}
+    return "\n".join(
+        [
+            f"# `{name}+RULE` (pre-aggregator)\n",
+            f'Config: `defense = "{name}+RULE"` (e.g. `{name}+median`, `{name}+tesseract`); '
+            f"its parameters under `[defense]` as `{name}.KEY`. Class "
+            f"`{cls.__module__}.{cls.__qualname__}`.\n",
+            "## Formula and source\n",
+            f"::: {cls.__module__}\n    options:\n      members: false\n"
+            "      show_root_heading: false\n",
+            "## Parameters\n",
+            _params_table(params),
+            "## Hostile input\n",
+            "The pre-aggregator receives the whole matrix, rows holding a NaN or an infinity "
+            "included, and handles them as its module docstring above says; the rule behind "
+            "it then excludes every non-finite row it receives under the shared policy, and "
+            "the weights are reported per client. The hostile-input tests run it in front of a rule under NaN, infinite, "
+            "huge and duplicate rows.\n",
+            "## Try it\n",
+            _fence(pre_snippet(name)),
+        ]
+    )
+
+
 def _index(kind: str, infos: list[Any]) -> str:
     title = {"defense": "Defenses", "attack": "Attacks"}[kind]
     rows = [f"# {title}\n", "| name | what it is |", "|---|---|"]
@@ -164,9 +197,12 @@ def _index(kind: str, infos: list[Any]) -> str:
     extra = ""
     if kind == "defense":
         extra = (
-            "\nPre-aggregators compose with any rule by name: `clip+RULE` (median-norm clip), "
-            "`nnm+RULE` (nearest-neighbour mixing) and `bucketing+RULE`; e.g. "
-            '`defense = "nnm+median"`. See [Concepts](../concepts.md).\n'
+            '\nPre-aggregators compose with any rule by name (`defense = "nnm+median"`):\n\n'
+            "| name | what it is |\n|---|---|\n"
+            + "".join(
+                f"| [`{n}+RULE`](pre-{n}.md) | {_first_doc_line(c)} |\n"
+                for n, c in sorted(_pre_aggregators().items())
+            )
         )
     return "\n".join(rows) + "\n" + extra
 
@@ -246,7 +282,19 @@ def generated_pages() -> dict[str, str]:
         pages[f"{folder}/index.md"] = _index(kind, infos)
         for info in infos:
             pages[f"{folder}/{info.name}.md"] = component_page(info)
+    for name, cls in _pre_aggregators().items():
+        pages[f"defenses/pre-{name}.md"] = pre_page(name, cls)
     return pages
+
+
+def _pre_aggregators() -> dict[str, type]:
+    from tesseract_fl.preaggregators import PRE_AGGREGATORS
+
+    return dict(PRE_AGGREGATORS)
+
+
+def _first_doc_line(obj: Any) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if (obj.__doc__ or "").strip() else ""
 
 
 def on_files(files: Files, config: Any) -> Files:
@@ -255,4 +303,4 @@ def on_files(files: Files, config: Any) -> Files:
     return files
 
 
-__all__ = ["attack_snippet", "defense_snippet", "generated_pages"]
+__all__ = ["attack_snippet", "defense_snippet", "generated_pages", "pre_snippet"]

@@ -85,6 +85,12 @@ def test_generated_pages_cover_every_component_and_their_snippets_run(
             assert f"::: {regs[kind].infos[name].obj.__module__}" in page
             (snippet,) = [code for lang, code in FENCE.findall(page) if lang == "python"]
             _run(snippet, f"{folder}/{name}.md", tmp_path, monkeypatch)
+    from tesseract_fl.preaggregators import PRE_AGGREGATORS
+
+    for name in PRE_AGGREGATORS:
+        page = pages[f"defenses/pre-{name}.md"]
+        (snippet,) = [code for lang, code in FENCE.findall(page) if lang == "python"]
+        _run(snippet, f"defenses/pre-{name}.md", tmp_path, monkeypatch)
     keys = pages["reference/config.md"]
     assert "ExperimentConfig" in keys and "`tesseract`" in keys and "`full_trim`" in keys
     assert "tesseract-fl grid" in pages["reference/cli.md"]
