@@ -182,8 +182,8 @@ def pre_page(name: str, cls: type) -> str:
             "The pre-aggregator receives the whole matrix, rows holding a NaN or an infinity "
             "included, and handles them as its module docstring above says; the rule behind "
             "it then excludes every non-finite row it receives under the shared policy, and "
-            "the weights are reported per client. The hostile-input tests run it in front of a rule under NaN, infinite, "
-            "huge and duplicate rows.\n",
+            "the weights are reported per client. The hostile-input tests run it in front of "
+            "a rule under NaN, infinite, huge and duplicate rows.\n",
             "## Try it\n",
             _fence(pre_snippet(name)),
         ]
