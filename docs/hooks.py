@@ -15,6 +15,8 @@ from typing import Any
 
 from mkdocs.structure.files import File, Files
 
+from tesseract_fl.plugins.registry import _first_line
+
 #: Clients, assumed-malicious count and gradient length of the snippets (small, so they run in
 #: the test suite in milliseconds; Bulyan needs m >= 4 c_max + 3).
 M, C, P = 12, 2, 1000
@@ -200,7 +202,7 @@ def _index(kind: str, infos: list[Any]) -> str:
             '\nPre-aggregators compose with any rule by name (`defense = "nnm+median"`):\n\n'
             "| name | what it is |\n|---|---|\n"
             + "".join(
-                f"| [`{n}+RULE`](pre-{n}.md) | {_first_doc_line(c)} |\n"
+                f"| [`{n}+RULE`](pre-{n}.md) | {_first_line(c)} |\n"
                 for n, c in sorted(_pre_aggregators().items())
             )
         )
@@ -292,9 +294,6 @@ def _pre_aggregators() -> dict[str, type]:
 
     return dict(PRE_AGGREGATORS)
 
-
-def _first_doc_line(obj: Any) -> str:
-    return (obj.__doc__ or "").strip().splitlines()[0] if (obj.__doc__ or "").strip() else ""
 
 
 def on_files(files: Files, config: Any) -> Files:
