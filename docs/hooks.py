@@ -56,12 +56,24 @@ def defense_snippet(name: str) -> str:
 
 def attack_snippet(name: str) -> str:
     """Python that builds attack ``name`` and applies it to one round's gradients or labels."""
-    from tesseract_fl.attacks import NEEDS_DEFENSE_STATE, is_data_attack, make_attack
+    from tesseract_fl.attacks import NEEDS_DEFENSE_STATE, is_backdoor, is_data_attack, make_attack
 
     head = (
         "import torch\n\nfrom tesseract_fl.attacks import make_attack\n"
         "from tesseract_fl.attacks.base import AttackContext\n\n"
     )
+    if is_backdoor(make_attack(name)):
+        return (
+            "import torch\n\nfrom tesseract_fl.attacks import make_attack\n\n"
+            f'attack = make_attack("{name}")\n'
+            "# two malicious clients' batches of 8 images [c, B, C, H, W] and their labels\n"
+            "x = torch.zeros(2, 8, 1, 28, 28)\n"
+            "y = torch.ones(2, 8, dtype=torch.long)\n"
+            "px, py = attack.poison_batch(x, y, high=1.0)  # high: the trigger's pixel value\n"
+            "print(py[0].tolist(), int(px[0, 0].sum()))  # relabelled samples, trigger pixels\n"
+            "# the attack success rate stamps the global trigger on test images:\n"
+            "print(int(attack.stamp_global(x[0], high=1.0)[0].sum()))\n"
+        )
     if is_data_attack(make_attack(name)):
         return (
             "import torch\n\nfrom tesseract_fl.attacks import make_attack\n\n"
@@ -293,7 +305,6 @@ def _pre_aggregators() -> dict[str, type]:
     from tesseract_fl.preaggregators import PRE_AGGREGATORS
 
     return dict(PRE_AGGREGATORS)
-
 
 
 def on_files(files: Files, config: Any) -> Files:

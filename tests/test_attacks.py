@@ -325,8 +325,8 @@ def test_registry_builds_every_attack_and_rejects_bad_parameters() -> None:
     for name in ATTACKS:
         attack = make_attack(name)
         assert attack.name == name
-        assert callable(getattr(attack, "poison", None)) or callable(
-            getattr(attack, "poison_labels", None)
+        assert any(
+            callable(getattr(attack, m, None)) for m in ("poison", "poison_labels", "poison_batch")
         )
     with pytest.raises(ConfigError, match="allowed"):
         make_attack("full_trimm")

@@ -63,13 +63,17 @@ def max_c(name: str, m: int) -> int:
         "nnm+median": m - 1,
         "dnc": m - 1,
         "bucketing+median": 0,
+        "monna": m - 1,
+        "caf": (m - 1) // 2,
     }[name]
 
 
 def c_effective(name: str, c: int, m_finite: int) -> int:
     """The documented reduction of c_max to the finite row count."""
-    if name in ("trimmed_mean", "faba", "meamed"):
+    if name in ("trimmed_mean", "faba", "meamed", "caf"):
         return min(c, (m_finite - 1) // 2)
+    if name == "monna":
+        return min(c, m_finite - 1)
     if name == "bulyan":
         return min(c, (m_finite - 1) // 4)
     if name == "krum":
@@ -127,6 +131,8 @@ AGGREGATOR_NAMES = [
     "nnm+median",
     "dnc",
     "bucketing+median",
+    "monna",
+    "caf",
 ]
 
 

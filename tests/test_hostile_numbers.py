@@ -431,6 +431,8 @@ NAMES = [
     "nnm+median",
     "dnc",
     "bucketing+median",
+    "monna",
+    "caf",
 ]
 DTYPES = [torch.float16, torch.float32, torch.float64]
 WIDTH = {torch.float16: 16, torch.float32: 32, torch.float64: 64}
@@ -447,6 +449,8 @@ def max_c(name: str, m: int) -> int:
         "nnm+median": m - 1,
         "dnc": m - 1,
         "bucketing+median": 0,
+        "monna": m - 1,
+        "caf": (m - 1) // 2,
     }.get(name, 0)
 
 

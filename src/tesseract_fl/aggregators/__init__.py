@@ -21,6 +21,7 @@ from tesseract_fl.aggregators.base import (
     check_matrix,
 )
 from tesseract_fl.aggregators.bulyan import Bulyan, bulyan
+from tesseract_fl.aggregators.caf import CAF, caf
 from tesseract_fl.aggregators.centered_clipping import CenteredClipping
 from tesseract_fl.aggregators.composed import PreAggregated
 from tesseract_fl.aggregators.dnc import DnC
@@ -33,6 +34,7 @@ from tesseract_fl.aggregators.kernels.gram import pairwise_sq_distances
 from tesseract_fl.aggregators.krum import Krum, krum, krum_scores
 from tesseract_fl.aggregators.meamed import Meamed, meamed
 from tesseract_fl.aggregators.median import Median, median
+from tesseract_fl.aggregators.monna import MoNNA, monna
 from tesseract_fl.aggregators.tesseract import Tesseract, flip_scores, penalty_mask
 from tesseract_fl.aggregators.trimmed_mean import TrimmedMean, trimmed_mean
 from tesseract_fl.errors import ConfigError
@@ -42,6 +44,7 @@ from tesseract_fl.preaggregators import PRE_AGGREGATORS
 
 __all__ = [
     "AGGREGATORS",
+    "CAF",
     "FABA",
     "Aggregate",
     "AggregationContext",
@@ -58,12 +61,14 @@ __all__ = [
     "Krum",
     "Meamed",
     "Median",
+    "MoNNA",
     "PreAggregated",
     "Rows",
     "RuleResult",
     "Tesseract",
     "TrimmedMean",
     "bulyan",
+    "caf",
     "check_matrix",
     "faba",
     "fedsgd",
@@ -75,6 +80,7 @@ __all__ = [
     "make_aggregator",
     "meamed",
     "median",
+    "monna",
     "pairwise_sq_distances",
     "penalty_mask",
     "register_aggregator",
@@ -103,6 +109,8 @@ with origin(BUILTIN):
         CenteredClipping,
         Meamed,
         DnC,
+        MoNNA,
+        CAF,
     ):
         register_defense(_cls.name, _cls)
     del _cls

@@ -3,10 +3,12 @@
 Model poisoning (``poison(G_honest, ctx) -> Poison``): :class:`FullTrim`, :class:`FullKrum`,
 :class:`AdaptiveKrum`, :class:`AdaptiveTrim`. Data poisoning (``poison_labels``):
 :class:`LabelFlip`, :class:`TargetedLabelFlip`. Beyond the paper: :class:`ALIE`, :class:`IPM`,
-:class:`MinMax`, :class:`MinSum`, :class:`SignFlip`, :class:`GaussianNoise`. Functional API
+:class:`MinMax`, :class:`MinSum`, :class:`SignFlip`, :class:`GaussianNoise`, :class:`Mimic`.
+Backdoors (``poison_batch``, judged by attack success rate): :class:`BadNets`,
+:class:`ModelReplacement`, :class:`DBA`. Functional API
 (stable): :func:`full_trim`, :func:`full_krum`, :func:`adaptive_krum`, :func:`adaptive_trim`,
 :func:`alie`, :func:`ipm`, :func:`min_max`, :func:`min_sum`, :func:`sign_flip`,
-:func:`gaussian_noise`.
+:func:`gaussian_noise`, :func:`mimic`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from tesseract_fl.attacks.adaptive import (
     vector_flip_score,
 )
 from tesseract_fl.attacks.alie import ALIE, alie, alie_z_max
+from tesseract_fl.attacks.backdoor import (
+    DBA,
+    BackdoorAttack,
+    BadNets,
+    ModelReplacement,
+    attack_success_rate,
+)
 from tesseract_fl.attacks.base import (
     AttackContext,
     DataAttack,
@@ -36,6 +45,7 @@ from tesseract_fl.attacks.full_trim import FullTrim, full_trim
 from tesseract_fl.attacks.gaussian import GaussianNoise, gaussian_noise
 from tesseract_fl.attacks.ipm import IPM, ipm
 from tesseract_fl.attacks.label_flip import LabelFlip, TargetedLabelFlip, flip_labels, relabel
+from tesseract_fl.attacks.mimic import Mimic, mimic
 from tesseract_fl.attacks.min_max import MinMax, MinSum, min_max, min_sum
 from tesseract_fl.attacks.sign_flip import SignFlip, sign_flip
 from tesseract_fl.errors import ConfigError
@@ -45,19 +55,24 @@ from tesseract_fl.plugins.registry import BUILTIN, Registry, origin
 __all__ = [
     "ALIE",
     "ATTACKS",
+    "DBA",
     "IPM",
     "AdaptiveKrum",
     "AdaptiveTrim",
     "AttackContext",
+    "BackdoorAttack",
+    "BadNets",
     "DataAttack",
     "DefenseView",
     "FullKrum",
     "FullTrim",
     "GaussianNoise",
     "LabelFlip",
+    "Mimic",
     "MinMax",
     "MinSum",
     "ModelAttack",
+    "ModelReplacement",
     "Poison",
     "SignFlip",
     "TargetedLabelFlip",
@@ -65,6 +80,7 @@ __all__ = [
     "adaptive_trim",
     "alie",
     "alie_z_max",
+    "attack_success_rate",
     "dilute",
     "flip_labels",
     "full_krum",
@@ -72,10 +88,12 @@ __all__ = [
     "full_trim",
     "gaussian_noise",
     "ipm",
+    "is_backdoor",
     "is_data_attack",
     "lambda_upper_bound",
     "make_attack",
     "malicious_mask",
+    "mimic",
     "min_max",
     "min_sum",
     "register_attack",
@@ -103,6 +121,10 @@ with origin(BUILTIN):
         MinSum,
         SignFlip,
         GaussianNoise,
+        Mimic,
+        BadNets,
+        ModelReplacement,
+        DBA,
     ):
         _register(_cls.name, _cls)
     del _cls
@@ -120,6 +142,11 @@ def register_attack(name: str, cls: type, *, replace: bool = False) -> None:
 def is_data_attack(attack: Any) -> bool:
     """True for label-poisoning attacks (they act before the gradients are computed)."""
     return callable(getattr(attack, "poison_labels", None))
+
+
+def is_backdoor(attack: Any) -> bool:
+    """True for backdoor attacks (they poison batches; judged by attack success rate)."""
+    return callable(getattr(attack, "poison_batch", None))
 
 
 def make_attack(name: str, **params: Any) -> Any:

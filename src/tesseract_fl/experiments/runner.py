@@ -289,6 +289,7 @@ def _checkpoint_payload(
     loss: float | None,
     train_seconds: float,
     seconds: float,
+    attack_success: float | None = None,
 ) -> dict[str, Any]:
     """What :func:`run_experiment` saves after ``done`` rounds (format: checkpoints.py)."""
     return {
@@ -299,6 +300,7 @@ def _checkpoint_payload(
         "runner": {
             "acc": acc,
             "loss": loss,
+            "attack_success": attack_success,
             "train_seconds": train_seconds,
             "seconds": seconds,
         },
@@ -450,7 +452,8 @@ class RunSummary:
     did: ``diverged_at``); ``rounds_per_second``: rounds over the seconds spent in rounds (not
     evaluations); ``cached``: read from the store, not run; ``resumed_from``: the checkpoint's
     round it continued from; ``stale``: why a reused stored result's code differs
-    (``reuse_stale``); ``replaced_stale``: the id the outdated stored attempt was kept under.
+    (``reuse_stale``); ``replaced_stale``: the id the outdated stored attempt was kept under;
+    ``final_attack_success``: a backdoor's attack success rate at the last evaluation.
     """
 
     run_id: str
@@ -472,11 +475,13 @@ class RunSummary:
     diverged_at: int | None = None
     stale: str | None = None
     replaced_stale: str | None = None
+    final_attack_success: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object the store keeps (``stale``/``replaced_stale`` only when set)."""
+        """The JSON object the store keeps (``stale``, ``replaced_stale`` and
+        ``final_attack_success`` only when set)."""
         d = dataclasses.asdict(self)
-        for key in ("stale", "replaced_stale"):
+        for key in ("stale", "replaced_stale", "final_attack_success"):
             if d[key] is None:
                 del d[key]
         return d
@@ -497,6 +502,7 @@ class _RunState:
     resumed_from: int | None = None
     acc: float | None = None
     loss: float | None = None
+    asr: float | None = None
     train_seconds: float = 0.0
     seconds_before: float = 0.0
     diverged_at: int | None = None
@@ -530,6 +536,7 @@ def _start_or_resume(
             resumed_from=int(ckpt["round"]),
             acc=prev["acc"],
             loss=prev["loss"],
+            asr=prev.get("attack_success"),
             train_seconds=float(prev["train_seconds"]),
             seconds_before=float(prev["seconds"]),
         )
@@ -551,7 +558,9 @@ def _diverged(store: ResultsStore, run_id: str, sim: FedSGDSimulation, r: int) -
     metrics = RoundMetrics(
         lr=float(sim.lr_fn(r)), test_accuracy=ev.accuracy, test_loss=finite_or_none(ev.loss)
     )
-    store.write_round(run_id, r, metrics, class_accuracy=ev.class_accuracy)
+    store.write_round(
+        run_id, r, metrics, class_accuracy=ev.class_accuracy, attack_success=ev.attack_success
+    )
     return metrics
 
 
@@ -583,9 +592,10 @@ def _run_claimed(
             st.train_seconds += time.perf_counter() - t_round
             if (r + 1) % cfg.eval_every == 0 or last:
                 ev = sim.evaluate_model()
-                st.acc, st.loss = ev.accuracy, ev.loss
+                st.acc, st.loss, st.asr = ev.accuracy, ev.loss, ev.attack_success
                 res.test_accuracy, res.test_loss = ev.accuracy, ev.loss
                 res.class_accuracy = ev.class_accuracy
+                res.attack_success = ev.attack_success
             store.write_round(
                 run_id,
                 r,
@@ -595,11 +605,12 @@ def _run_claimed(
                 _client_rows(sim, res) if recording else [],
                 attack=res.attack,
                 class_accuracy=res.class_accuracy,
+                attack_success=res.attack_success,
             )
             if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and not last:
                 seconds = st.seconds_before + time.perf_counter() - t0
                 payload = _checkpoint_payload(
-                    cfg, sim, r + 1, st.acc, st.loss, st.train_seconds, seconds
+                    cfg, sim, r + 1, st.acc, st.loss, st.train_seconds, seconds, st.asr
                 )
                 _save_or_warn(ckpt_path, payload)
             if progress is not None:
@@ -636,4 +647,5 @@ def _summary(
         cached=False,
         resumed_from=st.resumed_from,
         diverged_at=st.diverged_at,
+        final_attack_success=st.asr,
     )

@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS owners (
     pid       INTEGER NOT NULL,
     heartbeat REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS eval_metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    round  INTEGER NOT NULL,
+    key    TEXT NOT NULL,
+    value  REAL,
+    PRIMARY KEY (run_id, round, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attack_records (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     round  INTEGER NOT NULL,
@@ -131,7 +138,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 #: Tables holding one run's per-round rows.
-ROUND_TABLES = ("metrics", "clients", "attack_records", "class_metrics")
+ROUND_TABLES = ("metrics", "clients", "attack_records", "class_metrics", "eval_metrics")
 
 
 def _real(v: Any) -> float | None:
@@ -326,9 +333,11 @@ class ResultsStore:
         clients: Iterable[ClientRow] = (),
         attack: dict[str, float] | None = None,
         class_accuracy: Sequence[float] = (),
+        attack_success: float | None = None,
     ) -> None:
         """One round's metrics, (optionally) per-client rows, what the attack did (e.g.
-        Full-Krum's ``lambda``) and the per-class test accuracy of an evaluation, atomically.
+        Full-Krum's ``lambda``), the per-class test accuracy of an evaluation and a backdoor's
+        attack success rate there, atomically.
         Refused (:class:`RunBusyError`) when another process has taken over a claimed run."""
         with self.transaction() as c:
             self._check_claim(c, run_id)
@@ -372,6 +381,12 @@ class ResultsStore:
                 "VALUES (?, ?, ?, ?)",
                 [(run_id, round_, k, _real(v)) for k, v in enumerate(class_accuracy)],
             )
+            if attack_success is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO eval_metrics (run_id, round, key, value) "
+                    "VALUES (?, ?, 'attack_success', ?)",
+                    (run_id, round_, _real(attack_success)),
+                )
             c.execute(
                 "UPDATE runs SET rounds_done = ?, updated_at = ? WHERE run_id = ?",
                 (round_ + 1, time.time(), run_id),
@@ -550,6 +565,20 @@ class ResultsStore:
         ):
             out.setdefault(int(rnd), []).append(acc)
         return out
+
+    def attack_success(self, run_id: str) -> dict[int, float | None]:
+        """A backdoor's attack success rate at each evaluated round: ``{round: rate}`` (empty
+        for other attacks and for stores written before it was recorded)."""
+        if not self.has_table("eval_metrics"):
+            return {}
+        return {
+            int(rnd): value
+            for rnd, value in self.conn.execute(
+                "SELECT round, value FROM eval_metrics WHERE run_id = ? AND key = "
+                "'attack_success' ORDER BY round",
+                (run_id,),
+            )
+        }
 
     def client_records(self, run_id: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(

@@ -32,7 +32,13 @@ import torch
 from flwr.app import ArrayRecord
 from torch import Tensor
 
-from tesseract_fl.attacks import NEEDS_DEFENSE_STATE, AttackContext, Poison, is_data_attack
+from tesseract_fl.attacks import (
+    NEEDS_DEFENSE_STATE,
+    AttackContext,
+    Poison,
+    is_backdoor,
+    is_data_attack,
+)
 from tesseract_fl.errors import ConfigError, UpdateError
 
 __all__ = ["LOCAL_ATTACKS", "ColludingAttackers", "model_fingerprint"]
@@ -70,6 +76,11 @@ class ColludingAttackers:
         seed: int,
     ) -> None:
         name = str(getattr(attack, "name", type(attack).__name__))
+        if is_backdoor(attack):
+            raise ConfigError(
+                f"backdoor attack {name!r} runs in the simulator only (tesseract-fl run); the "
+                "Flower apps do not stamp triggers or measure attack success"
+            )
         if is_data_attack(attack) or not callable(getattr(attack, "poison", None)):
             raise ConfigError(f"attack {name!r} is not a model-poisoning attack")
         if name in NEEDS_DEFENSE_STATE:

@@ -106,10 +106,12 @@ def _check_defense(name: str, obj: Any) -> None:
 def _check_attack(name: str, obj: Any) -> None:
     model = callable(getattr(obj, "poison", None))
     data = callable(getattr(obj, "poison_labels", None))
-    if not isinstance(obj, type) or not (model or data):
+    backdoor = callable(getattr(obj, "poison_batch", None))
+    if not isinstance(obj, type) or not (model or data or backdoor):
         raise PluginError(
             f"attack {name!r} must be a class with `poison(G_honest, ctx) -> Poison` (a model "
-            "attack) or `poison_labels(x, y, ctx)` (a data attack), see tesseract_fl.attacks; "
+            "attack), `poison_labels(y, num_classes)` (a data attack) or `poison_batch(x, y, "
+            "high)` with `stamp_global` and `target` (a backdoor), see tesseract_fl.attacks; "
             f"got {obj!r}"
         )
 

@@ -18,6 +18,10 @@ ATTACK_LABELS: dict[str, str] = {
     "min_sum": "Min-Sum",
     "sign_flip": "Sign flipping",
     "gaussian": "Gaussian",
+    "badnets": "BadNets",
+    "model_replacement": "Model replacement",
+    "dba": "DBA",
+    "mimic": "Mimic",
 }
 
 DEFENSE_LABELS: dict[str, str] = {
@@ -30,6 +34,12 @@ DEFENSE_LABELS: dict[str, str] = {
     "bulyan": "Bulyan",
     "trimmed_mean": "Trim",
     "median": "Median",
+    "geomed": "GeoMed",
+    "centered_clipping": "CClip",
+    "meamed": "Meamed",
+    "dnc": "DnC",
+    "monna": "MoNNA",
+    "caf": "CAF",
 }
 
 DATASET_LABELS: dict[str, str] = {

@@ -4,7 +4,9 @@ For a grid that is not one of the paper's tables or figures: one row per setting
 attack and any other axis of the grid), one column per defense, each cell the final test
 accuracy as mean ± sample std over the finished seeds with n; a diverged run counts with the
 accuracy measured where it diverged and is marked. No paper value is shown beside these cells:
-their settings are the user's. A heatmap of the means goes beside the table.
+their settings are the user's. A heatmap of the means goes beside the table. Settings under a
+backdoor attack get a second table and heatmap: the attack success rate at the last evaluation
+(lower is better for the defense), since a backdoor leaves accuracy nearly intact.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ class Cell:
     values: list[float] = field(default_factory=list)
     planned: int = 0
     diverged: int = 0
+    #: A backdoor's final attack success rates (empty for other attacks).
+    asr: list[float] = field(default_factory=list)
 
-    def text(self) -> str:
-        if not self.values:
+    def text(self, values: list[float] | None = None) -> str:
+        vals = self.values if values is None else values
+        if not vals:
             return f"missing (0 of {self.planned})"
-        mean = 100 * statistics.fmean(self.values)
-        n = len(self.values)
-        spread = f" ± {100 * statistics.stdev(self.values):.2f}" if n > 1 else ""
+        mean = 100 * statistics.fmean(vals)
+        n = len(vals)
+        spread = f" ± {100 * statistics.stdev(vals):.2f}" if n > 1 else ""
         mark = f" †{self.diverged}" if self.diverged else ""
         return f"{mean:.2f}{spread} (n={n}){mark}"
 
@@ -60,6 +65,12 @@ class RobustnessTable:
     @property
     def filled(self) -> int:
         return sum(1 for c in self.cells.values() if c.values)
+
+    def backdoor_settings(self) -> list[tuple[Any, ...]]:
+        """The settings where some finished run recorded an attack success rate."""
+        return [
+            s for s in self.settings if any(c.asr for (t, _), c in self.cells.items() if t == s)
+        ]
 
 
 def _value_label(axis: str, value: Any) -> str:
@@ -101,6 +112,9 @@ def build_robustness(reader: RunReader, grid: Grid) -> RobustnessTable:
         cell.values.append(acc)
         summary = (reader.run(spec.run_id) or {}).get("summary") or {}
         cell.diverged += summary.get("diverged_at") is not None
+        asr = summary.get("final_attack_success")
+        if isinstance(asr, int | float) and asr == asr:
+            cell.asr.append(float(asr))
     return RobustnessTable(grid, axes, settings, defenses, cells)
 
 
@@ -109,7 +123,18 @@ def write_robustness_csv(table: RobustnessTable, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow([*table.axes, "defense", "mean_accuracy", "std_accuracy", "n", "diverged"])
+        w.writerow(
+            [
+                *table.axes,
+                "defense",
+                "mean_accuracy",
+                "std_accuracy",
+                "n",
+                "diverged",
+                "mean_attack_success",
+                "std_attack_success",
+            ]
+        )
         for setting in table.settings:
             for d in table.defenses:
                 c = table.cells.get((setting, d))
@@ -117,33 +142,45 @@ def write_robustness_csv(table: RobustnessTable, path: Path) -> Path:
                     continue
                 mean = statistics.fmean(c.values) if c.values else ""
                 std = statistics.stdev(c.values) if len(c.values) > 1 else ""
-                w.writerow([*setting, d, mean, std, len(c.values), c.diverged])
+                asr = statistics.fmean(c.asr) if c.asr else ""
+                asr_std = statistics.stdev(c.asr) if len(c.asr) > 1 else ""
+                w.writerow([*setting, d, mean, std, len(c.values), c.diverged, asr, asr_std])
     return path
 
 
-def write_heatmap(table: RobustnessTable, path: Path) -> Path | None:
-    """Mean final accuracy per (setting, defense) as a heatmap; None when no cell is filled."""
-    if not table.filled:
+def write_heatmap(
+    table: RobustnessTable, path: Path, *, attack_success: bool = False
+) -> Path | None:
+    """Mean final accuracy (or, with ``attack_success``, a backdoor's final attack success rate
+    over the backdoor settings) per (setting, defense) as a heatmap; None when nothing is filled."""
+    settings = table.backdoor_settings() if attack_success else table.settings
+    if not table.filled or not settings:
         return None
+
+    def values(c: Cell) -> list[float]:
+        return c.asr if attack_success else c.values
+
     rows = [
-        ", ".join(_value_label(a, v) for a, v in zip(table.axes, s, strict=True))
-        for s in table.settings
+        ", ".join(_value_label(a, v) for a, v in zip(table.axes, s, strict=True)) for s in settings
     ]
     cols = [defense_label(d) for d in table.defenses]
     data = [
         [
-            100 * statistics.fmean(c.values)
-            if (c := table.cells.get((s, d))) and c.values
+            100 * statistics.fmean(values(c))
+            if (c := table.cells.get((s, d))) and values(c)
             else float("nan")
             for d in table.defenses
         ]
-        for s in table.settings
+        for s in settings
     ]
+    what = "attack success rate" if attack_success else "final test accuracy"
     with rc_context({"font.size": 9}):
         fig = Figure(figsize=(1.6 + 1.1 * len(cols), 1.2 + 0.45 * len(rows)), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        im = ax.imshow(data, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        # Bright is good for the defense in both maps: high accuracy, low attack success.
+        cmap = "viridis_r" if attack_success else "viridis"
+        im = ax.imshow(data, vmin=0, vmax=100, cmap=cmap, aspect="auto")
         ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
         ax.set_yticks(range(len(rows)), rows)
         for i, row in enumerate(data):
@@ -155,10 +192,10 @@ def write_heatmap(table: RobustnessTable, path: Path) -> Path | None:
                     text,
                     ha="center",
                     va="center",
-                    color="black" if v != v or v >= 60 else "white",
+                    color="black" if v != v or (v <= 40 if attack_success else v >= 60) else "w",
                 )
-        fig.colorbar(im, ax=ax, label="final test accuracy (%)")
-        ax.set_title(f"{table.grid.name}: final test accuracy (%)")
+        fig.colorbar(im, ax=ax, label=f"{what} (%)")
+        ax.set_title(f"{table.grid.name}: {what} (%)")
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=130)
     return path
@@ -193,4 +230,29 @@ def robustness_md(reader: RunReader, grid: Grid, out_dir: Path) -> list[str]:
     lines.append("")
     if png is not None:
         lines += [f"![{grid.name}]({png.relative_to(out_dir)})", ""]
+    backdoors = table.backdoor_settings()
+    if backdoors:
+        asr_png = write_heatmap(
+            table, out_dir / "figures" / f"robustness-{slug}-asr.png", attack_success=True
+        )
+        lines += [
+            f"### Backdoors: attack success rate, grid {grid.name}",
+            "",
+            "Fraction (%) of the test images of other classes that the final model classifies as "
+            "the backdoor's target once the trigger is stamped on them (lower is better), mean ± "
+            "sample std over seeds. The accuracy of the same runs is in the table above.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for s in backdoors:
+            labels = [_value_label(a, v) for a, v in zip(table.axes, s, strict=True)]
+            cells = [
+                c.text(c.asr) if (c := table.cells.get((s, d))) is not None else "not planned"
+                for d in table.defenses
+            ]
+            lines.append("| " + " | ".join([*labels, *cells]) + " |")
+        lines.append("")
+        if asr_png is not None:
+            lines += [f"![{grid.name}, attack success]({asr_png.relative_to(out_dir)})", ""]
     return lines

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tesseract_fl.aggregators.base import Aggregate, AggregationContext, Aggregator, Diagnostics
+from tesseract_fl.attacks.backdoor import BackdoorAttack, attack_success_rate
 from tesseract_fl.attacks.base import AttackContext, DataAttack, DefenseView, ModelAttack, Poison
 from tesseract_fl.errors import ConfigError, DivergedError, UpdateError
 from tesseract_fl.simulation.flat import flat_slices
@@ -48,6 +49,8 @@ class RoundResult:
     test_loss: float | None = None
     #: Accuracy on each class's test samples, at evaluation rounds (else empty).
     class_accuracy: tuple[float, ...] = ()
+    #: A backdoor's attack success rate at evaluation rounds (else None).
+    attack_success: float | None = None
     attack: dict[str, float] = field(default_factory=dict)
     flip_scores: Tensor | None = None
 
@@ -72,11 +75,14 @@ def params_finite(model: nn.Module) -> bool:
 class Evaluation:
     """A test-set evaluation: accuracy (0-1), mean cross-entropy, and the accuracy on each
     class's test samples (NaN for a class with none): overall accuracy hides a targeted attack
-    such as label flipping 7 -> 1, the source class's accuracy shows it."""
+    such as label flipping 7 -> 1, the source class's accuracy shows it; a backdoor leaves
+    accuracy intact, its attack success rate shows it."""
 
     accuracy: float
     loss: float
     class_accuracy: tuple[float, ...]
+    #: A backdoor attack's success rate on the triggered test set (None without a backdoor).
+    attack_success: float | None = None
 
 
 @torch.no_grad()
@@ -154,7 +160,7 @@ class SimulationSpec:
     c_max: int
     batch_size: int
     lr_fn: Callable[[int], float]
-    attack: ModelAttack | DataAttack | None = None
+    attack: ModelAttack | DataAttack | BackdoorAttack | None = None
     backend: Backend = "loop"
     vmap_chunk: int = 10
     device: torch.device | str = "cpu"
@@ -189,6 +195,8 @@ class FedSGDSimulation:
         self.lr_fn = spec.lr_fn
         self.backend: Backend = spec.backend
         self.vmap_chunk = spec.vmap_chunk
+        # A backdoor's trigger value: the training inputs' largest value (a white pixel).
+        self.trigger_high = float(self.train_x.amax()) if self.train_x.numel() else 0.0
         self.attack = spec.attack
         self.num_classes = (
             int(data.num_classes) if data.num_classes is not None else int(data.train_y.max()) + 1
@@ -222,18 +230,28 @@ class FedSGDSimulation:
             self.root_sampler = RoundRobinSampler([data.root_indices], spec.batch_size)
 
     @property
-    def attack(self) -> ModelAttack | DataAttack | None:
+    def attack(self) -> ModelAttack | DataAttack | BackdoorAttack | None:
         """The malicious clients' attack: a data-poisoning attack relabels their batches, a
+        backdoor stamps its trigger on them (and, with ``poison``, also rescales their rows), a
         model-poisoning one replaces their rows of the gradient matrix."""
         return self._attack
 
     @attack.setter
-    def attack(self, attack: ModelAttack | DataAttack | None) -> None:
-        data = attack if isinstance(attack, DataAttack) else None
+    def attack(self, attack: ModelAttack | DataAttack | BackdoorAttack | None) -> None:
+        backdoor = attack if isinstance(attack, BackdoorAttack) else None
+        data = attack if backdoor is None and isinstance(attack, DataAttack) else None
         model = attack if data is None and isinstance(attack, ModelAttack) else None
-        if attack is not None and model is None and data is None:
-            raise ConfigError(f"attack {attack!r} has neither poison() nor poison_labels()")
+        if attack is not None and model is None and data is None and backdoor is None:
+            raise ConfigError(
+                f"attack {attack!r} has none of poison(), poison_labels() or poison_batch()"
+            )
+        if backdoor is not None and not self.train_x.is_floating_point():
+            raise ConfigError(
+                f"backdoor attack {backdoor.name!r} needs real-valued inputs; this dataset's "
+                "inputs are token ids"
+            )
         self._attack, self.data_attack, self.model_attack = attack, data, model
+        self.backdoor = backdoor
 
     def root_gradient(self) -> Tensor:
         """Server gradient g_0 on the next root batch at the current global model (FLTrust)."""
@@ -254,6 +272,9 @@ class FedSGDSimulation:
         if self.data_attack is not None and bool(self.malicious.any()):
             mal = self.malicious.to(self.device)
             y[mal] = self.data_attack.poison_labels(y[mal], self.num_classes)
+        if self.backdoor is not None and bool(self.malicious.any()):
+            mal = self.malicious.to(self.device)
+            x[mal], y[mal] = self.backdoor.poison_batch(x[mal], y[mal], self.trigger_high)
         self.model.train()
         return client_gradients(
             self.model,
@@ -370,8 +391,15 @@ class FedSGDSimulation:
         return ev.accuracy, ev.loss
 
     def evaluate_model(self) -> Evaluation:
-        """Test accuracy, loss and per-class accuracy of the current global model."""
-        return evaluate_model(self.model, self.test_x, self.test_y, self.num_classes)
+        """Test accuracy, loss and per-class accuracy of the current global model, and a
+        backdoor's attack success rate when the attack is one."""
+        ev = evaluate_model(self.model, self.test_x, self.test_y, self.num_classes)
+        if self.backdoor is None:
+            return ev
+        asr = attack_success_rate(
+            self.model, self.test_x, self.test_y, self.backdoor, self.trigger_high
+        )
+        return replace(ev, attack_success=asr)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: model, sampler cursors, round, defense state, RNG."""
@@ -384,7 +412,13 @@ class FedSGDSimulation:
             "rng": self.rng.get_state(),
             "augment_rng": self.augment_rng.get_state(),
             "s_g": self.s_g,
+            # a stateful attack's state (Mimic's chosen client); None for the stateless ones
+            "attack": self._attack_state(),
         }
+
+    def _attack_state(self) -> dict[str, Any] | None:
+        fn = getattr(self._attack, "state_dict", None)
+        return fn() if callable(fn) else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = int(state["round"])
@@ -397,3 +431,7 @@ class FedSGDSimulation:
         if state.get("augment_rng") is not None:
             self.augment_rng.set_state(state["augment_rng"])
         self.s_g = state.get("s_g")
+        attack_state = state.get("attack")
+        load = getattr(self._attack, "load_state_dict", None)
+        if attack_state is not None and callable(load):
+            load(attack_state)
