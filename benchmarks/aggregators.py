@@ -60,13 +60,18 @@ BYZFL_CLASSES = {
     "geomed": "GeometricMedian",
     "centered_clipping": "CenteredClipping",
     "meamed": "Meamed",
+    "monna": "MoNNA",
+    "caf": "CAF",
 }
 #: ByzFL constructor arguments doing the work ours does with its defaults (c = c_max): the
 #: geometric median with 4 smoothed Weiszfeld steps at nu = 1e-6 (ours starts from the mean,
-#: ByzFL from 0), centered clipping with tau = 10 and one step.
+#: ByzFL from 0), centered clipping with tau = 10 and one step, MoNNA around row 0 (ours around
+#: the server's root gradient: the same distances and selection). ByzFL's CAF takes one power
+#: step from a random vector per iteration where ours solves the m x m eigenproblem exactly.
 BYZFL_KWARGS: dict[str, Any] = {
     "geomed": lambda c: {"nu": 1e-6, "T": 4},
     "centered_clipping": lambda c: {"tau": 10.0, "L": 1},
+    "monna": lambda c: {"f": c, "idx": 0},
 }
 
 

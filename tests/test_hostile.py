@@ -65,6 +65,7 @@ def max_c(name: str, m: int) -> int:
         "bucketing+median": 0,
         "monna": m - 1,
         "caf": (m - 1) // 2,
+        "flame": 0,
     }[name]
 
 
@@ -133,6 +134,7 @@ AGGREGATOR_NAMES = [
     "bucketing+median",
     "monna",
     "caf",
+    "flame",
 ]
 
 

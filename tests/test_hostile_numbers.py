@@ -433,6 +433,7 @@ NAMES = [
     "bucketing+median",
     "monna",
     "caf",
+    "flame",
 ]
 DTYPES = [torch.float16, torch.float32, torch.float64]
 WIDTH = {torch.float16: 16, torch.float32: 32, torch.float64: 64}

@@ -27,6 +27,7 @@ from tesseract_fl.aggregators.composed import PreAggregated
 from tesseract_fl.aggregators.dnc import DnC
 from tesseract_fl.aggregators.faba import FABA, faba
 from tesseract_fl.aggregators.fedsgd import FedSGD, fedsgd
+from tesseract_fl.aggregators.flame import FLAME
 from tesseract_fl.aggregators.fltrust import FLTrust, fltrust
 from tesseract_fl.aggregators.foolsgold import FoolsGold
 from tesseract_fl.aggregators.geometric_median import GeometricMedian, geometric_median
@@ -46,6 +47,7 @@ __all__ = [
     "AGGREGATORS",
     "CAF",
     "FABA",
+    "FLAME",
     "Aggregate",
     "AggregationContext",
     "Aggregator",
@@ -111,6 +113,7 @@ with origin(BUILTIN):
         DnC,
         MoNNA,
         CAF,
+        FLAME,
     ):
         register_defense(_cls.name, _cls)
     del _cls

@@ -40,6 +40,7 @@ DEFENSE_LABELS: dict[str, str] = {
     "dnc": "DnC",
     "monna": "MoNNA",
     "caf": "CAF",
+    "flame": "FLAME",
 }
 
 DATASET_LABELS: dict[str, str] = {
