@@ -268,3 +268,21 @@ def test_report_shows_attack_success_beside_accuracy(tmp_path: Path, tiny_data_d
     assert (tmp_path / "rep" / "figures" / "robustness-bd-asr.png").is_file()
     csv_text = (tmp_path / "rep" / "tables" / "robustness-bd.csv").read_text()
     assert "mean_attack_success" in csv_text.splitlines()[0]
+
+
+def test_show_lists_attack_success(
+    tmp_path: Path, tiny_overrides: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tesseract_fl.cli import main
+
+    store = tmp_path / "s.sqlite"
+    summary = run_experiment(_cfg(tiny_overrides, "attack=dba", "defense=median"), store)
+    with ResultsStore(store) as s:
+        asr = s.attack_success(summary.run_id)
+    assert main(["show", summary.run_id[:8], "--store", str(store), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [m["attack_success"] for m in shown["metrics"]] == [asr[2], asr[5]]
+    assert main(["show", summary.run_id[:8], "--store", str(store)]) == 0
+    assert "attack success %" in capsys.readouterr().out

@@ -523,3 +523,27 @@ def test_packaged_grids_resolve_by_name_from_any_folder(
         'seeds = [0]\n[datasets]\nq = "demo"\n[[cells]]\nattack = "none"\ndefense = "fedsgd"\n'
     )
     assert len(load_grid("table2-quick.toml").runs) == 1
+
+
+def test_tesseract_filter_in_front_of_a_rule_is_its_own_cell(tiny_data_dir: Path) -> None:
+    from tesseract_fl.experiments.grid import expand_grid
+    from tesseract_fl.report.labels import defense_label
+
+    raw = {
+        "seeds": [0],
+        "datasets": {"mnist": "mnist"},
+        "set": {"data_dir": str(tiny_data_dir), "clients": 10, "rounds": 2},
+        "cells": [
+            {
+                "attack": "none",
+                "defense": ["tesseract", {"name": "tesseract", "filter_then": "median"}],
+                "malicious_fraction": 0.2,
+            }
+        ],
+    }
+    grid = expand_grid(raw, name="f")
+    assert [s.labels["defense"] for s in grid.runs] == ["tesseract", "tesseract>median"]
+    assert grid.runs[1].config.name == "f/mnist/none/tesseract>median/s0"
+    assert grid.runs[0].run_id != grid.runs[1].run_id
+    assert defense_label("tesseract>median") == "TESSERACT>Median"
+    assert defense_label("clip+tesseract>trimmed_mean") == "clip+TESSERACT>Trim"

@@ -795,12 +795,14 @@ def cmd_show(args: argparse.Namespace) -> int:
             out_console.print(table)
             return 0
         one = _find_run(store, args.run_id)
+        asr = store.attack_success(one["run_id"])  # backdoors only
         metrics = [
             {
                 "round": m["round"] + 1,
                 "train_loss": m["train_loss"],
                 "test_accuracy": m["test_accuracy"],
                 "test_loss": m["test_loss"],
+                **({"attack_success": asr.get(m["round"])} if asr else {}),
             }
             for m in store.metrics(one["run_id"])
             if m["test_accuracy"] is not None
@@ -812,15 +814,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         if _print_records(metrics, args):
             return 0
         table = Table(title=f"{one['run_id']} ({one['status']})")
-        for col in ("round", "train loss", "test acc %", "test loss"):
+        cols = ["round", "train loss", "test acc %", "test loss"]
+        for col in cols + (["attack success %"] if asr else []):
             table.add_column(col, justify="right")
         for m in metrics:
-            table.add_row(
+            cells = [
                 str(m["round"]),
                 f"{m['train_loss']:.4f}",
                 f"{100 * m['test_accuracy']:.2f}",
                 f"{m['test_loss']:.4f}",
-            )
+            ]
+            if asr:
+                rate = m.get("attack_success")
+                cells.append("-" if rate is None else f"{100 * rate:.2f}")
+            table.add_row(*cells)
         out_console.print(table)
     return 0
 

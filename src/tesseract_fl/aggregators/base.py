@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -106,6 +107,15 @@ def check_matrix(G: Tensor, *, min_rows: int = 1) -> None:
         raise UpdateError(f"gradient matrix has NaN/Inf entries in rows {bad[:10]}")
 
 
+def finite(t: Tensor) -> bool:
+    """True when every entry of ``t`` is finite. The sum decides in one pass with no boolean
+    temporary (a NaN or Inf entry makes it NaN or Inf); only when the sum is not finite, which
+    finite entries overflowing can also cause, does the elementwise check run."""
+    if t.numel() == 0:
+        return True
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def all_finite(G: Tensor) -> bool:
     """True when every entry of the 2-D tensor ``G`` is finite.
 
@@ -117,7 +127,7 @@ def all_finite(G: Tensor) -> bool:
     if G.numel() == 0:
         return True
     col_sums = torch.ones(1, G.shape[0], dtype=G.dtype, device=G.device) @ G
-    if bool(torch.isfinite(col_sums).all()):
+    if finite(col_sums):
         return True
     return bool(torch.isfinite(G).all())
 

@@ -10,7 +10,8 @@ Start with weights ``c_i = 1``. While ``sum_i c_i > m - 2 c_max``: take the weig
 
 ``Sigma_c`` is ``P x P``; its top eigenpair is that of the ``m x m`` matrix
 ``K = W^1/2 D D^T W^1/2 / sum c`` (``D`` the centred rows, ``W = diag(c)``), so every iteration
-works on the rows' Gram matrix, computed once: exact, deterministic, and ``O(m^2 P)`` in all.
+works on the Gram matrix of the rows centred once on their mean (summed in float64): exact,
+deterministic, and ``O(m^2 P)`` in all.
 (ByzFL approximates ``v`` by one power step from a random vector; ours is the exact eigenvector.)
 """
 
@@ -19,8 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Defense, FiniteRows, Rows, RuleResult
+from tesseract_fl.aggregators.base import Defense, FiniteRows, Rows, RuleResult, finite
 from tesseract_fl.aggregators.fedsgd import weighted_mean
+from tesseract_fl.aggregators.kernels.gram import gram64_scaled
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count
 
@@ -36,13 +38,8 @@ def caf_weights(G: Tensor, c_max: int) -> tuple[Tensor, int]:
     """CAF's filter on ``G`` [m, P]: the normalized weights of the returned mean (float64 [m],
     summing to 1) and the number of filtering iterations run."""
     m = G.shape[0]
-    X = G.detach().to(torch.float64)
-    scale = float(X.abs().max()) if X.numel() else 0.0
-    if not scale > 0:  # all rows zero: the mean is the answer
-        return torch.full((m,), 1.0 / m, dtype=torch.float64, device=G.device), 0
-    X = X / scale  # the filter is scale-free; this keeps the Gram matrix finite
-    gram = X @ X.T  # [m, m], once
-    c = torch.ones(m, dtype=torch.float64, device=G.device)
+    gram = _centred_gram(G.detach())
+    c = torch.ones(m, dtype=torch.float64)
     best_w = c / m
     best_lam = float("inf")
     iters = 0
@@ -65,6 +62,20 @@ def caf_weights(G: Tensor, c_max: int) -> tuple[Tensor, int]:
         tau = proj * proj
         c = c * (1.0 - tau / tau.max())
     return best_w, iters
+
+
+def _centred_gram(X: Tensor) -> Tensor:
+    """The float64 Gram matrix [m, m] of the rows centred on their plain mean, up to a power-of-2
+    scale (the filter is translation- and scale-free, so either changes nothing). Centring first
+    keeps the later re-centring on ``mu_c`` free of cancellation; :func:`gram64_scaled` sums in
+    float64 and never overflows. Rows whose mean overflows the dtype are centred in float64."""
+    D = X - X.mean(dim=0)
+    if not finite(D):
+        X64 = X.to(torch.float64)
+        D = (X64 * 0.5**512) - (X64 * 0.5**512).mean(dim=0)  # exact scaling, then centre
+    K, _ = gram64_scaled(D, float(X.shape[0]) ** 2)
+    K = K.cpu()
+    return 0.5 * (K + K.T)  # the blocked products may differ in the last bit across the diagonal
 
 
 def caf(G: Tensor, c_max: int) -> Tensor:

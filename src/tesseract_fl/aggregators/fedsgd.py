@@ -18,6 +18,7 @@ from tesseract_fl.aggregators.base import (
     FiniteRows,
     Rows,
     RuleResult,
+    finite,
 )
 from tesseract_fl.errors import UpdateError
 
@@ -36,7 +37,7 @@ def weighted_mean(w: Tensor, X: Tensor) -> Tensor:
     policy).
     """
     out = w @ X
-    if bool(torch.isfinite(out).all()) or not bool(torch.isfinite(X).all()):
+    if finite(out) or not bool(torch.isfinite(X).all()):
         return out
     big = float(torch.finfo(X.dtype).max)
     w64 = w.to(torch.float64)

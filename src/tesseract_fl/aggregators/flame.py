@@ -28,32 +28,40 @@ from torch import Tensor
 
 from tesseract_fl.aggregators.base import Defense, Diagnostics, Rows, RuleResult
 from tesseract_fl.aggregators.fedsgd import weighted_mean
+from tesseract_fl.aggregators.kernels.gram import gram64_scaled
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count
 
 __all__ = ["FLAME", "cosine_distances", "flame_admitted"]
 
 
-def cosine_distances(G: Tensor) -> np.ndarray:
+def _gram_norms(G: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows' float64 Gram matrix (of ``G * 2**-e``, never overflowing) and their norms
+    ``||g_i||`` (float64, capped at float64's maximum)."""
+    K, e = gram64_scaled(G.detach(), float(G.shape[0]))
+    K = K.cpu()
+    K = 0.5 * (K + K.T)  # the blocked products may differ in the last bit across the diagonal
+    norms = K.diagonal().clamp(min=0.0).sqrt() * 2.0**e
+    return K, norms.nan_to_num(posinf=torch.finfo(torch.float64).max)
+
+
+def cosine_distances(G: Tensor, gram: Tensor | None = None) -> np.ndarray:
     """``1 - cos(g_i, g_j)`` for the rows of ``G`` [m, P] (float64 numpy [m, m], symmetric, zero
-    diagonal; a zero row is at distance 1 from every other row)."""
-    X = G.detach().to(torch.float64)
-    peak = float(X.abs().max()) if X.numel() else 0.0
-    if peak > 0:
-        X = X / peak  # scale-free; keeps the norms finite
-    norms = torch.linalg.vector_norm(X, dim=1)
-    unit = X / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None]
-    d = (1.0 - unit @ unit.T).clamp_(0.0, 2.0)
-    zero = norms == 0
+    diagonal; a zero row is at distance 1 from every other row), from the rows' Gram matrix."""
+    K = _gram_norms(G)[0] if gram is None else gram
+    n = K.diagonal().clamp(min=0.0).sqrt()
+    zero = n == 0
+    safe = torch.where(zero, torch.ones_like(n), n)
+    d = (1.0 - K / safe[:, None] / safe[None, :]).clamp_(0.0, 2.0)
     d[zero, :] = 1.0
     d[:, zero] = 1.0
     d.fill_diagonal_(0.0)
-    return d.cpu().numpy()
+    return d.numpy()
 
 
-def flame_admitted(G: Tensor) -> np.ndarray:
+def flame_admitted(G: Tensor, gram: Tensor | None = None) -> np.ndarray:
     """Bool [m]: the rows in HDBSCAN's largest cluster of the cosine distances (all rows when it
-    finds none, or when ``m < 3``)."""
+    finds none, or when ``m < 3``); ``gram``: the rows' Gram matrix when already computed."""
     m = G.shape[0]
     if m < 3:
         return np.ones(m, dtype=bool)
@@ -65,7 +73,7 @@ def flame_admitted(G: Tensor) -> np.ndarray:
         min_samples=1,
         allow_single_cluster=True,
         copy=True,  # the distance matrix is ours; explicit (sklearn's default changes in 1.10)
-    ).fit_predict(cosine_distances(G))
+    ).fit_predict(cosine_distances(G, gram))
     found = labels[labels >= 0]
     if found.size == 0:
         return np.ones(m, dtype=bool)
@@ -95,8 +103,8 @@ class FLAME(Defense):
     def rule(self, rows: Rows) -> RuleResult:
         """Cluster, clip to the median norm, average, add noise."""
         X = rows.G
-        admitted = torch.from_numpy(flame_admitted(X))
-        norms = torch.linalg.vector_norm(X.detach().to(torch.float64), dim=1)
+        gram, norms = _gram_norms(X)  # one pass over the rows for the cosines and the norms
+        admitted = torch.from_numpy(flame_admitted(X, gram))
         bound = float(norms.median()) if norms.numel() else 0.0
         scale = torch.where(
             norms > bound, bound / torch.where(norms > 0, norms, 1.0), torch.ones_like(norms)

@@ -22,8 +22,10 @@ from tesseract_fl.aggregators.base import (
     FiniteRows,
     Rows,
     RuleResult,
+    finite,
 )
 from tesseract_fl.aggregators.fedsgd import weighted_mean
+from tesseract_fl.aggregators.kernels.gram import distances_to
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.validation import as_count
 
@@ -32,9 +34,9 @@ __all__ = ["MoNNA", "monna", "nearest_rows"]
 
 def nearest_rows(G: Tensor, pivot: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` rows of ``G`` [m, P] nearest to ``pivot`` [P], ascending by distance
-    (ties to the lower index)."""
-    d = torch.linalg.vector_norm((G - pivot).double(), dim=1)
-    order = sorted(range(G.shape[0]), key=lambda i: (float(d[i]), i))
+    (ties to the lower index); the distances in one cache-blocked pass (:func:`distances_to`)."""
+    d = distances_to(G, pivot).tolist()
+    order = sorted(range(G.shape[0]), key=lambda i: (d[i], i))
     return torch.as_tensor(order[:k], dtype=torch.long)
 
 
@@ -72,7 +74,7 @@ class MoNNA(Defense):
                     "MoNNA with pivot='root' needs ctx=AggregationContext(root_gradient=g0) with "
                     f"g0 a Tensor[{G.shape[1]}]"
                 )
-            if not bool(torch.isfinite(g0).all()):
+            if not finite(g0):
                 raise UpdateError("MoNNA's root gradient is not finite")
         elif not bool(ids.eq(int(self.pivot)).any()):
             raise UpdateError(f"MoNNA's trusted pivot client {self.pivot} sent no row this round")

@@ -86,6 +86,14 @@ def _literal(value: Any) -> str:
     return json.dumps(value)
 
 
+def defense_key(cfg: ExperimentConfig) -> str:
+    """The defense's name in a grid's labels and run names: the registry name, with TESSERACT's
+    filter in front of another rule written ``tesseract>RULE`` (``filter_then = "RULE"``), so
+    that such cells do not merge with plain TESSERACT's."""
+    then = cfg.defense_params.get("filter_then")
+    return f"{cfg.defense}>{then}" if then else cfg.defense
+
+
 def _axis(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
@@ -191,16 +199,17 @@ def expand_grid(raw: dict[str, Any], *, name: str = "grid", base: Path | None = 
                 cfg = build_config(data)
             except ConfigError as exc:
                 raise ConfigError(f"{where} ({ds}, {values}, seed {seed}): {exc}") from None
+            defense = defense_key(cfg)
             labels: dict[str, Any] = {
                 "dataset": ds,
                 "preset": datasets[ds] if isinstance(datasets[ds], str) else ds,
                 "attack": cfg.attack,
-                "defense": cfg.defense,
+                "defense": defense,
                 "seed": seed,
                 "malicious_fraction": cfg.malicious / cfg.clients,
                 **{k: v for k, v in values.items() if k not in ("attack", "defense")},
             }
-            cfg.name = f"{gname}/{ds}/{cfg.attack}/{cfg.defense}/s{seed}"
+            cfg.name = f"{gname}/{ds}/{cfg.attack}/{defense}/s{seed}"
             rid = cfg.run_id()
             if rid in seen:
                 continue

@@ -61,7 +61,10 @@ def attack_label(name: str) -> str:
 
 def defense_label(name: str) -> str:
     """The paper's name of a defense (Table 2 calls trimmed mean "Trim"); a composed name keeps
-    its pre-aggregators: ``clip+tesseract`` -> ``clip+TESSERACT``."""
+    its pre-aggregators: ``clip+tesseract`` -> ``clip+TESSERACT``; TESSERACT's filter in front of
+    a rule (``tesseract>median``) reads ``TESSERACT>Median``."""
+    if ">" in str(name):
+        return ">".join(defense_label(part) for part in str(name).split(">"))
     *pres, rule = str(name).split("+")
     return "+".join([*pres, DEFENSE_LABELS.get(rule, rule)])
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.base import Aggregate, AggregationContext
+from tesseract_fl.aggregators.base import Aggregate, AggregationContext, finite
 from tesseract_fl.aggregators.tesseract import flip_scores
 from tesseract_fl.errors import UpdateError
 from tesseract_fl.experiments.store import ClientRow, RoundMetrics
@@ -68,7 +68,7 @@ def aggregate_round(
     update (zeros before the first round; paper Alg. 1 line 3), so Figure 2 can be drawn for
     any defense."""
     agg = defense.aggregate(G, client_ids, ctx)
-    if not bool(torch.isfinite(agg.update).all()):
+    if not finite(agg.update):
         raise NonFiniteUpdateError("the aggregated update is not finite")
     fs = agg.diagnostics.flip_scores
     if fs is None and want_flip_scores:
