@@ -114,3 +114,66 @@ def test_fedavg_app_attackers_get_the_lowest_reputations(
     assert max(reps[n] for n in attackers) <= min(reps[n] for n in reps if n not in attackers)
     last = strategy.history[-1]
     assert sum(r.weight for r in last.nodes if r.node_id in attackers) < 0.05
+
+
+def test_fedavg_app_colluding_attack_on_updates(
+    tiny_data_dir: Path, identity: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Full-knowledge attackers in weights mode: each attacker's reply is ``w_global - row``,
+    the row being Full-Trim applied to every client's honest pseudo-gradient of the round."""
+    import torch
+
+    from tesseract_fl.attacks import AttackContext, FullTrim
+    from tesseract_fl.flower.records import Layout
+
+    monkeypatch.syspath_prepend(str(APP))
+    for mod in [m for m in sys.modules if m.startswith("fedavg_app")]:
+        del sys.modules[mod]
+    from fedavg_app import client_app
+    from fedavg_app.settings import read_run_config
+
+    run_config = _run_config(
+        tiny_data_dir,
+        rounds=2,
+        attack="full_trim",
+        defense="fedsgd",
+        **{"local-epochs": 1, "results-dir": str(tmp_path)},
+    )
+    cfg, opts = read_run_config(run_config)
+    task = FlowerTask.cached(cfg)
+    nodes = list(range(1001, 1001 + cfg.clients))
+    strategy = RobustStrategy(
+        cfg.defense, c_max=cfg.resolved_c_max, reply="weights", lr=1.0, capacity=cfg.clients
+    )
+    arrays = model_arrays(task.model())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mask = torch.zeros(cfg.clients, dtype=torch.bool)
+    mask[task.malicious_ids] = True
+    for rnd in range(1, cfg.rounds + 1):
+        list(strategy.configure_train(rnd, arrays, ConfigRecord(), FakeGrid(nodes)))
+        honest = client_app.honest_updates(task, cfg, opts, arrays, rnd)
+        ctx = AttackContext(malicious=mask, c_max=cfg.resolved_c_max, round=rnd - 1, generator=gen)
+        want = FullTrim().poison(honest, ctx).rows
+        layout = Layout.of(arrays)
+        w_global = layout.flatten(arrays)
+        replies = []
+        for pid, node in enumerate(nodes):
+            ctx_node = Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": pid, "num-partitions": cfg.clients},
+                state=RecordDict(),
+                run_config=run_config,
+            )
+            out = client_app.train(_train_message(arrays, rnd, node), ctx_node)
+            sent = w_global - layout.flatten(out.content.array_records["arrays"])
+            if pid in task.malicious_ids:
+                row = want[task.malicious_ids.index(pid)]
+                torch.testing.assert_close(sent, row, rtol=0, atol=1e-5)
+            else:  # benign nodes send their honest training, the matrix the attackers saw
+                torch.testing.assert_close(sent, honest[pid], rtol=0, atol=1e-5)
+            replies.append(_as_reply(out, node, rnd))
+        new, _ = strategy.aggregate_train(rnd, replies)
+        assert new is not None
+        arrays = new
+    assert (tmp_path / "collusion-1" / "round-000002.pt").is_file()

@@ -3,20 +3,29 @@
 A malicious node (one of the run's seeded attackers) attacks with what a weight-sending client
 can do on its own: ``sign_flip`` sends ``w_global - scale * (w_local - w_global)`` (its update
 reversed and scaled), ``label_flip`` trains on labels ``L - 1 - y``, ``gaussian`` sends
-``w_global + N(0, sigma^2)``.
+``w_global + N(0, sigma^2)``. Or the attackers collude with full knowledge (``full_trim``,
+``full_krum``, ``alie``, ``ipm``, ``min_max``, ``min_sum``, ``mimic``): the first attacker of a
+round recomputes every client's honest local training, the attack turns that matrix of
+pseudo-gradients ``w_global - w_local`` into the attackers' rows (shared through a folder, as
+in the FedSGD example), and each attacker sends ``w_global - row``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedavg_app.settings import read_run_config
-from tesseract_fl.attacks import flip_labels
+from fedavg_app.settings import COLLUDING_ATTACKS, AppOptions, read_run_config
+from tesseract_fl.attacks import flip_labels, make_attack
 from tesseract_fl.errors import ConfigError
+from tesseract_fl.experiments.config import ExperimentConfig
 from tesseract_fl.flower import FlowerTask, load_arrays, model_arrays
+from tesseract_fl.flower.collusion import ColludingAttackers
+from tesseract_fl.flower.records import Layout
 
 app = ClientApp()
 
@@ -47,6 +56,36 @@ def local_train(
     return sum(losses) / max(len(losses), 1)
 
 
+def _generator(cfg: ExperimentConfig, server_round: int, client: int) -> torch.Generator:
+    """The seeded order of ``client``'s local epochs in ``server_round``."""
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + client)
+
+
+def honest_updates(
+    task: FlowerTask, cfg: ExperimentConfig, opts: AppOptions, arrays: Any, server_round: int
+) -> torch.Tensor:
+    """Every client's honest pseudo-gradient ``w_global - w_local`` of ``server_round``
+    (``[clients, P]``, in the layout of ``arrays``): what full-knowledge attackers see."""
+    layout = Layout.of(arrays)
+    w_global = layout.flatten(arrays)
+    rows = []
+    for client in range(cfg.clients):
+        model = task.model()
+        load_arrays(model, arrays)
+        idx = torch.from_numpy(task.partitions[client])
+        local_train(
+            model,
+            task.ds.train_x[idx],
+            task.ds.train_y[idx],
+            epochs=opts.local_epochs,
+            batch=cfg.batch_size,
+            lr=cfg.lr,
+            generator=_generator(cfg, server_round, client),
+        )
+        rows.append(w_global - layout.flatten(model_arrays(model)))
+    return torch.stack(rows)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, opts = read_run_config(dict(context.run_config))
@@ -64,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     x, y = task.ds.train_x[idx], task.ds.train_y[idx]
     if malicious and opts.attack == "label_flip":
         y = flip_labels(y, task.ds.num_classes)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + server_round * 1009 + client)
+    gen = _generator(cfg, server_round, client)
     loss = local_train(
         model, x, y, epochs=opts.local_epochs, batch=cfg.batch_size, lr=cfg.lr, generator=gen
     )
@@ -77,6 +116,30 @@ def train(msg: Message, context: Context) -> Message:
                     p.copy_(g - opts.attack_scale * (p - g))
                 else:
                     p.copy_(g + opts.attack_sigma * torch.randn(p.shape, generator=gen))
+    if malicious and opts.attack in COLLUDING_ATTACKS:
+        colluders = ColludingAttackers(
+            opts.collusion_dir(context.run_id),
+            make_attack(opts.attack),
+            num_clients=cfg.clients,
+            malicious_ids=task.malicious_ids,
+            c_max=cfg.resolved_c_max,
+            seed=cfg.seed,
+        )
+        row, _ = colluders.row(
+            server_round,
+            client,
+            arrays,
+            lambda: honest_updates(task, cfg, opts, arrays, server_round),
+        )
+        layout = Layout.of(arrays)
+        sent = {
+            k: torch.from_numpy(v)
+            for k, v in layout.unflatten(layout.flatten(arrays) - row).items()
+        }
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in sent:
+                    p.copy_(sent[name].to(p.dtype))
     metrics = MetricRecord(
         {
             "num-examples": int(idx.numel()),

@@ -25,7 +25,12 @@ EXPERIMENT_KEYS = (
     "eval_every",
     "data_dir",
 )
-ATTACKS = ("none", "sign_flip", "label_flip", "gaussian")
+#: Attacks a weight-sending client can run on its own.
+LOCAL_ATTACKS = ("none", "sign_flip", "label_flip", "gaussian")
+#: Full-knowledge attacks the malicious clients run together on the round's honest updates
+#: (each recomputes every client's local training, as a colluding attacker could).
+COLLUDING_ATTACKS = ("full_trim", "full_krum", "alie", "ipm", "min_max", "min_sum", "mimic")
+ATTACKS = LOCAL_ATTACKS + COLLUDING_ATTACKS
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class AppOptions:
     attack_sigma: float
     test_samples: int
     results_dir: str
+
+    def collusion_dir(self, run_id: int) -> str:
+        """Where the colluding attackers of run ``run_id`` share each round's rows."""
+        return f"{self.results_dir}/collusion-{run_id}"
 
 
 def read_run_config(run_config: dict[str, Any]) -> tuple[ExperimentConfig, AppOptions]:
