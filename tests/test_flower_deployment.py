@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +19,37 @@ from tesseract_fl.flower.localhost import LocalFederation
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower"
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tesseract_fl.cli", "federation", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[LocalFederation]:
-    """Five SuperNodes (partitions 0-4) and a TLS SuperLink; stopped, and checked to be gone,
-    however the test ends."""
-    fed = LocalFederation(tmp_path / "federation", supernodes=5)
+    """Five SuperNodes (partitions 0-4) and a TLS SuperLink with SuperNode authentication,
+    started by ``tesseract-fl federation start`` (the command users run) and stopped by
+    ``tesseract-fl federation stop``, checked to be gone, however the test ends."""
+    workdir = tmp_path / "federation"
+    started = _cli("start", str(workdir), "--supernodes", "5")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert "TLS, SuperNode authentication" in started.stdout
+    fed = LocalFederation.attach(workdir)
+    assert len(fed.node_ids) == 5  # every SuperNode registered with its own key
     try:
         yield fed
     finally:
-        fed.stop()
+        stopped = _cli("stop", str(workdir))
         left = fed.survivors()
-        assert left == [], f"Flower processes still running after stop(): {left}"
+        if left:
+            fed.stop()
+        assert stopped.returncode == 0 and left == [], (
+            f"Flower processes still running after stop: {left}\n{stopped.stderr}"
+        )
 
 
 @pytest.mark.integration
@@ -57,7 +79,6 @@ def test_localhost_deployment_tesseract_reputation_finds_the_sign_flipper(
         "test-samples": 100,
     }
     t0 = time.monotonic()
-    federation.start()
     assert len(federation.survivors()) >= 6  # SuperLink, 5 SuperNodes (+ their SuperExecs)
     assert "https://127.0.0.1" in federation.tail("superlink", 200)  # TLS, not --insecure
     federation.run(EXAMPLE, run_config, timeout=300)
@@ -85,7 +106,7 @@ def test_localhost_deployment_tesseract_reputation_finds_the_sign_flipper(
     federation.stop()
     assert federation.survivors() == []
     assert all(p.poll() is not None for p in federation.procs)
-    print(f"deployment: start + 3 rounds in {seconds:.1f} s")
+    print(f"deployment: 3 rounds in {seconds:.1f} s")
 
 
 def test_stop_kills_detached_descendants(tmp_path: Path) -> None:

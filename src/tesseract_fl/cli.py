@@ -201,6 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     _add_plugin_arg(sh)
+    fd = sub.add_parser(
+        "federation",
+        help="start or stop a local Flower deployment: a SuperLink and N SuperNodes, with TLS "
+        "and SuperNode authentication",
+        formatter_class=_Raw,
+        description="Start a Flower deployment on this machine as real processes: test TLS "
+        "certificates,\na SuperLink with SuperNode authentication, N SuperNodes (partition-id i "
+        "of N),\neach with its own registered key; then point flwr at it:\n\n"
+        "  tesseract-fl federation start runs/federation --supernodes 5\n"
+        "  FLWR_HOME=runs/federation/flwr-home flwr run examples/flower local --stream\n"
+        "  tesseract-fl federation stop runs/federation\n\n"
+        "--insecure (no TLS, hence no authentication) is an explicit opt-in.",
+    )
+    fd.add_argument("action", choices=("start", "stop", "status"))
+    fd.add_argument("workdir", help="folder for certificates, keys, logs and flwr's config")
+    fd.add_argument("--supernodes", type=int, default=2, help="SuperNodes to start (start)")
+    fd.add_argument(
+        "--insecure", action="store_true", help="no TLS and no SuperNode authentication"
+    )
+    fd.add_argument(
+        "--cert-script",
+        default=None,
+        help="certificate script (default: scripts/make-test-certs.sh of the source checkout)",
+    )
     pl = sub.add_parser(
         "plugins",
         help="list every registered defense, attack, model and dataset, where it came from and "
@@ -874,6 +898,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_federation(args: argparse.Namespace) -> int:
+    """``federation start|stop|status WORKDIR``: a local Flower deployment left running between
+    commands (its processes carry a tag that ``stop`` finds them by)."""
+    from tesseract_fl.flower.localhost import LocalFederation
+
+    workdir = Path(args.workdir)
+    if args.action == "start":
+        if args.supernodes < 1:
+            raise TesseractFLError(f"--supernodes must be >= 1, got {args.supernodes}")
+        if (workdir / LocalFederation.STATE_FILE).is_file():
+            old = LocalFederation.attach(workdir)
+            if old.survivors():
+                raise TesseractFLError(
+                    f"a federation is already running in {workdir}; "
+                    f"`tesseract-fl federation stop {workdir}` first"
+                )
+        fed = LocalFederation(
+            workdir,
+            supernodes=args.supernodes,
+            insecure=args.insecure,
+            cert_script=args.cert_script,
+        )
+        try:
+            fed.start()
+        except BaseException:
+            fed.stop()
+            raise
+        fed.save_state()
+        mode = "insecure (no TLS)" if fed.insecure else "TLS, SuperNode authentication"
+        out_console.print(
+            f"SuperLink at 127.0.0.1:{fed.port} ({mode}), {args.supernodes} SuperNodes "
+            f"connected{f' (node ids {fed.node_ids})' if fed.node_ids else ''}.\n"
+            f"Run an app:  FLWR_HOME={fed.workdir / 'flwr-home'} flwr run APP_DIR local "
+            f"--stream\nStop:        tesseract-fl federation stop {args.workdir}",
+            highlight=False,
+        )
+        return 0
+    fed = LocalFederation.attach(workdir)
+    if args.action == "status":
+        alive = fed.survivors()
+        out_console.print(
+            f"{len(alive)} processes of the federation in {fed.workdir} are running"
+            + (f" (SuperLink port {fed.port})" if alive else ""),
+            highlight=False,
+        )
+        return 0 if alive else 1
+    fed.stop()
+    left = fed.survivors()
+    if left:
+        raise TesseractFLError(f"processes still running after stop: {left}")
+    out_console.print(f"stopped the federation in {fed.workdir}", highlight=False)
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     """Every registered component: kind, name, origin, fingerprint and parameters."""
     from tesseract_fl.plugins import all_components
@@ -930,6 +1008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_show(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "federation":
+            return cmd_federation(args)
     except TesseractFLError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2

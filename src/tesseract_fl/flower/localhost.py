@@ -331,12 +331,63 @@ class LocalFederation:
             raise FederationError(f"flwr run exited with {rc}:\n{self.tail('flwr-run')}")
         return output
 
+    #: What :meth:`save_state` writes into the work folder, for :meth:`attach`.
+    STATE_FILE = "federation.json"
+
+    def save_state(self) -> Path:
+        """Write what another process needs to use or stop this federation (its tag, port,
+        mode, node ids) to ``workdir/federation.json``; returns the path."""
+        state = {
+            "tag": self.tag,
+            "port": self.port,
+            "insecure": self.insecure,
+            "node_auth": self.node_auth,
+            "simulation": self.simulation,
+            "supernodes": self.supernodes,
+            "node_ids": self.node_ids,
+            "flwr_home": str(self.workdir / "flwr-home"),
+        }
+        path = self.workdir / self.STATE_FILE
+        path.write_text(json.dumps(state, indent=1) + "\n")
+        return path
+
+    @classmethod
+    def attach(cls, workdir: str | Path) -> LocalFederation:
+        """The federation a :meth:`start` in another process left running in ``workdir``
+        (from its ``federation.json``): :meth:`run`, :meth:`survivors` and :meth:`stop` work
+        on it (stop finds its processes by their tag)."""
+        path = Path(workdir).resolve() / cls.STATE_FILE
+        if not path.is_file():
+            raise FederationError(f"no federation started in {path.parent} (no {cls.STATE_FILE})")
+        state = json.loads(path.read_text())
+        fed = cls(
+            workdir,
+            supernodes=int(state["supernodes"]),
+            simulation=bool(state["simulation"]),
+            insecure=bool(state["insecure"]),
+            node_auth=bool(state["node_auth"]),
+        )
+        fed.tag = str(state["tag"])
+        fed.env[TAG] = fed.tag
+        fed.port = int(state["port"])
+        fed.node_ids = [int(i) for i in state["node_ids"]]
+        names = ["superlink", *(f"supernode-{i}" for i in range(fed.supernodes))]
+        fed.logs = {n: fed.workdir / f"{n}.log" for n in names}
+        return fed
+
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds, then kill
-        every process still carrying this federation's tag (and reap our children)."""
+        """SIGTERM every process group (or, for an attached federation, every process with its
+        tag), SIGKILL what is left after ``grace`` seconds, then kill every process still
+        carrying this federation's tag (and reap our children)."""
         for proc in self.procs:
             if proc.poll() is None:
                 _kill_group(proc.pid, signal.SIGTERM)
+        if not self.procs:
+            for pid in self.survivors():
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and (
             any(p.poll() is None for p in self.procs) or self.survivors()
