@@ -62,6 +62,11 @@ class ExperimentConfig:
     augment: str = "none"
     """Training-time augmentation of the clients' batches: ``none``, or ``crop_flip`` (CIFAR-10's
     standard random crop of the 4-pixel padded image and horizontal flip)."""
+    client_optimizer: str = "sgd"
+    """What a client sends: ``sgd``, its gradient (the paper's text, the default), or ``adam``,
+    the step of an Adam optimizer created afresh every round (as the authors' Shakespeare
+    script does): ``g / (|g| + 1e-8)`` per coordinate, nearly the gradient's sign; the server
+    then steps by ``lr`` times the aggregate of those."""
     defense: str = "tesseract"
     """A registered defense, or pre-aggregators before it (``clip+tesseract``, ``nnm+median``)."""
     defense_params: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +133,7 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "aggregate_only": "all",
     "augment": "none",
     "test_subset": 0,
+    "client_optimizer": "sgd",
 }
 
 
@@ -157,6 +163,9 @@ def _non_default_params(kind: str, name: str, params: dict[str, Any]) -> dict[st
 FIELDS: dict[str, dataclasses.Field[Any]] = {
     f.name: f for f in dataclasses.fields(ExperimentConfig)
 }
+#: What a client may send (``client_optimizer``; simulation/engine.py, ``adam_first_step``).
+CLIENT_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
 # Keys a user writes; defense/attack parameters go under `defense.NAME` / `attack.NAME`.
 USER_KEYS: tuple[str, ...] = tuple(
     k for k in FIELDS if k not in ("defense_params", "attack_params")
@@ -316,6 +325,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice("partition", cfg.partition, PARTITIONS)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("augment", cfg.augment, AUGMENTATIONS)
+    _choice("client_optimizer", cfg.client_optimizer, CLIENT_OPTIMIZERS)
     if "+" in cfg.defense:
         split_defense_name(cfg.defense)  # each part named, with the allowed names
     else:

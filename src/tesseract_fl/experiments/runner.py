@@ -272,6 +272,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
         seed=cfg.seed,
         aggregate_only=None if cfg.aggregate_only == "all" else cfg.aggregate_only,  # type: ignore[arg-type]
         augment=make_augment(cfg.augment, fill=black_pixel(cfg.dataset)),
+        client_optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
     )
     return FedSGDSimulation(spec)
 

@@ -168,6 +168,20 @@ class SimulationSpec:
     seed: int = 0
     aggregate_only: AggregateOnly | None = None
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    #: ``sgd``: clients send gradients (the paper); ``adam``: a fresh Adam's first step.
+    client_optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+#: Adam's epsilon (torch.optim.Adam's default).
+ADAM_EPS = 1e-8
+
+
+def adam_first_step(G: Tensor, eps: float = ADAM_EPS) -> Tensor:
+    """The direction of the first step of an Adam optimizer created afresh, per row of ``G``
+    (in place): with zero moments, ``m_hat = g`` and ``v_hat = g^2`` after bias correction, so
+    Adam moves by ``lr * g / (|g| + eps)`` whatever its betas. (torch.optim.Adam computes the same
+    quantity with its own rounding; the results agree to a few ulps.)"""
+    return G.div_(G.abs().add_(eps))
 
 
 class FedSGDSimulation:
@@ -218,6 +232,11 @@ class FedSGDSimulation:
         # Training-time augmentation of the clients' batches (e.g. CIFAR crop + flip), drawn
         # from its own generator so that it changes no other random stream of the run.
         self.augment = spec.augment
+        if spec.client_optimizer not in ("sgd", "adam"):
+            raise ConfigError(
+                f"client_optimizer must be 'sgd' or 'adam', got {spec.client_optimizer!r}"
+            )
+        self.client_optimizer = spec.client_optimizer
         self.augment_rng = torch.Generator().manual_seed(
             int(np.random.SeedSequence([spec.seed, 5]).generate_state(1)[0])
         )
@@ -276,7 +295,7 @@ class FedSGDSimulation:
             mal = self.malicious.to(self.device)
             x[mal], y[mal] = self.backdoor.poison_batch(x[mal], y[mal], self.trigger_high)
         self.model.train()
-        return client_gradients(
+        G, losses = client_gradients(
             self.model,
             x,
             y,
@@ -285,6 +304,9 @@ class FedSGDSimulation:
             chunk_size=self.vmap_chunk,
             out=self._G,
         )
+        if self.client_optimizer == "adam":
+            adam_first_step(G)  # what each client sends (attackers see these honest rows)
+        return G, losses
 
     def poison(self, G: Tensor) -> dict[str, float]:
         """Replace the malicious rows of ``G`` in place with the model-poisoning attack's rows.
