@@ -67,6 +67,10 @@ class ExperimentConfig:
     the step of an Adam optimizer created afresh every round (as the authors' Shakespeare
     script does): ``g / (|g| + 1e-8)`` per coordinate, nearly the gradient's sign; the server
     then steps by ``lr`` times the aggregate of those."""
+    local_steps: int = 1
+    """Local training steps per client and round: 1 (the paper) sends the gradient; ``K > 1``
+    sends the pseudo-gradient ``(w - w_local) / lr`` of ``K`` local steps at ``lr`` (FedAvg with
+    ``K`` steps when the defense is ``fedsgd``)."""
     defense: str = "tesseract"
     """A registered defense, or pre-aggregators before it (``clip+tesseract``, ``nnm+median``)."""
     defense_params: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +138,7 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "augment": "none",
     "test_subset": 0,
     "client_optimizer": "sgd",
+    "local_steps": 1,
 }
 
 
@@ -326,6 +331,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("augment", cfg.augment, AUGMENTATIONS)
     _choice("client_optimizer", cfg.client_optimizer, CLIENT_OPTIMIZERS)
+    if isinstance(cfg.local_steps, bool) or not isinstance(cfg.local_steps, int):
+        raise ConfigError(f"local_steps must be an integer >= 1, got {cfg.local_steps!r}")
+    if cfg.local_steps < 1:
+        raise ConfigError(f"local_steps must be an integer >= 1, got {cfg.local_steps}")
     if "+" in cfg.defense:
         split_defense_name(cfg.defense)  # each part named, with the allowed names
     else:

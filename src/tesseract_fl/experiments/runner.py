@@ -273,6 +273,7 @@ def build_simulation(cfg: ExperimentConfig) -> FedSGDSimulation:
         aggregate_only=None if cfg.aggregate_only == "all" else cfg.aggregate_only,  # type: ignore[arg-type]
         augment=make_augment(cfg.augment, fill=black_pixel(cfg.dataset)),
         client_optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
+        local_steps=cfg.local_steps,
     )
     return FedSGDSimulation(spec)
 

@@ -170,6 +170,8 @@ class SimulationSpec:
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     #: ``sgd``: clients send gradients (the paper); ``adam``: a fresh Adam's first step.
     client_optimizer: Literal["sgd", "adam"] = "sgd"
+    #: Local training steps per client and round (1: the paper's FedSGD gradient).
+    local_steps: int = 1
 
 
 #: Adam's epsilon (torch.optim.Adam's default).
@@ -237,6 +239,12 @@ class FedSGDSimulation:
                 f"client_optimizer must be 'sgd' or 'adam', got {spec.client_optimizer!r}"
             )
         self.client_optimizer = spec.client_optimizer
+        if isinstance(spec.local_steps, bool) or not isinstance(spec.local_steps, int):
+            raise ConfigError(f"local_steps must be an integer >= 1, got {spec.local_steps!r}")
+        if spec.local_steps < 1:
+            raise ConfigError(f"local_steps must be an integer >= 1, got {spec.local_steps}")
+        self.local_steps = spec.local_steps
+        self._work: nn.Module | None = None  # the local-training copy of the model
         self.augment_rng = torch.Generator().manual_seed(
             int(np.random.SeedSequence([spec.seed, 5]).generate_state(1)[0])
         )
@@ -281,8 +289,9 @@ class FedSGDSimulation:
         )
         return G0[0]
 
-    def compute_gradients(self) -> tuple[Tensor, Tensor]:
-        """Every client's gradient at the current global model on its next local batch."""
+    def _next_batches(self) -> tuple[Tensor, Tensor]:
+        """Every client's next local batch ``x [m, B, ...]``, ``y [m, B]``: augmented, and
+        poisoned for the malicious clients by a data-poisoning or backdoor attack."""
         idx = torch.from_numpy(self.sampler.next_batches()).to(self.device)
         x = self.train_x[idx]
         y = self.train_y[idx]
@@ -294,6 +303,15 @@ class FedSGDSimulation:
         if self.backdoor is not None and bool(self.malicious.any()):
             mal = self.malicious.to(self.device)
             x[mal], y[mal] = self.backdoor.poison_batch(x[mal], y[mal], self.trigger_high)
+        return x, y
+
+    def compute_gradients(self) -> tuple[Tensor, Tensor]:
+        """Every client's row of the round: its gradient at the current global model on its next
+        local batch (the paper), or with ``local_steps > 1`` its local-training pseudo-gradient
+        (:meth:`local_training`). The losses are at the global model."""
+        if self.local_steps > 1:
+            return self.local_training()
+        x, y = self._next_batches()
         self.model.train()
         G, losses = client_gradients(
             self.model,
@@ -306,6 +324,48 @@ class FedSGDSimulation:
         )
         if self.client_optimizer == "adam":
             adam_first_step(G)  # what each client sends (attackers see these honest rows)
+        return G, losses
+
+    def local_training(self) -> tuple[Tensor, Tensor]:
+        """``local_steps`` steps of local training per client from the global model ``w``, on its
+        next ``local_steps`` batches, with the round's learning rate ``lr`` (plain SGD, or a
+        fresh Adam with ``client_optimizer = "adam"``); each client's row is the pseudo-gradient
+        ``(w - w_local) / lr``, so the server step ``w - lr * mean(rows)`` is FedAvg's mean of
+        the local models. An extension of the paper's one-step setting (docs/design.md, "The
+        FedSGD round"). Clients train one after the other (loop backend)."""
+        K = self.local_steps
+        batches = [self._next_batches() for _ in range(K)]
+        lr = float(self.lr_fn(self.round))
+        if self._work is None:
+            import copy
+
+            self._work = copy.deepcopy(self.model)
+        work = self._work
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        wparams = [p for p in work.parameters() if p.requires_grad]
+        w0 = torch.cat([p.detach().reshape(-1) for p in params])
+        G = self._G
+        losses = torch.empty(self.num_clients)
+        work.train()
+        for i in range(self.num_clients):
+            with torch.no_grad():
+                for p, q in zip(wparams, params, strict=True):
+                    p.copy_(q)
+            opt: torch.optim.Optimizer = (
+                torch.optim.Adam(wparams, lr=lr)
+                if self.client_optimizer == "adam"
+                else torch.optim.SGD(wparams, lr=lr)
+            )
+            for k, (x, y) in enumerate(batches):
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss_fn(work(x[i]), y[i])
+                loss.backward()
+                opt.step()
+                if k == 0:
+                    losses[i] = float(loss.detach())
+            with torch.no_grad():
+                w_local = torch.cat([p.detach().reshape(-1) for p in wparams])
+                G[i] = (w0 - w_local) / lr
         return G, losses
 
     def poison(self, G: Tensor) -> dict[str, float]:
