@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "wholerun": "seconds per round of a mnist TESSERACT + Full-Trim run; Table 2 projection",
     "authors": "ours vs the authors' published code (FLAIR) on the padded MNIST DNN",
     "flower": "seconds per round: Flower's simulation engine (Ray, 10 clients) vs ours",
+    "flower_fedavg": "seconds per FedAvg round (2 local epochs): Flower's FedAvg example vs ours",
     "models": "paper-scale seconds per round: CIFAR-10 ResNet-18, FEMNIST CNN; 2000-round time",
     "compile": "torch.compile vs eager for one client's forward + backward; compile time",
 }

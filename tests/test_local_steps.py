@@ -61,3 +61,13 @@ def test_a_run_with_local_steps_and_an_attack(tmp_path: Path, tiny_overrides: li
     over = [*tiny_overrides, "local_steps=2", "defense=tesseract", "attack=sign_flip"]
     out = run_experiment(resolve_config("mnist", overrides=over), tmp_path / "s.sqlite")
     assert out.final_accuracy is not None and out.diverged_at is None
+
+
+def test_same_numbers_with_one_or_two_workers(tiny_overrides: list[str]) -> None:
+    rows = []
+    for backend in ("loop", "threads"):
+        over = [*tiny_overrides, "local_steps=2", f'backend="{backend}"']
+        sim = build_simulation(resolve_config("mnist", overrides=over))
+        G, losses = sim.compute_gradients()
+        rows.append((G.clone(), losses.clone()))
+    assert torch.equal(rows[0][0], rows[1][0]) and torch.equal(rows[0][1], rows[1][1])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -186,6 +187,18 @@ def adam_first_step(G: Tensor, eps: float = ADAM_EPS) -> Tensor:
     return G.div_(G.abs().add_(eps))
 
 
+_LOCAL_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _local_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads for local training (made once, reused)."""
+    pool = _LOCAL_POOLS.get(workers)
+    if pool is None:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="tfl-local")
+        _LOCAL_POOLS[workers] = pool
+    return pool
+
+
 class FedSGDSimulation:
     """In-process federated simulation of ``m`` clients of which ``malicious_ids`` are attackers.
 
@@ -244,7 +257,7 @@ class FedSGDSimulation:
         if spec.local_steps < 1:
             raise ConfigError(f"local_steps must be an integer >= 1, got {spec.local_steps}")
         self.local_steps = spec.local_steps
-        self._work: nn.Module | None = None  # the local-training copy of the model
+        self._work: list[nn.Module] = []  # the local-training workers' copies of the model
         self.augment_rng = torch.Generator().manual_seed(
             int(np.random.SeedSequence([spec.seed, 5]).generate_state(1)[0])
         )
@@ -332,41 +345,72 @@ class FedSGDSimulation:
         fresh Adam with ``client_optimizer = "adam"``); each client's row is the pseudo-gradient
         ``(w - w_local) / lr``, so the server step ``w - lr * mean(rows)`` is FedAvg's mean of
         the local models. An extension of the paper's one-step setting (docs/design.md, "The
-        FedSGD round"). Clients train one after the other (loop backend)."""
-        K = self.local_steps
-        batches = [self._next_batches() for _ in range(K)]
+        FedSGD round"). Clients train on worker threads, each single-threaded on its own copy
+        of the model (as many workers as torch threads with the ``threads`` backend, one
+        otherwise): every client's numbers are the same whatever the number of workers."""
+        batches = [self._next_batches() for _ in range(self.local_steps)]
         lr = float(self.lr_fn(self.round))
-        if self._work is None:
+        threads = self.backend == "threads" and self.device.type == "cpu"
+        workers = max(1, min(torch.get_num_threads() if threads else 1, self.num_clients))
+        while len(self._work) < workers:
             import copy
 
-            self._work = copy.deepcopy(self.model)
-        work = self._work
+            self._work.append(copy.deepcopy(self.model))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        w0 = torch.cat([p.detach().reshape(-1) for p in params])
+        losses = torch.empty(self.num_clients)
+        bounds = [round(k * self.num_clients / workers) for k in range(workers + 1)]
+        pool = _local_pool(workers)
+        futures = [
+            pool.submit(
+                self._train_clients,
+                self._work[k],
+                range(bounds[k], bounds[k + 1]),
+                batches,
+                lr,
+                w0,
+                losses,
+            )
+            for k in range(workers)
+        ]
+        for f in futures:
+            f.result()
+        return self._G, losses
+
+    def _train_clients(
+        self,
+        work: nn.Module,
+        clients: range,
+        batches: list[tuple[Tensor, Tensor]],
+        lr: float,
+        w0: Tensor,
+        losses: Tensor,
+    ) -> None:
+        """One worker's clients: local training on ``work`` (torch single-threaded here)."""
+        torch.set_num_threads(1)
         params = [p for p in self.model.parameters() if p.requires_grad]
         wparams = [p for p in work.parameters() if p.requires_grad]
-        w0 = torch.cat([p.detach().reshape(-1) for p in params])
-        G = self._G
-        losses = torch.empty(self.num_clients)
         work.train()
-        for i in range(self.num_clients):
-            with torch.no_grad():
-                for p, q in zip(wparams, params, strict=True):
-                    p.copy_(q)
-            opt: torch.optim.Optimizer = (
-                torch.optim.Adam(wparams, lr=lr)
-                if self.client_optimizer == "adam"
-                else torch.optim.SGD(wparams, lr=lr)
-            )
-            for k, (x, y) in enumerate(batches):
-                opt.zero_grad(set_to_none=True)
-                loss = self.loss_fn(work(x[i]), y[i])
-                loss.backward()
-                opt.step()
-                if k == 0:
-                    losses[i] = float(loss.detach())
-            with torch.no_grad():
-                w_local = torch.cat([p.detach().reshape(-1) for p in wparams])
-                G[i] = (w0 - w_local) / lr
-        return G, losses
+        with torch.enable_grad():
+            for i in clients:
+                with torch.no_grad():
+                    for p, q in zip(wparams, params, strict=True):
+                        p.copy_(q)
+                opt: torch.optim.Optimizer = (
+                    torch.optim.Adam(wparams, lr=lr)
+                    if self.client_optimizer == "adam"
+                    else torch.optim.SGD(wparams, lr=lr)
+                )
+                for k, (x, y) in enumerate(batches):
+                    opt.zero_grad(set_to_none=True)
+                    loss = self.loss_fn(work(x[i]), y[i])
+                    loss.backward()
+                    opt.step()
+                    if k == 0:
+                        losses[i] = float(loss.detach())
+                with torch.no_grad():
+                    w_local = torch.cat([p.detach().reshape(-1) for p in wparams])
+                    self._G[i] = (w0 - w_local) / lr
 
     def poison(self, G: Tensor) -> dict[str, float]:
         """Replace the malicious rows of ``G`` in place with the model-poisoning attack's rows.
