@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,3 +85,17 @@ def example_plugin_free() -> Iterator[None]:
     forget_example_plugin()
     yield
     forget_example_plugin()
+
+
+def interrupt_then_resume(cfg: Any, store: Path, at: int) -> Any:
+    """Run ``cfg`` into ``store``, interrupted (KeyboardInterrupt) after round ``at``, then run
+    it again: the second run resumes from its checkpoint. Returns the resumed run's summary."""
+    from tesseract_fl.experiments.runner import run_experiment
+
+    def stop(done: int, total: int, info: object) -> None:
+        if done == at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, store, progress=stop)
+    return run_experiment(cfg, store)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import interrupt_then_resume
 from tesseract_fl.attacks import (
     DBA,
     AttackContext,
@@ -173,14 +174,7 @@ def test_resumed_backdoor_run_matches_an_uninterrupted_one(
 ) -> None:
     cfg = _cfg(tiny_overrides, "attack=dba", "defense=tesseract", "checkpoint_every=2")
     whole = run_experiment(cfg, tmp_path / "a.sqlite")
-
-    def stop(done: int, total: int, info: dict[str, Any]) -> None:
-        if done == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "b.sqlite", progress=stop)
-    resumed = run_experiment(cfg, tmp_path / "b.sqlite")
+    resumed = interrupt_then_resume(cfg, tmp_path / "b.sqlite", at=4)
     assert resumed.resumed_from == 4
     assert resumed.final_attack_success == whole.final_attack_success
     with ResultsStore(tmp_path / "a.sqlite") as a, ResultsStore(tmp_path / "b.sqlite") as b:

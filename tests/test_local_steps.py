@@ -26,7 +26,6 @@ def test_one_round_is_fedavg_of_k_local_steps(tiny_overrides: list[str], optimiz
     # the same batches, drawn by a copy of the sampler, trained by hand
     sampler = copy.deepcopy(sim.sampler)
     batches = [torch.from_numpy(sampler.next_batches()) for _ in range(3)]
-    w0 = _params(sim.model)
     lr = float(sim.lr_fn(0))
     local = []
     for i in range(sim.num_clients):

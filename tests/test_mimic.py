@@ -4,11 +4,11 @@ its state across a checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from conftest import interrupt_then_resume
 from tesseract_fl.attacks import AttackContext, Mimic, make_attack, mimic
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.experiments.config import resolve_config
@@ -77,14 +77,7 @@ def test_resumed_mimic_run_matches_an_uninterrupted_one(
         "mnist", overrides=[*tiny_overrides, "attack=mimic", "defense=median", "checkpoint_every=2"]
     )
     whole = run_experiment(cfg, tmp_path / "a.sqlite")
-
-    def stop(done: int, total: int, info: dict[str, Any]) -> None:
-        if done == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "b.sqlite", progress=stop)
-    resumed = run_experiment(cfg, tmp_path / "b.sqlite")
+    resumed = interrupt_then_resume(cfg, tmp_path / "b.sqlite", at=4)
     assert resumed.resumed_from == 4
     assert resumed.final_accuracy == whole.final_accuracy
     with ResultsStore(tmp_path / "a.sqlite") as a, ResultsStore(tmp_path / "b.sqlite") as b:
