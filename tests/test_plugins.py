@@ -221,6 +221,7 @@ def test_example_plugin_end_to_end(tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Table 2:" not in md  # no paper grid given: no empty paper tables
+    assert md.startswith("# tesseract-fl report\n") and "## Coverage" not in md
     header = next(ln for ln in md.splitlines() if ln.startswith("| attack |"))
     assert "centered_clip" in header and "TESSERACT" in header and "FedSGD" in header
     rows = [ln for ln in md.splitlines() if ln.startswith(("| None |", "| random_direction |"))]

@@ -139,6 +139,17 @@ def settings_summary(runs: Iterable[GridRun]) -> str:
 # -- markdown sections ------------------------------------------------------------------------
 def _intro(paper: PaperValues, store: Path, grids: Sequence[Grid]) -> list[str]:
     grid_list = ", ".join(f"`{_grid_ref(g)}` ({len(g.runs)} runs)" for g in grids)
+    if grids and not any(_reads(g) for g in grids):  # only the user's own grids
+        return [
+            "# tesseract-fl report",
+            "",
+            f"Results store `{_display(store)}`; grids {grid_list}; generated "
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC. None of these grids is one of "
+            "the paper's tables or figures, so each is shown as a robustness table: our values "
+            "only (mean over seeds ± sample standard deviation, n = number of seeds; `missing` "
+            "means no finished run in the store, never 0).",
+            "",
+        ]
     return [
         "# tesseract-fl report: reproduction of the TESSERACT paper",
         "",
@@ -156,6 +167,8 @@ def _intro(paper: PaperValues, store: Path, grids: Sequence[Grid]) -> list[str]:
 
 
 def _coverage_md(coverage: Sequence[Coverage]) -> list[str]:
+    if not coverage:
+        return []
     lines = [
         "## Coverage",
         "",
