@@ -10,9 +10,9 @@ only the malicious rows are aggregated, while everyone's flip-score is kept.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from tesseract_fl.attacks.backdoor import BackdoorAttack, attack_success_rate
 from tesseract_fl.attacks.base import AttackContext, DataAttack, DefenseView, ModelAttack, Poison
 from tesseract_fl.errors import ConfigError, DivergedError, UpdateError
 from tesseract_fl.simulation.flat import flat_slices
-from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params
+from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params, worker_pool
 from tesseract_fl.simulation.round import (
     NonFiniteUpdateError,
     aggregate_round,
@@ -187,18 +187,6 @@ def adam_first_step(G: Tensor, eps: float = ADAM_EPS) -> Tensor:
     return G.div_(G.abs().add_(eps))
 
 
-_LOCAL_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _local_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads for local training (made once, reused)."""
-    pool = _LOCAL_POOLS.get(workers)
-    if pool is None:
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="tfl-local")
-        _LOCAL_POOLS[workers] = pool
-    return pool
-
-
 class FedSGDSimulation:
     """In-process federated simulation of ``m`` clients of which ``malicious_ids`` are attackers.
 
@@ -353,14 +341,12 @@ class FedSGDSimulation:
         threads = self.backend == "threads" and self.device.type == "cpu"
         workers = max(1, min(torch.get_num_threads() if threads else 1, self.num_clients))
         while len(self._work) < workers:
-            import copy
-
             self._work.append(copy.deepcopy(self.model))
         params = [p for p in self.model.parameters() if p.requires_grad]
         w0 = torch.cat([p.detach().reshape(-1) for p in params])
         losses = torch.empty(self.num_clients)
         bounds = [round(k * self.num_clients / workers) for k in range(workers + 1)]
-        pool = _local_pool(workers)
+        pool = worker_pool(workers)
         futures = [
             pool.submit(
                 self._train_clients,

@@ -83,9 +83,10 @@ _POOLS_LOCK = threading.Lock()
 _REPLICAS: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def worker_pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of ``workers`` threads, made once and reused (each task sets its own
-    thread's torch thread count: see :func:`_block_losses`)."""
+    thread's torch thread count: see :func:`_block_losses`); the simulator's local training
+    runs on it too."""
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
@@ -153,7 +154,7 @@ def threaded_gradients(
         losses.copy_(l1)
         return G, losses
     futures = [
-        _pool(workers).submit(
+        worker_pool(workers).submit(
             _block_losses,
             replicas[k],
             x[bounds[k] : bounds[k + 1]],
