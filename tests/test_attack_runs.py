@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tesseract_fl.simulation.engine as engine_mod
-from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE
+from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE, make_attack, needs_root_gradient
 from tesseract_fl.attacks.base import Poison
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.experiments.config import resolve_config
@@ -22,7 +22,10 @@ from tesseract_fl.experiments.store import ResultsStore
 def test_every_attack_runs_and_records(
     tmp_path: Path, tiny_overrides: list[str], attack: str
 ) -> None:
-    cfg = resolve_config("mnist", overrides=[*tiny_overrides, f"attack={attack}", "rounds=3"])
+    extra = ["defense=fltrust"] if needs_root_gradient(make_attack(attack)) else []
+    cfg = resolve_config(
+        "mnist", overrides=[*tiny_overrides, f"attack={attack}", "rounds=3", *extra]
+    )
     summary = run_experiment(cfg, tmp_path / "s.sqlite")
     assert summary.attack == attack and 0.0 <= summary.final_accuracy <= 1.0
     with ResultsStore(tmp_path / "s.sqlite") as s:

@@ -3,12 +3,13 @@
 Model poisoning (``poison(G_honest, ctx) -> Poison``): :class:`FullTrim`, :class:`FullKrum`,
 :class:`AdaptiveKrum`, :class:`AdaptiveTrim`. Data poisoning (``poison_labels``):
 :class:`LabelFlip`, :class:`TargetedLabelFlip`. Beyond the paper: :class:`ALIE`, :class:`IPM`,
-:class:`MinMax`, :class:`MinSum`, :class:`SignFlip`, :class:`GaussianNoise`, :class:`Mimic`.
+:class:`MinMax`, :class:`MinSum`, :class:`SignFlip`, :class:`GaussianNoise`, :class:`Mimic`,
+:class:`FangFLTrust` (against FLTrust: needs the server's root gradient).
 Backdoors (``poison_batch``, judged by attack success rate): :class:`BadNets`,
 :class:`ModelReplacement`, :class:`DBA`. Functional API
 (stable): :func:`full_trim`, :func:`full_krum`, :func:`adaptive_krum`, :func:`adaptive_trim`,
 :func:`alie`, :func:`ipm`, :func:`min_max`, :func:`min_sum`, :func:`sign_flip`,
-:func:`gaussian_noise`, :func:`mimic`.
+:func:`gaussian_noise`, :func:`mimic`, :func:`fang_fltrust`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tesseract_fl.attacks.base import (
     Poison,
     malicious_mask,
 )
+from tesseract_fl.attacks.fang_fltrust import FangFLTrust, fang_fltrust
 from tesseract_fl.attacks.full_krum import FullKrum, full_krum, full_krum_search, lambda_upper_bound
 from tesseract_fl.attacks.full_trim import FullTrim, full_trim
 from tesseract_fl.attacks.gaussian import GaussianNoise, gaussian_noise
@@ -64,6 +66,7 @@ __all__ = [
     "BadNets",
     "DataAttack",
     "DefenseView",
+    "FangFLTrust",
     "FullKrum",
     "FullTrim",
     "GaussianNoise",
@@ -82,6 +85,7 @@ __all__ = [
     "alie_z_max",
     "attack_success_rate",
     "dilute",
+    "fang_fltrust",
     "flip_labels",
     "full_krum",
     "full_krum_search",
@@ -96,6 +100,7 @@ __all__ = [
     "mimic",
     "min_max",
     "min_sum",
+    "needs_root_gradient",
     "register_attack",
     "relabel",
     "sign_flip",
@@ -122,6 +127,7 @@ with origin(BUILTIN):
         SignFlip,
         GaussianNoise,
         Mimic,
+        FangFLTrust,
         BadNets,
         ModelReplacement,
         DBA,
@@ -131,6 +137,12 @@ with origin(BUILTIN):
 
 #: Attacks that read the defense's public state (TESSERACT's cut-offs): need defense.public_state.
 NEEDS_DEFENSE_STATE: frozenset[str] = frozenset({"adaptive_krum", "adaptive_trim"})
+
+
+def needs_root_gradient(attack: Any) -> bool:
+    """True for attacks that read the server's root gradient (``ctx.root_gradient``): they need
+    a defense that computes one (FLTrust)."""
+    return bool(getattr(attack, "needs_root_gradient", False))
 
 
 def register_attack(name: str, cls: type, *, replace: bool = False) -> None:

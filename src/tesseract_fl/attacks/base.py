@@ -64,7 +64,9 @@ class AttackContext:
 
     ``malicious``: bool mask [m] of the attackers' rows in ``G_honest``; ``c_max``: clients the
     server assumes malicious; ``generator``: the run's seeded RNG (every random draw of an attack
-    comes from it, so runs are reproducible); ``defense``: read-only :class:`DefenseView` or None.
+    comes from it, so runs are reproducible); ``defense``: read-only :class:`DefenseView` or None;
+    ``root_gradient``: the server's root-set gradient of this round when the defense computes one
+    (FLTrust; full knowledge includes it), else None.
     """
 
     malicious: Tensor
@@ -72,6 +74,7 @@ class AttackContext:
     round: int = 0
     generator: torch.Generator | None = None
     defense: DefenseView | None = None
+    root_gradient: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -319,7 +319,7 @@ def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
 def validate(cfg: ExperimentConfig) -> None:
     """Check ranges and names; raise ConfigError naming the key and the allowed values."""
     from tesseract_fl.aggregators import AGGREGATORS, make_aggregator, split_defense_name
-    from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE, make_attack
+    from tesseract_fl.attacks import ATTACKS, NEEDS_DEFENSE_STATE, make_attack, needs_root_gradient
     from tesseract_fl.data import DATASETS
     from tesseract_fl.data.augment import AUGMENTATIONS
     from tesseract_fl.models import MODELS
@@ -411,7 +411,12 @@ def validate(cfg: ExperimentConfig) -> None:
                 f"attack = 'none' takes no parameters, got {sorted(cfg.attack_params)}"
             )
         return
-    make_attack(cfg.attack, **cfg.attack_params)
+    attack = make_attack(cfg.attack, **cfg.attack_params)
+    if needs_root_gradient(attack) and not agg.needs_root_gradient:
+        raise ConfigError(
+            f"attack {cfg.attack!r} reads the server's root gradient; defense {cfg.defense!r} "
+            "computes none (use defense = 'fltrust', or 'monna' with pivot = 'root')"
+        )
     if cfg.attack in NEEDS_DEFENSE_STATE and not callable(getattr(agg, "public_state", None)):
         raise ConfigError(
             f"attack {cfg.attack!r} adapts to TESSERACT's flip-score cut-offs; defense "

@@ -38,6 +38,7 @@ from tesseract_fl.attacks import (
     Poison,
     is_backdoor,
     is_data_attack,
+    needs_root_gradient,
 )
 from tesseract_fl.errors import ConfigError, UpdateError
 
@@ -87,6 +88,11 @@ class ColludingAttackers:
             raise ConfigError(
                 f"attack {name!r} adapts to the server's TESSERACT state, which Flower clients "
                 "cannot see; use it in the simulator"
+            )
+        if needs_root_gradient(attack):
+            raise ConfigError(
+                f"attack {name!r} reads the server's root gradient, which Flower clients cannot "
+                "see; use it in the simulator"
             )
         ids = sorted(int(i) for i in malicious_ids)
         if not ids or len(set(ids)) != len(ids) or not all(0 <= i < num_clients for i in ids):

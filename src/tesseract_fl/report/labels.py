@@ -22,6 +22,7 @@ ATTACK_LABELS: dict[str, str] = {
     "model_replacement": "Model replacement",
     "dba": "DBA",
     "mimic": "Mimic",
+    "fang_fltrust": "Fang-FLTrust",
 }
 
 DEFENSE_LABELS: dict[str, str] = {

@@ -398,8 +398,9 @@ class FedSGDSimulation:
                     w_local = torch.cat([p.detach().reshape(-1) for p in wparams])
                     self._G[i] = (w0 - w_local) / lr
 
-    def poison(self, G: Tensor) -> dict[str, float]:
-        """Replace the malicious rows of ``G`` in place with the model-poisoning attack's rows.
+    def poison(self, G: Tensor, root_gradient: Tensor | None = None) -> dict[str, float]:
+        """Replace the malicious rows of ``G`` in place with the model-poisoning attack's rows
+        (``root_gradient``: the server's root gradient of the round, known to the attackers).
 
         A wrong shape is a bug in the attack (:class:`UpdateError`); NaN/Inf values are not: a
         malicious client may send them, and the aggregators exclude such rows (hostile-row
@@ -411,6 +412,7 @@ class FedSGDSimulation:
             round=self.round,
             generator=self.rng,
             defense=self.defense_view,
+            root_gradient=None if root_gradient is None else root_gradient.clone(),
         )
         assert self.model_attack is not None
         out = self.model_attack.poison(G, ctx)
@@ -436,8 +438,9 @@ class FedSGDSimulation:
         if benign.numel() and not bool(torch.isfinite(benign).any()):
             raise DivergedError(self.round, "every benign client's loss is non-finite")
         attack_record: dict[str, float] = {}
+        root = None if self.root_sampler is None else self.root_gradient()
         if self.model_attack is not None and bool(self.malicious.any()):
-            attack_record = self.poison(G)
+            attack_record = self.poison(G, root)
         rows = None
         if self.aggregate_only is not None:
             rows = self.malicious if self.aggregate_only == "malicious" else ~self.malicious
@@ -449,7 +452,7 @@ class FedSGDSimulation:
         ids = self.client_ids if rows is None else self.client_ids[rows]
         ctx_agg = AggregationContext(
             n_samples=self.n_samples if rows is None else self.n_samples[rows],
-            root_gradient=None if self.root_sampler is None else self.root_gradient(),
+            root_gradient=root,
         )
         try:
             out = aggregate_round(
