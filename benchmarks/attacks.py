@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         c_max=c,
         generator=torch.Generator().manual_seed(0),
         defense=DefenseView(defense),
+        root_gradient=round_matrix(1, P, seed=2)[0],  # for the attack against FLTrust
     )
     results: dict[str, Any] = {
         "benchmark": "attacks",

@@ -12,7 +12,7 @@ import torch
 from tesseract_fl.aggregators.base import AggregationContext
 from tesseract_fl.aggregators.fltrust import FLTrust
 from tesseract_fl.attacks import AttackContext, FangFLTrust, fang_fltrust, full_trim, make_attack
-from tesseract_fl.attacks.fang_fltrust import fltrust_reference
+from tesseract_fl.attacks.fang_fltrust import fltrust_terms
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.experiments.config import resolve_config
 from tesseract_fl.experiments.runner import run_experiment
@@ -48,13 +48,49 @@ def _best_identical(G: torch.Tensor, mask: torch.Tensor, g0: torch.Tensor) -> fl
     s = torch.sign(g)
     r = g0.double() / g0.double().norm()
     n0 = float(g0.double().norm())
-    A, B = fltrust_reference(G[~mask], g0.double())
+    w, ts = fltrust_terms(G[~mask], g0.double())
+    A, B = w @ G[~mask].double(), ts.sum()
     u = -s + (s @ r) * r
     u = u / u.norm()
     t = torch.linspace(1e-5, 1.0, 100001, dtype=torch.float64)[:, None]
     E = t * r + torch.sqrt(1 - t * t) * u
     after = (A + n0 * c * t * E) / (B + c * t)
     return float((s @ (g[:, None] - after.T)).max())
+
+
+def _ascent_per_row(
+    G: torch.Tensor, mask: torch.Tensor, g0: torch.Tensor, steps: int, step_size: float
+) -> torch.Tensor:
+    """The ascent written plainly: every malicious row ``||g0|| e_i`` its own unit vector, the
+    deviation of FLTrust's formula (float64) differentiated by autograd."""
+    X, r = G.double(), g0.double()
+    n0 = r.norm()
+    benign = X[~mask]
+    ts_b = ((benign @ r) / (benign.norm(dim=1) * n0)).clamp(min=0.0)
+    num_b = ts_b @ (benign * (n0 / benign.norm(dim=1))[:, None])
+    ts_all = ((X @ r) / (X.norm(dim=1) * n0)).clamp(min=0.0)
+    g = (ts_all @ (X * (n0 / X.norm(dim=1))[:, None])) / ts_all.sum()
+    s = torch.sign(g)
+    E = (r / n0).expand(int(mask.sum()), -1).clone()
+    best, best_h = E.clone(), -float("inf")
+    for _ in range(steps + 1):
+        E.requires_grad_(True)
+        ts_m = (E @ r / n0).clamp(min=0.0)
+        h = s @ (g - (num_b + n0 * (ts_m @ E)) / (ts_b.sum() + ts_m.sum()))
+        if float(h.detach()) > best_h:
+            best, best_h = E.detach().clone(), float(h.detach())
+        (grad,) = torch.autograd.grad(h, E)
+        with torch.no_grad():
+            E = E + step_size * grad / grad.norm(dim=1, keepdim=True)
+            E = E / E.norm(dim=1, keepdim=True)
+    return best * n0
+
+
+def test_one_shared_row_gives_the_per_row_ascent() -> None:
+    G, g0, mask = _round(6, c=3)
+    rows, _ = fang_fltrust(G, mask, g0, steps=30)
+    ref = _ascent_per_row(G, mask, g0, steps=30, step_size=0.05)
+    assert torch.allclose(rows.double(), ref, rtol=1e-4, atol=1e-5 * float(g0.norm()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -14,7 +14,8 @@ benign rows,
          / (sum_benign TS_j + sum_mal ReLU(e_i . g_0 / ||g_0||)),
 
 and the ``e_i`` are found by gradient ascent on ``h = s . (g - g') / ||g_0||``, each step
-followed by renormalising ``e_i`` to unit length. Our choices where the method leaves room
+followed by renormalising ``e_i`` to unit length (its gradient in closed form below; from the
+common start the rows stay equal, so one row is iterated). Our choices where the method leaves room
 (parameters of :class:`FangFLTrust`): the start ``e_i = g_0 / ||g_0||`` (a direction of
 trust 1; a start of trust 0, such as Full-Trim's rows, has zero gradient under the ReLU), a step
 of fixed length ``step_size`` along the gradient (so the step does not depend on the gradients'
@@ -34,21 +35,23 @@ from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malic
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.validation import as_count, positive_finite
 
-__all__ = ["FangFLTrust", "fang_fltrust", "fltrust_reference"]
+__all__ = ["FangFLTrust", "fang_fltrust", "fltrust_terms"]
 
 
-def fltrust_reference(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
-    """``(sum_j TS_j gbar_j, sum_j TS_j)`` of rows ``G`` [k, P] against ``g0`` (float64): the
-    numerator and denominator of FLTrust's update over these rows (rows of norm 0: trust 0)."""
-    X = G.detach().double()
-    r = g0.detach().double()
-    n0 = torch.linalg.vector_norm(r)
-    norms = torch.linalg.vector_norm(X, dim=1)
+def fltrust_terms(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
+    """``(w, ts)`` (float64 [k]) of rows ``G`` [k, P] against ``g0``: FLTrust's trust scores
+    ``TS_j`` and the weights ``w_j = TS_j ||g0|| / ||g_j||`` of the raw rows, so that
+    ``w @ G = sum_j TS_j gbar_j`` (rows or a root of norm 0: trust 0). Two passes over G."""
+    X = G.detach()
+    r = g0.detach().to(X.dtype)
+    n0 = float(torch.linalg.vector_norm(g0.detach().double()))
+    dots = (X @ r).double()
+    norms = torch.linalg.vector_norm(X, dim=1).double()
     ok = norms > 0
-    cos = torch.where(ok, (X @ r) / (torch.where(ok, norms, 1.0) * n0), 0.0)
+    safe = torch.where(ok, norms, 1.0)
+    cos = torch.where(ok, dots / (safe * n0), 0.0) if n0 > 0 else torch.zeros_like(dots)
     ts = cos.clamp(0.0, 1.0)
-    w = torch.where(ts > 0, ts * n0 / torch.where(ok, norms, 1.0), 0.0)
-    return w @ X, ts.sum()
+    return torch.where(ts > 0, ts * n0 / safe, 0.0), ts
 
 
 def _check_root(g0: Any, P: int) -> Tensor:
@@ -89,40 +92,51 @@ def fang_fltrust(
             "deviation": 0.0,
             "trust": 0.0,
         }
-    num_all, den_all = fltrust_reference(G_honest, r)
-    g = num_all / den_all if float(den_all) > 0 else torch.zeros_like(r)
+    w, ts = fltrust_terms(G_honest, r)
+    X = G_honest.detach()
+    den_all = float(ts.sum())
+    g = (w.to(X.dtype) @ X).double() / den_all if den_all > 0 else torch.zeros_like(r)
     s = torch.sign(g)
     if not bool(s.any()):
         s = torch.sign(r)  # no update before the attack: deviate from the root direction
-    A, B = fltrust_reference(G_honest[~mask], r)
-    A = A / n0
+    benign = ~mask
+    A = (torch.where(benign, w, 0.0).to(X.dtype) @ X).double() / n0
+    B = ts[benign].sum()
     base = float(s @ g) / n0
     r_hat = r / n0
 
-    def deviation(E: Tensor) -> Tensor:
-        ts = (E @ r_hat).clamp(min=0.0)
-        g_after = (A + ts @ E) / (B + ts.sum()).clamp(min=torch.finfo(torch.float64).tiny)
-        return base - s @ g_after
+    # Every attacker starts at r and the gradient of row i depends on the other rows only
+    # through sums symmetric in them, so the rows stay equal along the ascent: one row e with
+    # multiplicity c gives the same iterates as c rows at 1/c of the cost. With t = ReLU(e . r),
+    # N = s . A + c t (s . e) and D = B + c t, h = base - N / D and
+    #   dh/de = -c t s / D - c [t > 0] r ((s . e) D - N) / D^2.
+    sA = float(s @ A)
+    tiny = torch.finfo(torch.float64).tiny
 
-    E = r_hat.expand(c, -1).clone()
-    best_E, best_h = E.clone(), float(deviation(E))
+    def value_and_grad(e: Tensor) -> tuple[float, Tensor]:
+        se, t = float(s @ e), max(float(e @ r_hat), 0.0)
+        N, D = sA + c * t * se, max(float(B) + c * t, tiny)
+        grad = s * (-c * t / D)
+        if t > 0.0:
+            grad.add_(r_hat, alpha=-c * (se * D - N) / (D * D))
+        return base - N / D, grad
+
+    e = r_hat.clone()
+    best_e, best_h = e, value_and_grad(e)[0]
     for _ in range(steps):
-        E.requires_grad_(True)
-        h = deviation(E)
-        (grad,) = torch.autograd.grad(h, E)
-        with torch.no_grad():
-            gnorm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
-            if not bool((gnorm > 0).any()):
-                break
-            step = torch.where(gnorm > 0, grad / gnorm.clamp(min=1e-300), 0.0)
-            E = E.detach() + step_size * step
-            E = E / torch.linalg.vector_norm(E, dim=1, keepdim=True)
-            h_now = float(deviation(E))
-            if h_now > best_h:
-                best_E, best_h = E.clone(), h_now
-    with torch.no_grad():
-        trust = float((best_E @ r_hat).clamp(min=0.0).mean())
-        rows = (best_E * n0).to(dtype=G_honest.dtype)
+        h, grad = value_and_grad(e)
+        if h > best_h:
+            best_e, best_h = e, h
+        gnorm = float(torch.linalg.vector_norm(grad))
+        if gnorm == 0.0:
+            break
+        e = e + grad * (step_size / gnorm)
+        e = e / torch.linalg.vector_norm(e)
+    h = value_and_grad(e)[0]
+    if h > best_h:
+        best_e, best_h = e, h
+    trust = max(float(best_e @ r_hat), 0.0)
+    rows = (best_e * n0).to(dtype=G_honest.dtype).expand(c, -1).clone()
     return rows, {"deviation": best_h * n0, "trust": trust}
 
 
