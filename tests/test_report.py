@@ -495,3 +495,29 @@ def test_every_experiment_grid_loads() -> None:
     quick = grids["table2-quick"].runs
     assert all(r.config.clients == 20 and r.config.malicious == 4 for r in quick)
     assert all(r.config.rounds == 60 for r in quick)
+
+
+def test_robustness_rows_of_a_later_block_join_their_dataset(tmp_path: Path) -> None:
+    from tesseract_fl.report.robustness import build_robustness
+
+    grid = tmp_path / "two-blocks.toml"
+    grid.write_text(
+        'name = "two-blocks"\nseeds = [0]\n'
+        '[datasets]\nmnist = "mnist-quick"\nbreast_cancer = "breast_cancer-quick"\n'
+        '[[cells]]\nattack = ["none", "full_trim"]\ndefense = ["fedsgd", "median"]\n'
+        "malicious_fraction = 0.2\n"
+        '[[cells]]\nattack = ["fang_fltrust"]\ndefense = ["fltrust"]\n'
+        "malicious_fraction = 0.2\n"
+    )
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        table = build_robustness(RunReader(store), load_grid(grid))
+    assert table.axes[:2] == ["dataset", "attack"]
+    assert [s[:2] for s in table.settings] == [
+        ("mnist", "none"),
+        ("mnist", "full_trim"),
+        ("mnist", "fang_fltrust"),
+        ("breast_cancer", "none"),
+        ("breast_cancer", "full_trim"),
+        ("breast_cancer", "fang_fltrust"),
+    ]
+    assert (table.settings[2], "median") not in table.cells  # not planned, not missing
