@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "flower_fedavg": "seconds per FedAvg round (2 local epochs): Flower's FedAvg example vs ours",
     "models": "paper-scale seconds per round: CIFAR-10 ResNet-18, FEMNIST CNN; 2000-round time",
     "compile": "torch.compile vs eager for one client's forward + backward; compile time",
+    "gru": "Shakespeare char GRU round: nn.GRU's fused kernel vs the matmul form, per backend",
 }
 #: Benchmarks that take ``--device``.
 DEVICE_AWARE = {"engine", "models"}

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tesseract_fl.models import MODELS, count_parameters, make_model
-from tesseract_fl.models.char_gru import VOCAB_SIZE, CharGRU
+from tesseract_fl.models.char_gru import GRU, VOCAB_SIZE, CharGRU, gru_matmul
 from tesseract_fl.simulation.gradients import loop_gradients, vmap_gradients
 
 EXPECTED = {
@@ -43,14 +43,34 @@ def test_output_shapes(name: str, num_classes: int, x: torch.Tensor) -> None:
     assert out.shape == (x.shape[0], num_classes)
 
 
-def test_char_gru_matches_torch_gru() -> None:
+def test_char_gru_matmul_form_matches_the_fused_kernel() -> None:
+    """The vmap path's matmul GRU equals nn.GRU's fused kernel, output and gradients."""
     torch.manual_seed(0)
     model = CharGRU()
-    ref = nn.GRU(100, 100, num_layers=2, batch_first=True)
-    ref.load_state_dict(model.gru.state_dict())
+    assert isinstance(model.gru, nn.GRU)
+    plain = GRU(100, 100, num_layers=2)
+    plain.load_state_dict(model.gru.state_dict())
     x = torch.randn(3, 6, 100)
-    torch.testing.assert_close(model.gru(x), ref(x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain(x), model.gru(x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gru_matmul(x, model.gru), model.gru(x)[0], rtol=1e-5, atol=1e-6)
+    plain(x).square().sum().backward()
+    model.gru(x)[0].square().sum().backward()
+    for (name, a), b in zip(model.gru.named_parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert VOCAB_SIZE == 100
+
+
+def test_char_gru_initialization_is_that_of_the_matmul_module() -> None:
+    """Same parameter names, order and initial values as before the fused kernel was used."""
+    torch.manual_seed(0)
+    model = CharGRU()
+    torch.manual_seed(0)
+    nn.Embedding(100, 100)
+    plain = GRU(100, 100, num_layers=2)
+    assert [n for n, _ in model.gru.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    for a, b in zip(model.gru.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_vmap_equals_loop_char_gru() -> None:

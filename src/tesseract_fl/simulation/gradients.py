@@ -195,7 +195,7 @@ def vmap_gradients(
     running statistics in place, so every client gets a private copy of the buffers (batched
     along the client axis) that is discarded afterwards: the vmap backend never updates the
     model's running statistics (the loop backend does, once per client). ``nn.GRU`` has no vmap
-    batching rule; ``char_gru`` uses an equivalent GRU written with matmuls instead.
+    batching rule; under vmap ``char_gru`` runs its GRU written with matmuls instead.
     """
     if chunk_size < 1:
         raise ConfigError(f"vmap_chunk must be >= 1, got {chunk_size}")
