@@ -101,7 +101,7 @@ def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
 
 #: Packaged grid files the report reads by default: the paper-scale ones (``--grid`` for the
 #: quick ones).
-DEFAULT_REPORT_GRIDS = "*-mnist"
+DEFAULT_REPORT_GRIDS: tuple[str, ...] = ("*-mnist", "table2-shakespeare")
 DEFAULT_REPORT_DIR = Path("runs") / "report"
 
 
@@ -862,7 +862,13 @@ def _report_grid_paths(given: list[str]) -> list[Path]:
 
     if given:
         return [resolve_grid_path(g) for g in given]
-    return sorted(packaged_grids_dir().glob(f"{DEFAULT_REPORT_GRIDS}.toml"))
+    return sorted(
+        {
+            p
+            for pattern in DEFAULT_REPORT_GRIDS
+            for p in packaged_grids_dir().glob(f"{pattern}.toml")
+        }
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
