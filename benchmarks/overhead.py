@@ -146,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             round=1,
             generator=torch.Generator().manual_seed(0),
             defense=DefenseView(defense),
+            root_gradient=root_gradient(),  # for the attack against FLTrust
         )
         attacks[name] = timeit(lambda a=attack, ctx=ctx: a.poison(G, ctx), reps)
 

@@ -172,3 +172,12 @@ def test_flower_colluding_attackers_refuse_it(tmp_path: Path) -> None:
         ColludingAttackers(
             tmp_path, FangFLTrust(), num_clients=4, malicious_ids=[0], c_max=1, seed=0
         )
+
+
+def test_half_precision_rows_follow_the_float32_ones() -> None:
+    G, g0, mask = _round(7)
+    rows32, rec32 = fang_fltrust(G, mask, g0)
+    rows16, rec16 = fang_fltrust(G.half(), mask, g0.half())
+    assert rows16.dtype == torch.float16
+    assert rec16["deviation"] == pytest.approx(rec32["deviation"], rel=1e-2)
+    torch.testing.assert_close(rows16.float(), rows32, rtol=2e-2, atol=2e-2)

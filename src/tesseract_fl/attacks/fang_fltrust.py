@@ -43,7 +43,9 @@ def fltrust_terms(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
     ``TS_j`` and the weights ``w_j = TS_j ||g0|| / ||g_j||`` of the raw rows, so that
     ``w @ G = sum_j TS_j gbar_j`` (rows or a root of norm 0: trust 0). Two passes over G."""
     X = G.detach()
-    r = g0.detach().to(X.dtype)
+    if X.dtype.itemsize < 4:
+        X = X.float()  # half precision: products in float32, as FLTrust computes them
+    r = g0.detach().to(device=X.device, dtype=X.dtype)
     n0 = float(torch.linalg.vector_norm(g0.detach().double()))
     dots = (X @ r).double()
     norms = torch.linalg.vector_norm(X, dim=1).double()
@@ -94,6 +96,9 @@ def fang_fltrust(
         }
     w, ts = fltrust_terms(G_honest, r)
     X = G_honest.detach()
+    if X.dtype.itemsize < 4:
+        X = X.float()
+    r = r.to(X.device)
     den_all = float(ts.sum())
     g = (w.to(X.dtype) @ X).double() / den_all if den_all > 0 else torch.zeros_like(r)
     s = torch.sign(g)

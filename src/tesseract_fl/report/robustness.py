@@ -117,8 +117,9 @@ def build_robustness(reader: RunReader, grid: Grid) -> RobustnessTable:
             cell.asr.append(float(asr))
     # Rows of a later [[cells]] block (e.g. an attack run against a few defenses only) join
     # their dataset's group instead of trailing after every dataset (a stable sort).
-    first = {v: i for i, v in reversed(list(enumerate(s[0] for s in settings)))}
-    settings.sort(key=lambda s: first[s[0]])
+    if axes[0] == "dataset":
+        first = {v: i for i, v in reversed(list(enumerate(s[0] for s in settings)))}
+        settings.sort(key=lambda s: first[s[0]])
     return RobustnessTable(grid, axes, settings, defenses, cells)
 
 
