@@ -56,7 +56,13 @@ def defense_snippet(name: str) -> str:
 
 def attack_snippet(name: str) -> str:
     """Python that builds attack ``name`` and applies it to one round's gradients or labels."""
-    from tesseract_fl.attacks import NEEDS_DEFENSE_STATE, is_backdoor, is_data_attack, make_attack
+    from tesseract_fl.attacks import (
+        NEEDS_DEFENSE_STATE,
+        is_backdoor,
+        is_data_attack,
+        make_attack,
+        needs_root_gradient,
+    )
 
     head = (
         "import torch\n\nfrom tesseract_fl.attacks import make_attack\n"
@@ -90,17 +96,24 @@ def attack_snippet(name: str) -> str:
             'tesseract = make_aggregator("tesseract", num_clients=M, c_max=C)\n'
             "view = DefenseView(tesseract)\n"
         )
+    root = ""
+    if needs_root_gradient(make_attack(name)):
+        root = (
+            "# It reads the server's root-set gradient (full knowledge of FLTrust's round):\n"
+            "g0 = G[C:].mean(0)\n"
+        )
     return (
         f"{head}"
         f"M, C, P = {M}, {C}, {P}\n"
         "G = torch.randn(M, P, generator=torch.Generator().manual_seed(0))  # honest gradients\n"
         "malicious = torch.zeros(M, dtype=torch.bool)\n"
         "malicious[:C] = True\n"
-        f"{defense}"
+        f"{defense}{root}"
         f'attack = make_attack("{name}")\n'
         "ctx = AttackContext(\n"
         "    malicious=malicious, c_max=C, generator=torch.Generator().manual_seed(1)"
         + (", defense=view" if defense else "")
+        + (", root_gradient=g0" if root else "")
         + "\n)\n"
         "poison = attack.poison(G, ctx)\n"
         "G[malicious] = poison.rows  # what the server receives\n"
