@@ -43,7 +43,17 @@ def test_one_round_is_fedavg_of_k_local_steps(tiny_overrides: list[str], optimiz
     sim.step()
     n = sim.n_samples / sim.n_samples.sum()  # FedSGD weighs clients by their sample counts
     want = sum(float(n[i]) * local[i] for i in range(sim.num_clients))
-    torch.testing.assert_close(_params(sim.model), want, rtol=1e-4, atol=1e-6)
+    got = _params(sim.model)
+    if optimizer == "sgd":
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        return
+    # Adam divides by sqrt(v) + 1e-8: where a coordinate's gradient is near 1e-8, the last bits
+    # of the gradient (thread count, SIMD width) move its step by a sizeable part of lr. Nearly
+    # every coordinate must agree tightly, and none may be off by more than lr / 100 (a wrong
+    # update would be off by about lr almost everywhere).
+    close = torch.isclose(got, want, rtol=1e-4, atol=1e-6)
+    assert float(close.float().mean()) > 0.999
+    torch.testing.assert_close(got, want, rtol=0.0, atol=lr / 100)
 
 
 def test_default_is_the_papers_step_and_options_validated(tiny_overrides: list[str]) -> None:
