@@ -386,6 +386,33 @@ def test_filter_then_passes_sample_counts_of_survivors() -> None:
     torch.testing.assert_close(out.update, expected_w @ G)
 
 
+def test_filter_then_a_root_gradient_rule_gets_the_root_gradient(
+    tiny_overrides: list[str],
+) -> None:
+    """In front of FLTrust or MoNNA the filter declares the root set they need and passes the
+    round's root gradient through: the survivors get FLTrust's update against it."""
+    from tesseract_fl.aggregators.fltrust import fltrust
+    from tesseract_fl.experiments.config import resolve_config
+    from tesseract_fl.experiments.runner import build_simulation
+
+    assert not Tesseract(num_clients=4, c_max=1).needs_root_gradient
+    agg = Tesseract(num_clients=6, c_max=1, filter_then="fltrust")
+    assert agg.needs_root_gradient and agg.root_size == 100
+    _low_reputation_for_client_0(agg)
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(6, 5, generator=gen)
+    g0 = torch.randn(5, generator=gen)
+    out = agg.aggregate(G, ctx=AggregationContext(root_gradient=g0))
+    kept = out.diagnostics.extra["kept"]
+    assert not bool(kept[0]) and bool(kept[1:].all())
+    torch.testing.assert_close(out.update, fltrust(G[1:], g0))
+    for inner in ("fltrust", "monna"):
+        over = [*tiny_overrides, "defense=tesseract", f'defense.filter_then="{inner}"']
+        sim = build_simulation(resolve_config("mnist", overrides=over))
+        assert sim.root_sampler is not None
+        sim.step()
+
+
 def test_filter_then_keeps_everyone_when_all_would_drop() -> None:
     agg = Tesseract(num_clients=4, c_max=1, filter_then="fedsgd", filter_threshold=0.9)
     G = torch.tensor([[1.0], [2.0], [3.0], [4.0]])

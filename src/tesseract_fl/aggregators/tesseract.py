@@ -169,6 +169,11 @@ class Tesseract(Defense):
             raise ConfigError(
                 f"filter_then must be an aggregator or a registered name, got {filter_then!r}"
             )
+        if self._inner is not None and getattr(self._inner, "needs_root_gradient", False):
+            # the inner rule scores against the server's root gradient (FLTrust, MoNNA): the
+            # round computes it for this defense and passes it through to the inner rule
+            self.needs_root_gradient = True  # type: ignore[misc]
+            self.root_size = int(getattr(self._inner, "root_size", 100))
         self.reputation: Tensor = torch.zeros(self.num_clients, dtype=torch.float64)
         self._s_g: Tensor | None = None
         self.round = 0
