@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tesseract_fl.aggregators.fltrust import _trust
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
 from tesseract_fl.errors import ConfigError, UpdateError
 from tesseract_fl.validation import as_count, positive_finite
@@ -41,19 +42,11 @@ __all__ = ["FangFLTrust", "fang_fltrust", "fltrust_terms"]
 def fltrust_terms(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
     """``(w, ts)`` (float64 [k]) of rows ``G`` [k, P] against ``g0``: FLTrust's trust scores
     ``TS_j`` and the weights ``w_j = TS_j ||g0|| / ||g_j||`` of the raw rows, so that
-    ``w @ G = sum_j TS_j gbar_j`` (rows or a root of norm 0: trust 0). Two passes over G."""
+    ``w @ G = sum_j TS_j gbar_j``. The cosines and norms are FLTrust's own
+    (``aggregators/fltrust.py``: rows or a root of norm 0 get trust 0)."""
     X = G.detach()
-    if X.dtype.itemsize < 4:
-        X = X.float()  # half precision: products in float32, as FLTrust computes them
-    r = g0.detach().to(device=X.device, dtype=X.dtype)
-    n0 = float(torch.linalg.vector_norm(g0.detach().double()))
-    dots = (X @ r).double()
-    norms = torch.linalg.vector_norm(X, dim=1).double()
-    ok = norms > 0
-    safe = torch.where(ok, norms, 1.0)
-    cos = torch.where(ok, dots / (safe * n0), 0.0) if n0 > 0 else torch.zeros_like(dots)
-    ts = cos.clamp(0.0, 1.0)
-    return torch.where(ts > 0, ts * n0 / safe, 0.0), ts
+    _, ts, norms, n0 = _trust(X, g0.detach().to(device=X.device, dtype=X.dtype))
+    return torch.where(ts > 0, ts * n0 / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0), ts
 
 
 def _check_root(g0: Any, P: int) -> Tensor:
