@@ -26,14 +26,16 @@ root pivot); the record holds the deviation reached and the attackers' mean trus
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from tesseract_fl.aggregators.fltrust import _check_root as check_fltrust_root
 from tesseract_fl.aggregators.fltrust import _trust
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
-from tesseract_fl.errors import ConfigError, UpdateError
+from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count, positive_finite
 
 __all__ = ["FangFLTrust", "fang_fltrust", "fltrust_terms"]
@@ -49,17 +51,15 @@ def fltrust_terms(G: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(ts > 0, ts * n0 / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0), ts
 
 
-def _check_root(g0: Any, P: int) -> Tensor:
+def _check_root(G: Tensor, g0: Any) -> Tensor:
+    """``g0`` itself, after FLTrust's own checks of a root gradient (``UpdateError``); a missing
+    one is a ``ConfigError``: the attack was run against a defense without a root set."""
     if g0 is None:
         raise ConfigError(
             "attack 'fang_fltrust' needs the server's root gradient: run it against a defense "
             "with a root set (fltrust, or monna with pivot = 'root')"
         )
-    if not isinstance(g0, Tensor) or g0.dim() != 1 or g0.shape[0] != P:
-        shape = tuple(g0.shape) if isinstance(g0, Tensor) else type(g0).__name__
-        raise UpdateError(f"root gradient must be a vector of length {P}, got {shape}")
-    if not bool(torch.isfinite(g0).all()):
-        raise UpdateError("root gradient has NaN/Inf entries")
+    check_fltrust_root(G, g0)
     return g0
 
 
@@ -77,7 +77,7 @@ def fang_fltrust(
     c = int(malicious.sum())
     check_honest(G_honest, c, min_benign=0)
     P = G_honest.shape[1]
-    root = _check_root(g0, P)
+    root = _check_root(G_honest, g0)
     mask = malicious.to(G_honest.device)
     r = root.detach().double()
     n0 = float(torch.linalg.vector_norm(r))
@@ -120,7 +120,7 @@ def fang_fltrust(
         return base - N / D, grad
 
     e = r_hat.clone()
-    best_e, best_h = e, value_and_grad(e)[0]
+    best_e, best_h = e, -math.inf
     for _ in range(steps):
         h, grad = value_and_grad(e)
         if h > best_h:

@@ -7,7 +7,7 @@ parameters. The recurrent layers are a ``torch.nn.GRU``; its fused kernel has no
 :func:`gru_matmul`, the GRU's gate equations written with plain matmuls (equal to the kernel to
 float rounding). Outside vmap (loop and threads backends) the fused kernel is used: a client's
 forward and backward take well under half the time of the matmul form on one CPU thread
-(``python -m benchmarks models``).
+(``python -m benchmarks gru``).
 """
 
 from __future__ import annotations
