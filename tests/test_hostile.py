@@ -289,6 +289,33 @@ def test_foolsgold_absent_and_nan_clients_keep_history() -> None:
 # --------------------------------------------------------------------------- stack_updates
 
 
+@pytest.mark.parametrize("name", ["trimmed_mean", "monna", "median", "krum"])
+def test_dropped_rows_leave_the_round_like_non_finite_rows(name: str) -> None:
+    """``aggregate(drop=...)``: rows another stage took out get weight 0 and lower c_max as
+    non-finite rows do, but are not reported as excluded (only the NaN row is)."""
+    gen = torch.Generator().manual_seed(5)
+    G = torch.randn(9, 4, generator=gen)
+    g0 = torch.randn(4, generator=gen)
+    G[1, 2] = math.nan
+    drop = torch.zeros(9, dtype=torch.bool)
+    drop[[3, 6, 7]] = True
+    ctx = AggregationContext(root_gradient=g0)
+    rule = make_aggregator(name, num_clients=9, c_max=3)
+    out = rule.aggregate(G, ctx=ctx, drop=drop)
+    rest = [0, 2, 4, 5, 8]
+    assert out.diagnostics.excluded == [1]
+    assert bool((out.weights[[1, 3, 6, 7]] == 0).all())
+    # the same rule with the c_max it accepts for 5 rows, on those rows alone
+    c = out.diagnostics.c_max_effective
+    assert (c is None) == (name == "median") and (c is None or c <= 3)
+    alone = make_aggregator(name, num_clients=9, c_max=3 if c is None else c)
+    alone_out = alone.aggregate(G[rest], ctx=ctx)
+    torch.testing.assert_close(out.update, alone_out.update, rtol=0, atol=0)
+    torch.testing.assert_close(out.weights[rest], alone_out.weights, rtol=0, atol=0)
+    with pytest.raises(UpdateError, match="drop"):
+        rule.aggregate(G, ctx=ctx, drop=drop[:5])
+
+
 def test_stack_updates() -> None:
     G, ids = stack_updates({7: torch.ones(3), 2: torch.tensor([0.0, math.nan, 1.0])}, 3)
     assert ids.tolist() == [2, 7] and G.shape == (2, 3) and math.isnan(float(G[0, 1]))

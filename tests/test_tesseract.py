@@ -421,6 +421,89 @@ def test_filter_then_keeps_everyone_when_all_would_drop() -> None:
     torch.testing.assert_close(out.update, G.mean(0))
 
 
+def _few_survivors(agg: Tesseract, survivors: int) -> None:
+    """Reputations that leave only the first ``survivors`` clients above the filter threshold."""
+    state = agg.state_dict()
+    rep = torch.full((agg.num_clients,), -60.0, dtype=torch.float64)
+    rep[:survivors] = 0.0
+    state["reputation"] = rep
+    agg.load_state_dict(state)
+
+
+class _PlainAggregator:
+    """An aggregator that is not a :class:`Defense` (a user's own object): the filter hands it
+    the survivors' rows alone."""
+
+    needs_root_gradient = False
+
+    def __init__(self, rule: Aggregator) -> None:
+        self.rule, self.name = rule, rule.name
+
+    def aggregate(self, G, client_ids=None, ctx=None):  # type: ignore[no-untyped-def]
+        return self.rule.aggregate(G, client_ids, ctx)
+
+    def state_dict(self) -> dict:  # type: ignore[type-arg]
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # type: ignore[type-arg]
+        pass
+
+
+@pytest.mark.parametrize(
+    ("inner", "c_inner"),
+    [("monna", lambda s: s - 1), ("trimmed_mean", lambda s: (s - 1) // 2), ("krum", None)],
+)
+def test_filter_then_reduces_the_inner_c_max_to_what_the_survivors_allow(
+    inner: str, c_inner: object
+) -> None:
+    """When the filter leaves too few clients for the inner rule's c_max (MoNNA needs m > c_max,
+    the trimmed mean m > 2 c_max), the inner rule runs as it does when non-finite rows were
+    excluded: c_max reduced to what the survivors allow, dropped clients at weight 0."""
+    from tesseract_fl.aggregators import make_aggregator
+
+    gen = torch.Generator().manual_seed(3)
+    G = torch.randn(10, 7, generator=gen)
+    g0 = torch.randn(7, generator=gen)
+    ctx = AggregationContext(root_gradient=g0)
+    for survivors in (4, 3, 2, 1):
+        agg = Tesseract(num_clients=10, c_max=4, filter_then=inner)
+        _few_survivors(agg, survivors)
+        out = agg.aggregate(G, ctx=ctx)
+        assert out.diagnostics.extra["kept"].tolist() == [i < survivors for i in range(10)]
+        assert bool((out.weights[survivors:] == 0).all())
+        if callable(c_inner):
+            c = min(4, c_inner(survivors))
+            reference = make_aggregator(inner, num_clients=10, c_max=c)
+            expected = reference.aggregate(G[:survivors], ctx=ctx).update
+            assert out.diagnostics.extra["inner"].c_max_effective == c
+            torch.testing.assert_close(out.update, expected, rtol=0, atol=0)
+        assert torch.isfinite(out.update).all()
+
+
+@pytest.mark.parametrize("inner", ["monna", "trimmed_mean", "krum", "foolsgold", "median"])
+def test_filter_then_a_defense_gets_the_same_numbers_as_from_the_survivors_alone(
+    inner: str,
+) -> None:
+    """Where the survivors allow the configured c_max, marking the dropped rows gives the inner
+    rule bit for bit the update and weights it computes on the survivors' rows alone."""
+    from tesseract_fl.aggregators import make_aggregator
+
+    gen = torch.Generator().manual_seed(4)
+    G = torch.randn(10, 6, generator=gen)
+    ctx = AggregationContext(root_gradient=torch.randn(6, generator=gen))
+    outs = []
+    for wrap in (False, True):
+        rule = make_aggregator(inner, num_clients=10, c_max=2)
+        agg = Tesseract(
+            num_clients=10, c_max=2, filter_then=_PlainAggregator(rule) if wrap else rule
+        )
+        _few_survivors(agg, 8)
+        outs.append(agg.aggregate(G, ctx=ctx))
+    assert torch.equal(outs[0].update, outs[1].update)
+    assert torch.equal(outs[0].weights, outs[1].weights)
+    assert bool((outs[0].weights[8:] == 0).all())
+
+
 def test_filter_then_state_mismatch() -> None:
     plain = Tesseract(num_clients=4, c_max=1)
     filtered = Tesseract(num_clients=4, c_max=1, filter_then="fedsgd")

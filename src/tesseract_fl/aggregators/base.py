@@ -186,9 +186,10 @@ def check_layout(G: Tensor) -> None:
 class FiniteRows:
     """The finite rows of a gradient matrix (see :func:`split_finite`).
 
-    ``G``: the finite rows (the input itself when none was excluded); ``kept``: their indices in
-    the input (CPU long), ``None`` when every row is finite; ``excluded``: indices of the rows
-    with a NaN/Inf entry; ``m``: rows received.
+    ``G``: the rows the rule runs on (the input itself when none was taken out); ``kept``: their
+    indices in the input (CPU long), ``None`` when every row is kept; ``excluded``: indices of
+    the rows with a NaN/Inf entry; ``m``: rows received; ``dropped``: indices of finite rows an
+    earlier stage of the round took out (TESSERACT's filter, :meth:`without`).
     """
 
     G: Tensor
@@ -197,11 +198,33 @@ class FiniteRows:
     m: int
     #: What the rule computed on the way and may reuse (FABA's Gram matrix of the rows received).
     cache: Tensor | None = None
+    dropped: list[int] = field(default_factory=list)
 
     @property
     def m_finite(self) -> int:
-        """Number of finite rows the rule runs on."""
-        return self.m - len(self.excluded)
+        """Number of rows the rule runs on (finite and not dropped)."""
+        return self.m - len(self.excluded) - len(self.dropped)
+
+    def without(self, drop: Tensor) -> FiniteRows:
+        """These rows less those where ``drop`` (bool, one per row received) is true.
+
+        The dropped rows are out of the round for the rule exactly as non-finite rows are
+        (weight 0, c_max reduced to what the rule accepts for the rows left) but are listed in
+        ``dropped``, not ``excluded``. The cache is discarded: it covers the rows received.
+        """
+        drop = torch.as_tensor(drop, dtype=torch.bool).detach().cpu()
+        if drop.shape != (self.m,):
+            raise UpdateError(
+                f"drop must have one entry per row ({self.m}), got {tuple(drop.shape)}"
+            )
+        rows = torch.arange(self.m) if self.kept is None else self.kept
+        stay = ~drop[rows]
+        if bool(stay.all()):
+            return self
+        dropped = sorted(self.dropped + rows[~stay].tolist())
+        kept = rows[stay]
+        G = self.G.index_select(0, stay.nonzero().flatten().to(self.G.device))
+        return FiniteRows(G=G, kept=kept, excluded=list(self.excluded), m=self.m, dropped=dropped)
 
     def scatter(self, w: Tensor, fill: float = 0.0) -> Tensor:
         """Per-finite-row values -> values of every received row (``fill`` for excluded rows)."""
@@ -321,13 +344,21 @@ class Defense:
         G: Tensor,
         client_ids: Tensor | Sequence[int] | None = None,
         ctx: AggregationContext | None = None,
+        *,
+        drop: Tensor | None = None,
     ) -> Aggregate:
-        """One round of the rule on ``G`` [m, P] with the hostile-input policy applied."""
+        """One round of the rule on ``G`` [m, P] with the hostile-input policy applied.
+
+        ``drop`` (bool per row, optional): rows an earlier stage took out (TESSERACT's filter in
+        front of this rule); they are treated as excluded rows are, see :meth:`FiniteRows.without`.
+        """
         check_layout(G)
         ids = resolve_client_ids(client_ids, G.shape[0], self.num_clients)
         ctx = AggregationContext() if ctx is None else ctx
         self.check_input(G, ids, ctx)
         fin = self.finite_rows(G)
+        if drop is not None:
+            fin = fin.without(drop)
         c = self.effective_c(fin)
         if fin.m_finite == 0 and not self.runs_without_finite_rows:
             return fin.zero_update(None if c is None else max(c, 0))

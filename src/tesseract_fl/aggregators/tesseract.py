@@ -332,7 +332,12 @@ class Tesseract(Defense):
         """Drop clients with softmax weight < ``filter_threshold``; aggregate the rest.
 
         If every client would be dropped (possible only when ``filter_threshold > 1/m``), all
-        finite rows are kept. Returns the inner rule's update and its weights over the finite
+        finite rows are kept. An inner rule built on :class:`Defense` receives every finite row
+        with the dropped ones marked (``drop``): they leave the round as non-finite rows do, so
+        its c_max is validated against the clients of the round and reduced to what the rule
+        accepts for the survivors (MoNNA needs more than c_max rows, the trimmed mean more than
+        2 c_max); docs/design.md, "TESSERACT". Any other aggregator receives the
+        survivors' rows alone. Returns the inner rule's update and its weights over the finite
         rows (0 when dropped).
         """
         assert self._inner is not None
@@ -342,18 +347,25 @@ class Tesseract(Defense):
         if not bool(kept.any()):
             kept = w64_fin > 0
         idx = kept.nonzero().flatten()
-        sub_G = X if idx.numel() == fin.m else X.index_select(0, idx.to(X.device))
-        sub_ids = rows.ids[idx]
         n = rows.ctx.n_samples
         if n is not None:
             n = torch.as_tensor(n)
             if n.dim() != 1 or n.shape[0] != fin.m:
                 raise UpdateError(f"ctx.n_samples must have length {fin.m}, got {tuple(n.shape)}")
-            n = n[fin.rows_of_input(idx).to(n.device)]
-        sub_ctx = dataclasses.replace(rows.ctx, n_samples=n)
-        inner = self._inner.aggregate(sub_G, client_ids=sub_ids, ctx=sub_ctx)
         weights = torch.zeros(mf, dtype=X.dtype, device=X.device)
-        weights[idx.to(X.device)] = inner.weights.to(dtype=X.dtype, device=X.device)
+        if isinstance(self._inner, Defense):
+            if n is not None and fin.kept is not None:
+                n = n[fin.kept.to(n.device)]
+            ctx = dataclasses.replace(rows.ctx, n_samples=n)
+            inner = self._inner.aggregate(X, client_ids=rows.ids, ctx=ctx, drop=~kept.cpu())
+            weights.copy_(inner.weights.to(dtype=X.dtype, device=X.device))
+        else:
+            sub_G = X if idx.numel() == fin.m else X.index_select(0, idx.to(X.device))
+            if n is not None:
+                n = n[fin.rows_of_input(idx).to(n.device)]
+            ctx = dataclasses.replace(rows.ctx, n_samples=n)
+            inner = self._inner.aggregate(sub_G, client_ids=rows.ids[idx], ctx=ctx)
+            weights[idx.to(X.device)] = inner.weights.to(dtype=X.dtype, device=X.device)
         diagnostics.extra["softmax_weights"] = fin.scatter(w64_fin)
         diagnostics.extra["kept"] = fin.scatter(kept.to(torch.float64)) > 0
         diagnostics.extra["inner"] = inner.diagnostics
