@@ -247,7 +247,8 @@ def test_report_shows_attack_success_beside_accuracy(tmp_path: Path, tiny_data_d
     store = tmp_path / "s.sqlite"
     run_grid(grid, store)
     with ResultsStore(store, readonly=True) as s:
-        md = "\n".join(robustness_md(RunReader(s), grid, tmp_path / "rep"))
+        written: list[Path] = []
+        md = "\n".join(robustness_md(RunReader(s), grid, tmp_path / "rep", written))
         asr = {
             spec.labels["defense"]: s.get_run(spec.run_id)["summary"]["final_attack_success"]  # type: ignore[index]
             for spec in grid.runs
@@ -260,6 +261,12 @@ def test_report_shows_attack_success_beside_accuracy(tmp_path: Path, tiny_data_d
     assert f"{100 * asr['fedsgd']:.2f} (n=1)" in rows[1]
     assert f"{100 * asr['median']:.2f} (n=1)" in rows[1]
     assert (tmp_path / "rep" / "figures" / "robustness-bd-asr.png").is_file()
+    rep = tmp_path / "rep"
+    assert written == [
+        rep / "tables" / "robustness-bd.csv",
+        rep / "figures" / "robustness-bd.png",
+        rep / "figures" / "robustness-bd-asr.png",
+    ]
     csv_text = (tmp_path / "rep" / "tables" / "robustness-bd.csv").read_text()
     assert "mean_attack_success" in csv_text.splitlines()[0]
 

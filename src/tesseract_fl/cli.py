@@ -898,8 +898,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     out_console.print(table)
     out_console.print(f"report: {result.path}")
-    out_console.print(f"tables: {', '.join(str(p) for p in result.csv_files)}")
+    extra = result.robustness_files
+    csvs = [*map(str, result.csv_files), *(str(p) for p in extra if p.suffix == ".csv")]
+    out_console.print(f"tables: {', '.join(csvs) if csvs else '(none)'}")
     figures = [str(f) for fig in result.figures for f in fig.files]
+    figures += [str(p) for p in extra if p.suffix == ".png"]
     out_console.print(f"figures: {', '.join(figures) if figures else '(none drawn)'}")
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +59,8 @@ class ReportResult:
     figures: list[FigureResult]
     csv_files: list[Path]
     coverage: list[Coverage]
+    #: The robustness sections' CSVs and heatmaps (grids other than the paper's).
+    robustness_files: list[Path] = field(default_factory=list)
 
 
 def _display(path: Path | str) -> str:
@@ -376,9 +378,10 @@ def generate_report(
         by_id = _by_id(grids)
         for fig in figures:
             lines += _figure_md(fig, out, reader, by_id)
+        robustness_files: list[Path] = []
         for g in grids:
             if not _reads(g):  # any other grid: a settings x defenses robustness table
-                lines += robustness_md(reader, g, out)
+                lines += robustness_md(reader, g, out, robustness_files)
         lines += _fill_md(grids, reader, results.path)
         lines += _runs_md(_uses(tables, figures, by_id))
     finally:
@@ -387,7 +390,12 @@ def generate_report(
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return ReportResult(
-        path=path, tables=tables, figures=figures, csv_files=csv_files, coverage=coverage
+        path=path,
+        tables=tables,
+        figures=figures,
+        csv_files=csv_files,
+        coverage=coverage,
+        robustness_files=robustness_files,
     )
 
 

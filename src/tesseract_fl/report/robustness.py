@@ -206,12 +206,16 @@ def write_heatmap(
     return path
 
 
-def robustness_md(reader: RunReader, grid: Grid, out_dir: Path) -> list[str]:
-    """The report section for one grid: table, its CSV and heatmap."""
+def robustness_md(
+    reader: RunReader, grid: Grid, out_dir: Path, written: list[Path] | None = None
+) -> list[str]:
+    """The report section for one grid: table, its CSV and heatmap (the files it writes are
+    appended to ``written`` when given)."""
     table = build_robustness(reader, grid)
     slug = grid.name.replace("/", "_")
     csv_path = write_robustness_csv(table, out_dir / "tables" / f"robustness-{slug}.csv")
     png = write_heatmap(table, out_dir / "figures" / f"robustness-{slug}.png")
+    files = [csv_path] if png is None else [csv_path, png]
     header = [*(a.replace("_", " ") for a in table.axes), *map(defense_label, table.defenses)]
     lines = [
         f"## Robustness: grid {grid.name}",
@@ -259,5 +263,8 @@ def robustness_md(reader: RunReader, grid: Grid, out_dir: Path) -> list[str]:
             lines.append("| " + " | ".join([*labels, *cells]) + " |")
         lines.append("")
         if asr_png is not None:
+            files.append(asr_png)
             lines += [f"![{grid.name}, attack success]({asr_png.relative_to(out_dir)})", ""]
+    if written is not None:
+        written.extend(files)
     return lines
