@@ -346,7 +346,6 @@ class Tesseract(Defense):
         kept = (w64_fin >= self.filter_threshold) & (w64_fin > 0)
         if not bool(kept.any()):
             kept = w64_fin > 0
-        idx = kept.nonzero().flatten()
         n = rows.ctx.n_samples
         if n is not None:
             n = torch.as_tensor(n)
@@ -360,6 +359,7 @@ class Tesseract(Defense):
             inner = self._inner.aggregate(X, client_ids=rows.ids, ctx=ctx, drop=~kept.cpu())
             weights.copy_(inner.weights.to(dtype=X.dtype, device=X.device))
         else:
+            idx = kept.nonzero().flatten()
             sub_G = X if idx.numel() == fin.m else X.index_select(0, idx.to(X.device))
             if n is not None:
                 n = n[fin.rows_of_input(idx).to(n.device)]
