@@ -480,7 +480,6 @@ def test_every_experiment_grid_loads() -> None:
         "datasets-paper",
         "safeguard-mnist",
         "robustness-matrix",
-        "shakespeare-adam",
     }  # report --grid
     for name, grid in grids.items():
         assert grid.runs, name
@@ -526,3 +525,36 @@ def test_robustness_rows_of_a_later_block_join_their_dataset(tmp_path: Path) -> 
         ("breast_cancer", "fang_fltrust"),
     ]
     assert (table.settings[2], "median") not in table.cells  # not planned, not missing
+
+
+def test_table2_gives_another_client_optimizer_its_own_column(
+    tmp_path: Path, tiny_data_dir: Path
+) -> None:
+    body = '[[cells]]\nattack = ["none"]\ndefense = ["fedsgd"]\n'
+    paths = []
+    for name, extra in (("table2-sgd", ""), ("table2-adam", 'client_optimizer = "adam"\n')):
+        p = tmp_path / f"{name}.toml"
+        p.write_text(_grid_text(name, body + extra, tiny_data_dir))
+        paths.append(p)
+    grids = [load_grid(p) for p in paths]
+    store = tmp_path / "store.sqlite"
+    for g in grids:
+        for spec in g.runs:
+            run_experiment(spec.config, store)
+    with ResultsStore(store) as s:
+        table = build_table2(RunReader(s), grids, load_paper_values().table2)
+    # The Adam column sits right after its dataset's paper column.
+    assert table.columns[table.columns.index("mnist") + 1] == "mnist@adam"
+    sgd, adam = (table.cell(("none", "fedsgd"), c) for c in ("mnist", "mnist@adam"))
+    sgd_id, adam_id = (g.runs[0].run_id for g in grids)
+    assert sgd_id != adam_id
+    assert sgd.used == [sgd_id] and adam.used == [adam_id]  # never averaged together
+    assert sgd.ours is not None and adam.ours is not None
+    assert sgd.ours.mean == pytest.approx(100 * _final_accuracy(store, sgd_id))
+    assert adam.ours.mean == pytest.approx(100 * _final_accuracy(store, adam_id))
+    assert sgd.paper == adam.paper == 92.45  # the paper's one value beside both
+    # Cells no grid plans in the Adam column are empty, not "missing".
+    assert not table.cell(("none", "faba"), "mnist@adam").relevant
+    assert table.cell(("none", "faba"), "mnist").relevant
+    assert "adam clients" in table.column_labels["mnist@adam"]
+    assert any('client_optimizer = "adam"' in n for n in table.notes)

@@ -101,7 +101,7 @@ def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
 
 #: Packaged grid files the report reads by default: the paper-scale ones (``--grid`` for the
 #: quick ones).
-DEFAULT_REPORT_GRIDS: tuple[str, ...] = ("*-mnist", "table2-shakespeare")
+DEFAULT_REPORT_GRIDS: tuple[str, ...] = ("*-mnist", "table2-shakespeare*")
 DEFAULT_REPORT_DIR = Path("runs") / "report"
 
 

@@ -132,6 +132,7 @@ def settings_summary(runs: Iterable[GridRun]) -> str:
         text = (
             f"{dataset_label(c.dataset)}: m = {c.clients} clients, c = {c.malicious}, "
             f"{c.rounds} rounds, batch {c.batch_size}, lr {c.lr:g}, {c.partition} partition"
+            + ("" if c.client_optimizer == "sgd" else f", {c.client_optimizer} clients")
         )
         if text not in seen:
             seen.append(text)

@@ -265,33 +265,70 @@ def _with_extra(base: list[Any], extra: Iterable[Any], group: Any = None) -> lis
     return out
 
 
+#: Separates a dataset from a non-default client optimizer in a Table 2 column key.
+_OPTIMIZER_SEP = "@"
+
+
+def table2_column(run: GridRun) -> str:
+    """A run's Table 2 column: its dataset, or ``dataset@optimizer`` when its clients send
+    something other than plain SGD steps (e.g. the authors' Adam clients on Shakespeare), so
+    the two optimizers get columns side by side instead of being averaged into one cell."""
+    ds = str(run.labels["dataset"])
+    opt = run.spec.config.client_optimizer
+    return ds if opt == "sgd" else f"{ds}{_OPTIMIZER_SEP}{opt}"
+
+
+def _column_dataset(column: str) -> tuple[str, str | None]:
+    """The dataset and the client optimizer (None: the default) of a Table 2 column key."""
+    ds, _, opt = column.partition(_OPTIMIZER_SEP)
+    return ds, opt or None
+
+
 def build_table2(reader: RunReader, grids: Iterable[Grid], paper: PaperTable2) -> Table:
     """Paper Table 2 from the ``table2-*`` grids' runs: rows (attack, defense) in the paper's
-    order, columns datasets; rows or datasets our grids add come after the paper's."""
+    order, columns datasets; rows or datasets our grids add come after the paper's, a dataset
+    run with another client optimizer right after its paper column (the paper's value shown
+    beside both, since the paper reports one)."""
     runs = _table_runs(grids, "table2")
     rows = _with_extra(
         list(paper.rows),
         [(r.labels["attack"], r.labels["defense"]) for r in runs],
         group=lambda row: row[0],
     )
-    columns = _with_extra(list(paper.datasets), [r.labels["dataset"] for r in runs])
+    columns = _with_extra(
+        list(paper.datasets),
+        [table2_column(r) for r in runs],
+        group=lambda column: _column_dataset(column)[0],
+    )
     cells: dict[tuple[tuple[str, ...], str], Cell] = {}
     for row in rows:
-        for ds in columns:
+        for col in columns:
+            ds, opt = _column_dataset(col)
             metric = paper.metric.get(ds, "accuracy")
-            cell = Cell(row=row, column=ds, metric=metric, paper=paper.value(row[0], row[1], ds))
-            cell.planned = [
+            planned = [
                 r
                 for r in runs
-                if (r.labels["attack"], r.labels["defense"], r.labels["dataset"]) == (*row, ds)
+                if (r.labels["attack"], r.labels["defense"], table2_column(r)) == (*row, col)
             ]
+            # Another optimizer's column holds only the cells a grid plans (the paper's value
+            # beside them); elsewhere it stays empty rather than "missing".
+            value = paper.value(row[0], row[1], ds) if opt is None or planned else None
+            cell = Cell(row=row, column=col, metric=metric, paper=value, planned=planned)
             _fill(cell, reader, lambda rid, m=metric: final_value(reader, rid, m))
-            cells[(row, ds)] = cell
+            cells[(row, col)] = cell
     notes = [
         f"{paper.dataset_labels.get(ds, dataset_label(ds))}: dataset not in the toolkit yet, "
         "no grid can run it."
-        for ds in columns
+        for ds in dict.fromkeys(_column_dataset(c)[0] for c in columns)
         if ds not in DATASETS
+    ]
+    notes += [
+        f"{_table2_label(paper, col)}: the clients send the first step of a "
+        f'`client_optimizer = "{opt}"` optimizer created afresh every round instead of the '
+        "paper's plain SGD gradient; the paper's value is shown beside it for reference."
+        for col in columns
+        for opt in [_column_dataset(col)[1]]
+        if opt is not None
     ]
     return Table(
         key="table2",
@@ -302,14 +339,18 @@ def build_table2(reader: RunReader, grids: Iterable[Grid], paper: PaperTable2) -
         rows=rows,
         columns=columns,
         row_labels={row: (attack_label(row[0]), defense_label(row[1])) for row in rows},
-        column_labels={
-            ds: paper.dataset_labels.get(ds, dataset_label(ds))
-            + (" (test loss)" if paper.metric.get(ds) == "loss" else "")
-            for ds in columns
-        },
+        column_labels={col: _table2_label(paper, col) for col in columns},
         cells=cells,
         notes=notes,
     )
+
+
+def _table2_label(paper: PaperTable2, column: str) -> str:
+    ds, opt = _column_dataset(column)
+    label = paper.dataset_labels.get(ds, dataset_label(ds))
+    if opt is not None:
+        label += f", {opt} clients"
+    return label + (" (test loss)" if paper.metric.get(ds) == "loss" else "")
 
 
 def build_table3(reader: RunReader, grids: Iterable[Grid], paper: PaperTable3) -> Table:
