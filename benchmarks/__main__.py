@@ -29,7 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "gru": "Shakespeare char GRU round: nn.GRU's fused kernel vs the matmul form, per backend",
 }
 #: Benchmarks that take ``--device``.
-DEVICE_AWARE = {"engine", "models"}
+DEVICE_AWARE = {"engine", "models", "overhead"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ threads on two clients and vmap on one call of its chunk, and scales them linear
 clients (marked with a star).
 
     .venv/bin/python -m benchmarks models [--device cuda] [--quick] [--repeats 2]
-        [--out results/benchmarks/models.json]
+        [--out results/benchmarks/models.json]  (models-cuda.json with --device cuda)
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--presets", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    ap.add_argument("--out", default="results/benchmarks/models.json")
+    ap.add_argument("--out", default=None, help="default results/benchmarks/models[-cuda].json")
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": info,
         "results": results,
     }
-    path = write_report(report, args.out)
+    suffix = "" if device.type == "cpu" else f"-{device.type}"
+    path = write_report(report, args.out or f"results/benchmarks/models{suffix}.json")
     console.print(f"wrote {path}")
     return report
 

@@ -14,7 +14,10 @@ Targets: a TESSERACT + Full-Trim round at most 1.25x the gradients alone; every
 defense at most 25% of them (FoolsGold and Bulyan 50%).
 
     .venv/bin/python -m benchmarks overhead [--preset mnist] [--repeats 3] [--quick]
-        [--out results/benchmarks/overhead.json]
+        [--device cuda] [--out results/benchmarks/overhead.json]
+
+On a GPU (``--device cuda``) every clock read waits for the queued kernels, and the report goes
+to ``overhead-cuda.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._timing import machine_info, timeit, write_report
+from benchmarks._timing import device_sync, machine_info, timeit, write_report
 from tesseract_fl.aggregators import AGGREGATORS, AggregationContext, Tesseract, make_aggregator
 from tesseract_fl.attacks import ATTACKS, AttackContext, DefenseView, is_backdoor, make_attack
 from tesseract_fl.experiments.config import resolve_config
@@ -60,10 +63,13 @@ def time_rounds(sim: Any, repeats: int) -> dict[str, Any]:
     """
     grad_times: list[float] = []
     inner = sim.compute_gradients
+    sync = device_sync(sim.device) or (lambda: None)
 
     def timed_gradients() -> Any:
+        sync()
         t = time.perf_counter()
         out = inner()
+        sync()
         grad_times.append(time.perf_counter() - t)
         return out
 
@@ -71,8 +77,10 @@ def time_rounds(sim: Any, repeats: int) -> dict[str, Any]:
     try:
         steps: list[float] = []
         for _ in range(max(1, repeats)):
+            sync()
             t = time.perf_counter()
             sim.step()
+            sync()
             steps.append(time.perf_counter() - t)
     finally:
         del sim.compute_gradients
@@ -100,17 +108,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 repeat, fewer whole rounds")
-    ap.add_argument("--out", default="results/benchmarks/overhead.json")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: the preset's, auto)")
+    ap.add_argument("--out", default=None, help="default results/benchmarks/overhead[-cuda].json")
     args = ap.parse_args(argv)
+    if args.device is not None:
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            ap.error("--device cuda but torch sees no CUDA device")
+        args.overrides = [*args.overrides, f'device="{args.device}"']
     reps = 1 if args.quick else args.repeats
     console = Console()
     cfg = resolve_config(args.preset, overrides=[*args.overrides, "attack=none"])
     sim = build_simulation(cfg)
+    sync = device_sync(sim.device)
     m, c = cfg.clients, cfg.resolved_c_max
     for _ in range(2):  # s_g and the defense state in steady state
         sim.step()
 
-    grad_before = timeit(sim.compute_gradients, reps)
+    grad_before = timeit(sim.compute_gradients, reps, sync=sync)
     G = sim.compute_gradients()[0].clone()
     ids = torch.arange(m)
     root_x = sim.train_x[: cfg.batch_size].unsqueeze(0)
@@ -129,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             agg.aggregate(G, ids, ctx)
 
-        defenses[name] = timeit(once, reps)
+        defenses[name] = timeit(once, reps, sync=sync)
 
     attacks: dict[str, Any] = {}
     defense = Tesseract(num_clients=m, c_max=c)
@@ -138,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         attack = make_attack(name)
         if callable(getattr(attack, "poison_labels", None)):
             y = sim.train_y[: m * cfg.batch_size].view(m, -1)[sim.malicious]
-            attacks[name] = timeit(lambda a=attack, y=y: a.poison_labels(y.clone(), 10), reps)
+            attacks[name] = timeit(
+                lambda a=attack, y=y: a.poison_labels(y.clone(), 10), reps, sync=sync
+            )
             continue
         if is_backdoor(attack):
             # stamping the trigger on the malicious clients' batches (model replacement's boost,
@@ -147,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             xb, yb = xb[sim.malicious], sim.train_y[: m * cfg.batch_size].view(m, -1)[sim.malicious]
             high = float(sim.train_x.max())
             attacks[name] = timeit(
-                lambda a=attack, x=xb, y=yb, h=high: a.poison_batch(x.clone(), y.clone(), h), reps
+                lambda a=attack, x=xb, y=yb, h=high: a.poison_batch(x.clone(), y.clone(), h),
+                reps,
+                sync=sync,
             )
             continue
         ctx = AttackContext(
@@ -158,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             defense=DefenseView(defense),
             root_gradient=root_gradient(),  # for the attack against FLTrust
         )
-        attacks[name] = timeit(lambda a=attack, ctx=ctx: a.poison(G, ctx), reps)
+        attacks[name] = timeit(lambda a=attack, ctx=ctx: a.poison(G, ctx), reps, sync=sync)
 
     rounds: dict[str, Any] = {}
     pairs = ROUNDS[:3] if args.quick else ROUNDS
@@ -170,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for _ in range(2):
             s2.step()
         rounds[f"{dname}+{aname}"] = time_rounds(s2, 1 if args.quick else max(5, reps))
-    evaluation = timeit(sim.evaluate, reps)
-    grad_after = timeit(sim.compute_gradients, reps)
+    evaluation = timeit(sim.evaluate, reps, sync=sync)
+    grad_after = timeit(sim.compute_gradients, reps, sync=sync)
     base = min(grad_before["min_ms"], grad_after["min_ms"])
 
     def frac(t: dict[str, float]) -> float:
@@ -200,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "params": sim.num_params,
         "backend": sim.backend,
         "eval_every": cfg.eval_every,
-        **machine_info(),
+        **machine_info(sim.device),
         "gradients_ms": base,
         "gradients_before": grad_before,
         "gradients_after": grad_after,
@@ -245,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{evaluation['fraction_of_gradients_per_round']:.3f}",
     )
     console.print(table)
-    path = write_report(report, args.out)
+    suffix = "" if sim.device.type == "cpu" else f"-{sim.device.type}"
+    path = write_report(report, args.out or f"results/benchmarks/overhead{suffix}.json")
     console.print(f"wrote {path}")
     return report
 

@@ -40,6 +40,7 @@ def _sets(overrides: list[str]) -> list[str]:
         ("seed=1180591620717411303424", "seed must be an integer in"),
         ('device="cuda:abc"', "CUDA index must be a number"),
         ('device="cpu:0"', "takes no index"),
+        ("vmap_chunk=-1", "vmap_chunk must be >= 0"),
     ],
 )
 def test_bad_config_values(override: str, message: str) -> None:

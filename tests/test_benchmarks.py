@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.__main__ import BENCHMARKS
 from benchmarks.__main__ import main as bench_main
@@ -65,6 +66,7 @@ def test_round_ratio_is_measured_inside_each_round() -> None:
     class FakeSim:
         def __init__(self) -> None:
             self.calls = 0
+            self.device = torch.device("cpu")
 
         def compute_gradients(self) -> int:
             self.calls += 1

@@ -13,6 +13,7 @@ from tesseract_fl.models import count_parameters, make_model
 from tesseract_fl.simulation.gradients import (
     client_gradients,
     default_backend,
+    default_vmap_chunk,
     threaded_gradients,
 )
 
@@ -102,3 +103,46 @@ def test_threads_backend_rejects_zero_workers() -> None:
 def test_default_backend_per_device() -> None:
     assert default_backend("cpu") == "threads"
     assert default_backend("cuda") == "vmap"
+
+
+def test_default_vmap_chunk_per_device() -> None:
+    """0 (automatic): ten clients per call on a CPU, the whole round in one call on a GPU."""
+    assert default_vmap_chunk("cpu", 100) == 10
+    assert default_vmap_chunk("cuda", 100) == 100
+    assert default_vmap_chunk("cuda:1", 7) == 7
+
+
+def test_vmap_chunk_is_halved_on_out_of_memory(
+    tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vmap call that runs out of GPU memory is retried on the same batches with half the
+    chunk, with a warning, and the round's gradients are those of the smaller chunk."""
+    from tesseract_fl.experiments.config import resolve_config
+    from tesseract_fl.experiments.runner import build_simulation
+    from tesseract_fl.simulation import engine
+
+    cfg = resolve_config(
+        "mnist", overrides=[*tiny_overrides, 'backend="vmap"', "vmap_chunk=8", "attack=none"]
+    )
+    sim = build_simulation(cfg)
+    expected = build_simulation(cfg)
+    expected.vmap_chunk = 2
+    seen: list[int] = []
+    real = engine.client_gradients
+
+    def small_gpu(*args: object, chunk_size: int, **kwargs: object) -> object:
+        seen.append(chunk_size)
+        if chunk_size > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, chunk_size=chunk_size, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "client_gradients", small_gpu)
+    with pytest.warns(RuntimeWarning) as record:
+        G, _ = sim.compute_gradients()
+    assert ["retrying with 4 clients" in str(w.message) for w in record] == [True, False]
+    assert "retrying with 2 clients" in str(record[1].message)
+    assert seen == [8, 4, 2] and sim.vmap_chunk == 2
+    G_expected, _ = expected.compute_gradients()
+    assert torch.equal(G, G_expected)
+    sim.compute_gradients()
+    assert seen[-1] == 2  # the smaller chunk is kept

@@ -96,8 +96,9 @@ class ExperimentConfig:
     backend: str = "auto"
     """Gradient backend: ``auto`` (threads on CPU, vmap on CUDA), ``threads``, ``loop``,
     ``vmap``; all give the same gradients."""
-    vmap_chunk: int = 10
-    """Clients per vmap call (the ``vmap`` backend)."""
+    vmap_chunk: int = 0
+    """Clients per vmap call (the ``vmap`` backend); 0: automatic, 10 on a CPU and all of a
+    round's clients on CUDA (halved when a call runs out of GPU memory)."""
     data_dir: str | None = None
     """Dataset folder; default ``$TESSERACT_FL_DATA`` or ``~/.cache/tesseract-fl`` (not part of
     the run id)."""
@@ -354,9 +355,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"c_max must satisfy 0 <= 2*c_max < clients (= {cfg.clients}), got c_max = {c_max}"
         )
-    for key in ("rounds", "batch_size", "eval_every", "record_every", "vmap_chunk"):
+    for key in ("rounds", "batch_size", "eval_every", "record_every"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.vmap_chunk < 0:
+        raise ConfigError(f"vmap_chunk must be >= 0 (0: automatic), got {cfg.vmap_chunk}")
     if cfg.test_subset < 0:
         raise ConfigError(
             f"test_subset must be >= 0 (0 evaluates on the whole test set), got {cfg.test_subset}"

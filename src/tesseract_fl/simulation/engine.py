@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -26,7 +27,13 @@ from tesseract_fl.attacks.backdoor import BackdoorAttack, attack_success_rate
 from tesseract_fl.attacks.base import AttackContext, DataAttack, DefenseView, ModelAttack, Poison
 from tesseract_fl.errors import ConfigError, DivergedError, UpdateError
 from tesseract_fl.simulation.flat import flat_slices
-from tesseract_fl.simulation.gradients import Backend, client_gradients, num_params, worker_pool
+from tesseract_fl.simulation.gradients import (
+    Backend,
+    client_gradients,
+    default_vmap_chunk,
+    num_params,
+    worker_pool,
+)
 from tesseract_fl.simulation.round import (
     NonFiniteUpdateError,
     aggregate_round,
@@ -148,7 +155,8 @@ class SimulationSpec:
 
     ``malicious_ids``: the attackers' client ids; ``c_max``: what the server assumes (passed to
     the attack's context); ``lr_fn(round) -> lr``: the server schedule; ``backend`` /
-    ``vmap_chunk``: how the clients' gradients are computed (same numbers for loop and threads);
+    ``vmap_chunk``: how the clients' gradients are computed (same numbers for loop and threads;
+    ``vmap_chunk = 0``: :func:`~.gradients.default_vmap_chunk`);
     ``seed``: the attack's generator (and, derived from it, the augmentation's);
     ``aggregate_only``: Figure 2's modes (aggregate only the benign or only the malicious rows,
     everyone's flip-score kept); ``augment``: training-time augmentation of the batches.
@@ -163,7 +171,7 @@ class SimulationSpec:
     lr_fn: Callable[[int], float]
     attack: ModelAttack | DataAttack | BackdoorAttack | None = None
     backend: Backend = "loop"
-    vmap_chunk: int = 10
+    vmap_chunk: int = 0
     device: torch.device | str = "cpu"
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     seed: int = 0
@@ -211,7 +219,7 @@ class FedSGDSimulation:
         self.c_max = spec.c_max
         self.lr_fn = spec.lr_fn
         self.backend: Backend = spec.backend
-        self.vmap_chunk = spec.vmap_chunk
+        self.vmap_chunk = spec.vmap_chunk or default_vmap_chunk(self.device, len(data.partitions))
         # A backdoor's trigger value: the training inputs' largest value (a white pixel).
         self.trigger_high = float(self.train_x.amax()) if self.train_x.numel() else 0.0
         self.attack = spec.attack
@@ -314,18 +322,38 @@ class FedSGDSimulation:
             return self.local_training()
         x, y = self._next_batches()
         self.model.train()
-        G, losses = client_gradients(
-            self.model,
-            x,
-            y,
-            self.loss_fn,
-            backend=self.backend,
-            chunk_size=self.vmap_chunk,
-            out=self._G,
-        )
+        G, losses = self._client_gradients(x, y)
         if self.client_optimizer == "adam":
             adam_first_step(G)  # what each client sends (attackers see these honest rows)
         return G, losses
+
+    def _client_gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`client_gradients` on this round's batches; a vmap call that runs out of GPU
+        memory is retried on the same batches with half as many clients per call (kept for the
+        rest of the run), so an automatic chunk that is too large costs a warning, not the run."""
+        while True:
+            try:
+                return client_gradients(
+                    self.model,
+                    x,
+                    y,
+                    self.loss_fn,
+                    backend=self.backend,
+                    chunk_size=self.vmap_chunk,
+                    out=self._G,
+                )
+            except torch.cuda.OutOfMemoryError:
+                if self.backend != "vmap" or self.vmap_chunk <= 1:
+                    raise
+                self.vmap_chunk = max(1, self.vmap_chunk // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(
+                    f"vmap ran out of GPU memory; retrying with {self.vmap_chunk} clients per "
+                    "call (set vmap_chunk to choose)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def local_training(self) -> tuple[Tensor, Tensor]:
         """``local_steps`` steps of local training per client from the global model ``w``, on its

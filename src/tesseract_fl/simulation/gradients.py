@@ -44,6 +44,17 @@ def default_backend(device: torch.device | str) -> Backend:
     return "threads" if torch.device(device).type == "cpu" else "vmap"
 
 
+#: Clients per vmap call on a CPU when none is configured (``vmap_chunk = 0``).
+CPU_VMAP_CHUNK = 10
+
+
+def default_vmap_chunk(device: torch.device | str, clients: int) -> int:
+    """Clients per vmap call when ``vmap_chunk = 0``: 10 on a CPU; on an accelerator all of a
+    round's clients in one call (launches dominate small per-client work there: docs/performance.md,
+    "Measured on a GPU")."""
+    return CPU_VMAP_CHUNK if torch.device(device).type == "cpu" else max(1, clients)
+
+
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
