@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -188,6 +189,60 @@ def test_full_krum_shortcut_distances_match_the_aggregator() -> None:
     A[mask] = noise - 0.37 * s
     D = _AttackedGram(G, mask, s, noise).distances(0.37)
     assert torch.allclose(torch.from_numpy(D), pairwise_sq_distances(A), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("m", "P"), [(15, 33), (30, 70_000)])
+def test_full_krum_assembled_gram_is_the_product_and_keeps_the_search(m: int, P: int) -> None:
+    """The attacked matrix's Gram matrix assembled from the benign products and two small ones
+    is its product (to rounding; bit for bit where the once-per-shape check says so), and the
+    search returns the same rows and lambda whether the confirmation assembles it or multiplies
+    the whole matrix."""
+    fk = importlib.import_module("tesseract_fl.attacks.full_krum")  # the function shadows it
+
+    G = honest(m, P, 9)
+    c = m // 5
+    mask = torch.zeros(m, dtype=torch.bool)
+    mask[torch.arange(1, m, 4)[:c]] = True
+    s = torch.sign(G.sum(0))
+    noise = torch.rand(c, P, generator=gen()) * 1e-3
+    gram = fk._AttackedGram(G, mask, s, noise)
+    rows = noise - 0.37 * s
+    A = G.clone()
+    A[mask] = rows
+    assert torch.allclose(gram.attacked_gram(rows), A @ A.T, rtol=1e-5, atol=1e-3)
+
+    fk._ASSEMBLY_EXACT.clear()
+    first = full_krum_search(G, c, c, gen(), malicious_rows=mask)  # multiplies, then checks
+    checked = dict(fk._ASSEMBLY_EXACT)
+    assert list(checked.values()) in ([True], [False])
+    again = full_krum_search(G, c, c, gen(), malicious_rows=mask)  # assembles where exact
+    for key in fk._ASSEMBLY_EXACT:
+        fk._ASSEMBLY_EXACT[key] = False
+    whole = full_krum_search(G, c, c, gen(), malicious_rows=mask)  # always multiplies
+    fk._ASSEMBLY_EXACT.clear()
+    for other in (again, whole):
+        assert torch.equal(other[0], first[0]) and other[1] == first[1]
+    assert first[1] > 0
+
+
+def test_full_krum_confirmation_multiplies_where_assembly_is_not_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shape whose assembled Gram matrix was not bit-identical never uses it."""
+    fk = importlib.import_module("tesseract_fl.attacks.full_krum")  # the function shadows it
+
+    def never(*_args: object) -> None:
+        raise AssertionError("assembled Gram matrix used after a failed check")
+
+    G = honest(20, 40, 3)
+    fk._ASSEMBLY_EXACT.clear()
+    expected = full_krum_search(G, 4, 4, gen())
+    assert len(fk._ASSEMBLY_EXACT) == 1
+    for key in fk._ASSEMBLY_EXACT:
+        fk._ASSEMBLY_EXACT[key] = False  # as if the check had failed
+    monkeypatch.setattr(fk, "_krum_winner_from_gram", never)
+    assert torch.equal(full_krum_search(G, 4, 4, gen())[0], expected[0])
+    fk._ASSEMBLY_EXACT.clear()
 
 
 # ------------------------------------------------------------------------------- adaptive

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.aggregators.kernels.gram import nearest_sums_np, sq_distances
+from tesseract_fl.aggregators.kernels.gram import (
+    fits,
+    nearest_sums_np,
+    sq_distances,
+    sq_distances_from_gram,
+)
 from tesseract_fl.aggregators.krum import krum_select
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask, uniform
 from tesseract_fl.errors import ConfigError
@@ -61,6 +66,22 @@ def _krum_winner(G: Tensor, c_max: int) -> int:
     return int(krum_select(torch.from_numpy(scores), 1)[0])
 
 
+def _krum_winner_from_gram(K: Tensor, c_max: int) -> int | None:
+    """:func:`_krum_winner` from the attacked matrix's float32 Gram matrix ``K``, or None where
+    the aggregator would leave its float32 path (an overflowing product: it recomputes)."""
+    m = K.shape[0]
+    gram = K.to(device="cpu", dtype=torch.float64)
+    if not (bool(torch.isfinite(gram).all()) and fits(gram, 4.0 * max(m, 1))):
+        return None
+    scores = nearest_sums_np(sq_distances_from_gram(gram).numpy(), m - c_max - 2)
+    return int(krum_select(torch.from_numpy(scores), 1)[0])
+
+
+#: Whether, for a round's shape, the Gram matrix assembled from sub-block products equals the
+#: one BLAS computes for the whole attacked matrix, bit for bit (checked once per shape).
+_ASSEMBLY_EXACT: dict[tuple[Any, ...], bool] = {}
+
+
 class _AttackedGram:
     """Squared distances of the attacked matrix for any lambda from one float64 Gram matrix.
 
@@ -74,7 +95,9 @@ class _AttackedGram:
         # combined in float64.
         ben = (~mask).cpu().numpy()
         Y = torch.cat([s.unsqueeze(0), noise]).to(G.dtype)
-        Kgg = (G @ G.T).double().cpu().numpy()
+        self.G, self.mask = G, mask
+        self.K = G @ G.T  # in G's dtype: the aggregator's products for the benign rows
+        Kgg = self.K.double().cpu().numpy()
         Kyg = (Y @ G.T).double().cpu().numpy()
         Kyy = (Y @ Y.T).double().cpu().numpy()
         nb = int(ben.sum())
@@ -96,6 +119,47 @@ class _AttackedGram:
         np.maximum(D, 0.0, out=D)
         np.fill_diagonal(D, 0.0)
         return D
+
+    def attacked_gram(self, rows: Tensor) -> Tensor:
+        """``X @ X.T`` for ``X`` = G with the malicious rows replaced by ``rows``, from the benign
+        rows' products already computed and two small ones (``rows @ G.T``, ``rows @ rows.T``)."""
+        mi = self.mask.nonzero().flatten()
+        R = rows @ self.G.T
+        R[:, mi] = rows @ rows.T
+        K = self.K.clone()
+        K[mi, :] = R
+        K[:, mi] = R.T
+        return K
+
+    def winner(self, rows: Tensor, c_max: int) -> int:
+        """The row Krum selects on the attacked matrix, computed as the aggregator computes it.
+
+        The attacked matrix's Gram matrix is assembled (:meth:`attacked_gram`) where that was
+        seen to equal BLAS's product of the whole matrix bit for bit for this shape, thread
+        count and device (checked the first time; products of other shapes can round
+        differently); otherwise the whole matrix is built and multiplied.
+        """
+        G = self.G
+        key = (
+            tuple(G.shape),
+            G.dtype,
+            str(G.device),
+            torch.get_num_threads(),
+            tuple(self.mask.nonzero().flatten().tolist()),
+        )
+        exact = _ASSEMBLY_EXACT.get(key)
+        if exact is None or not exact:
+            attacked = G.clone()
+            attacked[self.mask] = rows
+            if exact is None and G.is_contiguous() and rows.is_contiguous():
+                _ASSEMBLY_EXACT[key] = torch.equal(self.attacked_gram(rows), attacked @ attacked.T)
+            return _krum_winner(attacked, c_max)
+        found = _krum_winner_from_gram(self.attacked_gram(rows), c_max)
+        if found is None:
+            attacked = G.clone()
+            attacked[self.mask] = rows
+            return _krum_winner(attacked, c_max)
+        return found
 
     def benign_distances(self) -> np.ndarray:
         return self._distances(self.Kbb)
@@ -146,9 +210,7 @@ def full_krum_search(
             ]
         ):
             rows = noise - lam * s
-            attacked = G_benign.clone()
-            attacked[mask] = rows
-            if bool(mal[_krum_winner(attacked, cm)]):
+            if bool(mal[gram.winner(rows, cm)]):
                 return rows, lam
             exact = True  # float64 shortcut and the aggregator's float32 Gram disagreed
         lam /= 2.0

@@ -31,6 +31,7 @@ __all__ = [
     "pairwise_sq_distances",
     "scaled_sq_distances",
     "sq_distances",
+    "sq_distances_from_gram",
 ]
 
 
@@ -189,12 +190,19 @@ def scaled_sq_distances(G: Tensor, factor: float) -> tuple[Tensor, int]:
         e = downscale_exponent(max_abs(X64), factor * X.shape[1])
         X64 = X64 * 2.0**-e
         gram = (X64 @ X64.T).cpu()
+    return sq_distances_from_gram(gram), e
+
+
+def sq_distances_from_gram(gram: Tensor) -> Tensor:
+    """Squared distances (float64, clamped at 0, zero diagonal) from a float64 Gram matrix,
+    symmetrized first: the last step of :func:`scaled_sq_distances`, shared with callers that
+    assemble the Gram matrix themselves (Full-Krum's confirmation)."""
     gram = (gram + gram.T) * 0.5
     norms = gram.diagonal().clone()
     D = norms[:, None] + norms[None, :] - 2.0 * gram
     D.clamp_(min=0.0)
     D.fill_diagonal_(0.0)
-    return D, e
+    return D
 
 
 def nearest_sums_np(D: np.ndarray, n_neighbours: int) -> np.ndarray:
