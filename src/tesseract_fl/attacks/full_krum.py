@@ -148,18 +148,15 @@ class _AttackedGram:
             tuple(self.mask.nonzero().flatten().tolist()),
         )
         exact = _ASSEMBLY_EXACT.get(key)
-        if exact is None or not exact:
-            attacked = G.clone()
-            attacked[self.mask] = rows
-            if exact is None and G.is_contiguous() and rows.is_contiguous():
-                _ASSEMBLY_EXACT[key] = torch.equal(self.attacked_gram(rows), attacked @ attacked.T)
-            return _krum_winner(attacked, c_max)
-        found = _krum_winner_from_gram(self.attacked_gram(rows), c_max)
-        if found is None:
-            attacked = G.clone()
-            attacked[self.mask] = rows
-            return _krum_winner(attacked, c_max)
-        return found
+        if exact:
+            found = _krum_winner_from_gram(self.attacked_gram(rows), c_max)
+            if found is not None:
+                return found
+        attacked = G.clone()
+        attacked[self.mask] = rows
+        if exact is None and G.is_contiguous() and rows.is_contiguous():
+            _ASSEMBLY_EXACT[key] = torch.equal(self.attacked_gram(rows), attacked @ attacked.T)
+        return _krum_winner(attacked, c_max)
 
     def benign_distances(self) -> np.ndarray:
         return self._distances(self.Kbb)
