@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tesseract_fl.models.pooling import MaxPool2x2
+
 
 class ChMnistCNN(nn.Module):
     """conv32-pool-conv64-pool-conv64-pool-fc128-fc8 on 3x64x64 tiles."""
@@ -19,7 +21,7 @@ class ChMnistCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = 3
         for cout in (32, 64, 64):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), MaxPool2x2()]
             cin = cout
         self.features = nn.Sequential(*layers)
         side = image_size // 8

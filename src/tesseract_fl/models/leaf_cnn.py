@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tesseract_fl.models.pooling import MaxPool2x2
+
 
 class LeafCNN(nn.Module):
     """The LEAF FEMNIST CNN; 62 classes (digits, upper and lower case letters) by default."""
@@ -19,10 +21,10 @@ class LeafCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, kernel, padding=pad),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Conv2d(32, 64, kernel, padding=pad),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tesseract_fl.models.pooling import MaxPool2x2
+
 
 class MnistCNN(nn.Module):
     """conv30-pool-conv50-pool-fc200-fc10 on 1x28x28 images (docs/design.md, "Models").
@@ -22,10 +24,10 @@ class MnistCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 30, 3, padding=padding),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Conv2d(30, 50, 3, padding=padding),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
