@@ -1,6 +1,8 @@
-"""MaxPool2x2: the inference path gives max_pool2d's values, training keeps its gradients."""
+"""MaxPool2x2 and the CNNs' pool-before-ReLU order: the same numbers as the textbook models."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -42,18 +44,47 @@ def test_too_small_inputs_are_refused_as_by_the_kernel() -> None:
         MaxPool2x2()(torch.ones(2, 3, 1, 1))
 
 
+def _conv_relu_pool(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its features in the textbook order, conv-ReLU-pool, and plain
+    ``nn.MaxPool2d``: the reference our pool-before-ReLU order must reproduce bit for bit."""
+    ref = copy.deepcopy(model)
+    layers = list(ref.features)
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(layers):
+        if isinstance(layers[i], MaxPool2x2):
+            assert isinstance(layers[i + 1], nn.ReLU)
+            out += [nn.ReLU(), nn.MaxPool2d(2)]
+            i += 2
+        else:
+            out.append(layers[i])
+            i += 1
+    ref.features = nn.Sequential(*out)
+    assert not any(isinstance(m, MaxPool2x2) for m in ref.modules())
+    return ref
+
+
 @pytest.mark.parametrize("name", ["mnist_cnn", "mnist_cnn_padded", "leaf_cnn", "chmnist_cnn"])
-def test_models_evaluate_bit_identically_to_plain_max_pooling(name: str) -> None:
+def test_models_match_conv_relu_pool_bit_for_bit(name: str) -> None:
+    """Evaluation logits, training loss and every parameter's gradient equal those of the same
+    weights in conv-ReLU-pool order with the pooling kernel, in both memory layouts."""
     torch.manual_seed(0)
-    model = make_model(name, num_classes=10).eval()
-    plain = make_model(name, num_classes=10).eval()
-    plain.load_state_dict(model.state_dict())
-    for parent in plain.modules():
-        for key, child in parent.named_children():
-            if isinstance(child, MaxPool2x2):
-                setattr(parent, key, nn.MaxPool2d(2))
-    assert not any(isinstance(m, MaxPool2x2) for m in plain.modules())
+    model = make_model(name, num_classes=10)
+    ref = _conv_relu_pool(model)
     shape = (3, 64, 64) if name == "chmnist_cnn" else (1, 28, 28)
-    x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, *shape, generator=gen)
+    y = torch.randint(0, 10, (16,), generator=gen)
     with torch.no_grad():
-        assert torch.equal(model(x), plain(x))
+        assert torch.equal(model.eval()(x), ref.eval()(x))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        a = copy.deepcopy(model).train().to(memory_format=layout)
+        b = copy.deepcopy(ref).train().to(memory_format=layout)
+        xl = x.contiguous(memory_format=layout)
+        la, lb = F.cross_entropy(a(xl), y), F.cross_entropy(b(xl), y)
+        la.backward()
+        lb.backward()
+        assert torch.equal(la, lb)
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert pa.grad is not None and pb.grad is not None
+            assert torch.equal(pa.grad, pb.grad)

@@ -21,7 +21,8 @@ class ChMnistCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = 3
         for cout in (32, 64, 64):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), MaxPool2x2()]
+            # pooling before the ReLU: see models/pooling.py (the same numbers)
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), MaxPool2x2(), nn.ReLU()]
             cin = cout
         self.features = nn.Sequential(*layers)
         side = image_size // 8

@@ -18,13 +18,14 @@ class LeafCNN(nn.Module):
     def __init__(self, num_classes: int = 62, kernel: int = 5) -> None:
         super().__init__()
         pad = kernel // 2
+        # Pooling before each ReLU: see models/pooling.py (the same numbers).
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, kernel, padding=pad),
-            nn.ReLU(),
             MaxPool2x2(),
+            nn.ReLU(),
             nn.Conv2d(32, 64, kernel, padding=pad),
-            nn.ReLU(),
             MaxPool2x2(),
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),

@@ -7,6 +7,11 @@ from it unless everything it is added to is zero as well); only the backward
 differs (the pooling kernel routes a window's gradient to its first maximum, ``torch.maximum``
 would split it between ties), which is why training, with gradients enabled, keeps
 :func:`torch.nn.functional.max_pool2d`.
+
+The CNNs pool before their ReLU: both are monotone, so ``relu(maxpool(x)) = maxpool(relu(x))``
+value for value, and the gradient reaches the same input (a window's first maximum where it is
+positive; nothing where it is not), while the ReLU and its backward run on a quarter of the
+values. Their numbers, gradients included, are those of conv-ReLU-pool bit for bit.
 """
 
 from __future__ import annotations
