@@ -24,7 +24,12 @@ from rich.table import Table
 
 from benchmarks._timing import device_sync, machine_info, timeit, write_report
 from tesseract_fl.models import make_model
-from tesseract_fl.simulation.gradients import BACKENDS, client_gradients, default_backend
+from tesseract_fl.simulation.gradients import (
+    BACKENDS,
+    client_gradients,
+    default_backend,
+    default_vmap_chunk,
+)
 
 CHUNKS: tuple[int, ...] = (5, 10, 25, 50, 100)
 
@@ -91,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--model", default="mnist_cnn")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=10, help="vmap chunk in the backend sweep")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="vmap chunk in the backend table (default: the simulator's, 10 on CPU, all on CUDA)",
+    )
     ap.add_argument("--quick", action="store_true", help="10 and 100 clients, 2 repeats")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -119,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         table.add_column(col, justify="right")
     table.add_column("fastest")
     for m in args.clients:
-        r = bench_backends(args.model, m, args.batch, device, args.repeats, args.chunk)
+        chunk = args.chunk or default_vmap_chunk(device, m)
+        r = bench_backends(args.model, m, args.batch, device, args.repeats, chunk)
+        r["vmap_chunk"] = chunk
         report["backends"].append(r)
         table.add_row(
             str(m),
