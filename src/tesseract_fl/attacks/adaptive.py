@@ -72,22 +72,39 @@ def dilute(
     """
     if fs_high is None or not math.isfinite(float(fs_high)):
         return target.clone(), 0.0
+    if order is None:
+        order = torch.argsort(mean.abs(), stable=True)
+    return _dilute(target, _MeanTerms(mean, s_g, order), s_g, float(fs_high), step_fraction)
+
+
+class _MeanTerms:
+    """What :func:`dilute` needs of the honest mean, computed once for several targets (the
+    adaptive Trim chain dilutes one per attacker): its flip-score terms, the restoration order
+    and the mean in that order."""
+
+    def __init__(self, mean: Tensor, s_g: Tensor | None, order: Tensor) -> None:
+        self.contrib = _contrib(mean, s_g)
+        self.order = order
+        self.sorted = mean[order]
+
+
+def _dilute(
+    target: Tensor, mean: _MeanTerms, s_g: Tensor | None, fs_high: float, step_fraction: float
+) -> tuple[Tensor, float]:
+    """:func:`dilute` with the mean's terms given and a finite cut-off."""
     P = target.numel()
     a = _contrib(target, s_g)
     fs0 = float(a.sum())
     if fs0 < fs_high:
         return target.clone(), 0.0
-    if order is None:
-        order = torch.argsort(mean.abs(), stable=True)
-    delta = (_contrib(mean, s_g) - a)[order].cumsum(0)
+    delta = (mean.contrib - a)[mean.order].cumsum(0)
     step = max(1, math.ceil(step_fraction * P))
     ks = torch.arange(step, P + step, step, device=target.device).clamp_(max=P)
     fs_k = fs0 + delta[ks - 1]
     ok = (fs_k < fs_high).nonzero()
     k = int(ks[int(ok[0])]) if ok.numel() else P
     v = target.clone()
-    idx = order[:k]
-    v[idx] = mean[idx]
+    v[mean.order[:k]] = mean.sorted[:k]
     return v, k / P
 
 
@@ -133,13 +150,18 @@ def adaptive_trim(
     U = full_trim(G_benign, num_malicious, generator)
     s_g, fs = _state(s_g, fs_high)
     mean = G_benign.mean(dim=0)
-    order = torch.argsort(mean.abs(), stable=True)
     out = torch.empty_like(U)
     carry = torch.zeros_like(U[0])
     fractions = []
+    terms = None
     for i in range(num_malicious):
         target = U[i] + carry
-        out[i], frac = dilute(target, mean, s_g, fs, order)
+        if fs is None or not math.isfinite(fs):
+            out[i], frac = target.clone(), 0.0  # no cut-off known yet (dilute's first case)
+        else:
+            if terms is None:
+                terms = _MeanTerms(mean, s_g, torch.argsort(mean.abs(), stable=True))
+            out[i], frac = _dilute(target, terms, s_g, fs, STEP_FRACTION)
         carry = target - out[i]
         fractions.append(frac)
     return out, {
