@@ -153,14 +153,14 @@ def adaptive_trim(
     out = torch.empty_like(U)
     carry = torch.zeros_like(U[0])
     fractions = []
-    terms = None
+    # No cut-off known yet (the first round): nothing to dilute, as in :func:`dilute`.
+    known = fs is not None and math.isfinite(fs)
+    terms = _MeanTerms(mean, s_g, torch.argsort(mean.abs(), stable=True)) if known else None
     for i in range(num_malicious):
         target = U[i] + carry
-        if fs is None or not math.isfinite(fs):
-            out[i], frac = target.clone(), 0.0  # no cut-off known yet (dilute's first case)
+        if terms is None or fs is None:
+            out[i], frac = target.clone(), 0.0
         else:
-            if terms is None:
-                terms = _MeanTerms(mean, s_g, torch.argsort(mean.abs(), stable=True))
             out[i], frac = _dilute(target, terms, s_g, fs, STEP_FRACTION)
         carry = target - out[i]
         fractions.append(frac)
