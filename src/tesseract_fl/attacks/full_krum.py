@@ -59,11 +59,15 @@ def _bound_from_gram(D: np.ndarray, norms: np.ndarray, P: int, m: int, c: int) -
     return float(near.min()) / ((m - 2 * c - 1) * math.sqrt(P)) + float(norms.max()) / math.sqrt(P)
 
 
+def _krum_pick(D: np.ndarray, c_max: int) -> int:
+    """Row Krum selects from the squared distances ``D`` (its scores and tie-break)."""
+    scores = nearest_sums_np(D, D.shape[0] - c_max - 2)
+    return int(krum_select(torch.from_numpy(scores), 1)[0])
+
+
 def _krum_winner(G: Tensor, c_max: int) -> int:
     """Row Krum selects on ``G`` (same distances, scores and tie-break as the aggregator)."""
-    m = G.shape[0]
-    scores = nearest_sums_np(sq_distances(G).numpy(), m - c_max - 2)
-    return int(krum_select(torch.from_numpy(scores), 1)[0])
+    return _krum_pick(sq_distances(G).numpy(), c_max)
 
 
 def _krum_winner_from_gram(K: Tensor, c_max: int) -> int | None:
@@ -73,8 +77,7 @@ def _krum_winner_from_gram(K: Tensor, c_max: int) -> int | None:
     gram = K.to(device="cpu", dtype=torch.float64)
     if not (bool(torch.isfinite(gram).all()) and fits(gram, 4.0 * max(m, 1))):
         return None
-    scores = nearest_sums_np(sq_distances_from_gram(gram).numpy(), m - c_max - 2)
-    return int(krum_select(torch.from_numpy(scores), 1)[0])
+    return _krum_pick(sq_distances_from_gram(gram).numpy(), c_max)
 
 
 #: Whether, for a round's shape, the Gram matrix assembled from sub-block products equals the
@@ -96,6 +99,7 @@ class _AttackedGram:
         ben = (~mask).cpu().numpy()
         Y = torch.cat([s.unsqueeze(0), noise]).to(G.dtype)
         self.G, self.mask = G, mask
+        self.mal_idx = mask.nonzero().flatten()
         self.K = G @ G.T  # in G's dtype: the aggregator's products for the benign rows
         Kgg = self.K.double().cpu().numpy()
         Kyg = (Y @ G.T).double().cpu().numpy()
@@ -123,7 +127,7 @@ class _AttackedGram:
     def attacked_gram(self, rows: Tensor) -> Tensor:
         """``X @ X.T`` for ``X`` = G with the malicious rows replaced by ``rows``, from the benign
         rows' products already computed and two small ones (``rows @ G.T``, ``rows @ rows.T``)."""
-        mi = self.mask.nonzero().flatten()
+        mi = self.mal_idx
         R = rows @ self.G.T
         R[:, mi] = rows @ rows.T
         K = self.K.clone()
@@ -145,7 +149,7 @@ class _AttackedGram:
             G.dtype,
             str(G.device),
             torch.get_num_threads(),
-            tuple(self.mask.nonzero().flatten().tolist()),
+            tuple(self.mal_idx.tolist()),
         )
         exact = _ASSEMBLY_EXACT.get(key)
         if exact:
