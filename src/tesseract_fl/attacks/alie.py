@@ -20,10 +20,10 @@ import numbers
 from statistics import NormalDist
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.attacks.statistics import column_std_mean
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count
 
@@ -77,7 +77,7 @@ def _alie(
 ) -> tuple[Tensor, float]:
     """(rows [num_malicious, P], z used) without validating ``G_benign``."""
     zz = alie_z_max(num_clients, num_malicious) if z is None else z
-    sigma, mu = torch.std_mean(G_benign.detach(), dim=0, correction=1)
+    sigma, mu = column_std_mean(G_benign.detach(), correction=1)
     row = mu + (sign * zz) * sigma
     return row.expand(num_malicious, -1).clone(), zz
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.attacks.statistics import column_std_mean
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count, positive_finite
 
@@ -70,7 +71,7 @@ def _check_positive(value: Any, what: str) -> float:
 def _mean_and_direction(X: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     """(mu, p) of the benign rows ``X`` [k, P]; ``p = 0`` for ``unit_vec`` when ``mu = 0``."""
     if kind == "std":
-        sigma, mu = torch.std_mean(X, dim=0, correction=1)
+        sigma, mu = column_std_mean(X, correction=1)
         return mu, -sigma
     mu = X.mean(dim=0)
     if kind == "sign":
