@@ -275,6 +275,32 @@ def test_dilute_leaves_stealthy_targets_and_unknown_cutoffs_alone() -> None:
     assert frac == 1.0 and torch.equal(v, mean)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 3.0, float("inf"), -float("inf")])
+        | st.floats(-1e6, 1e6, width=32),
+        min_size=1,
+        max_size=80,
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_restoration_order_is_the_stable_argsort_of_abs(
+    values: list[float], dtype: torch.dtype
+) -> None:
+    adaptive = importlib.import_module("tesseract_fl.attacks.adaptive")
+    mean = torch.tensor(values, dtype=dtype)
+    assert torch.equal(adaptive.restoration_order(mean), torch.argsort(mean.abs(), stable=True))
+
+
+def test_restoration_order_with_nan_falls_back_to_the_float_sort() -> None:
+    adaptive = importlib.import_module("tesseract_fl.attacks.adaptive")
+    # Two NaNs whose payloads order against their indices: read as integers they would swap.
+    bits = torch.tensor([0x3F800000, 0x7FC00005, 0x3F000000, 0x7FC00001, 0x3F000000])
+    mean = bits.to(torch.int32).view(torch.float32)
+    assert torch.equal(adaptive.restoration_order(mean), torch.argsort(mean.abs(), stable=True))
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), c=st.integers(1, 5), q=st.floats(0.05, 0.95))
 def test_adaptive_flip_scores_end_below_fs_high_when_a_dilution_exists(
