@@ -94,6 +94,14 @@ def test_full_trim_is_seeded_and_validates() -> None:
     bad[2, 3] = float("nan")
     with pytest.raises(UpdateError):
         full_trim(bad, 3, gen())
+    bad[2, 3] = -float("inf")
+    with pytest.raises(UpdateError, match="rows \\[2\\]"):
+        full_trim(bad, 3, gen())
+    # Finite entries whose column sum overflows are valid input, not a NaN/Inf row.
+    big = G.clone()
+    big[:, 0] = 3e38
+    rows = full_trim(big, 3, gen())
+    assert rows.shape == (3, G.shape[1]) and bool(torch.isfinite(rows[:, 1:]).all())
 
 
 def test_full_trim_moves_trimmed_mean_and_median_against_benign_direction() -> None:

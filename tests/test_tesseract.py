@@ -17,6 +17,7 @@ from tesseract_fl.aggregators import (
     flip_scores,
     penalty_mask,
 )
+from tesseract_fl.aggregators.kernels import flip_scores as kernel
 from tesseract_fl.aggregators.reference import flip_scores_reference
 from tesseract_fl.aggregators.tesseract import LOG_FLOAT32_MAX
 from tesseract_fl.errors import ConfigError, UpdateError
@@ -509,3 +510,39 @@ def test_filter_then_state_mismatch() -> None:
     filtered = Tesseract(num_clients=4, c_max=1, filter_then="fedsgd")
     with pytest.raises(ConfigError, match="filter_then"):
         plain.load_state_dict(filtered.state_dict())
+
+
+def _vecdot_chunks(G: torch.Tensor, s: torch.Tensor, rows: int) -> torch.Tensor:
+    """Flip-scores as the chunked clamp form with ``torch.linalg.vecdot`` per chunk: the sums
+    that earlier releases computed, which the stored runs' flip-scores hold."""
+    out = torch.zeros(G.shape[0], dtype=G.dtype)
+    zero_idx = (s == 0).nonzero().flatten()
+    for i in range(0, G.shape[0], rows):
+        g = G[i : i + rows]
+        u = torch.clamp(g * s, max=0)
+        out[i : i + rows] += torch.linalg.vecdot(u, u)
+        if zero_idx.numel():
+            gz = g.index_select(1, zero_idx)
+            out[i : i + rows] += torch.linalg.vecdot(gz, gz)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 12),
+    P=st.sampled_from([1, 5, 300, 70_000, 400_000]),
+    zeros=st.sampled_from(["none", "some", "all"]),
+    seed=st.integers(0, 1000),
+)
+def test_flip_scores_keep_the_chunked_vecdot_sums_bit_for_bit(
+    m: int, P: int, zeros: str, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(m, P, generator=g)
+    s = torch.sign(torch.randn(P, generator=g))
+    if zeros == "some":
+        s[torch.rand(P, generator=g) < 0.2] = 0.0
+    elif zeros == "all":
+        s.zero_()
+    rows = max(1, min(m, kernel._CHUNK_ELEMENTS_CPU // P))
+    assert torch.equal(kernel.flip_scores_fast(G, s), _vecdot_chunks(G, s, rows))

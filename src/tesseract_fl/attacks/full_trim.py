@@ -15,16 +15,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tesseract_fl.aggregators.base import check_layout, finite
 from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, uniform
 from tesseract_fl.errors import ConfigError
 
 __all__ = ["FullTrim", "full_trim", "full_trim_direction"]
 
 
-def full_trim_direction(G_honest: Tensor) -> tuple[Tensor, Tensor]:
+def full_trim_direction(
+    G_honest: Tensor, column_sums: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``(s, directed)``: the benign direction ``sign(sum_i g_i)`` and the per-coordinate extreme
-    opposite to it (``min`` where ``s > 0``, else ``max``) of ``G_honest`` [m, P]."""
-    s = torch.sign(G_honest.sum(dim=0))
+    opposite to it (``min`` where ``s > 0``, else ``max``) of ``G_honest`` [m, P]
+    (``column_sums``: ``G_honest.sum(dim=0)`` when the caller has it)."""
+    s = torch.sign(G_honest.sum(dim=0) if column_sums is None else column_sums)
     directed = torch.where(s > 0, G_honest.amin(dim=0), G_honest.amax(dim=0))
     return s, directed
 
@@ -38,10 +42,16 @@ def full_trim(
     where that extreme has the benign sign it is shrunk towards 0 by ``b`` (``directed / b``),
     otherwise it is stretched away from 0 (``directed * b``), ``b ~ U(1, 2)`` per entry.
     """
-    check_honest(G_benign, 0)
+    check_layout(G_benign)
     if isinstance(num_malicious, bool) or not isinstance(num_malicious, int) or num_malicious < 1:
         raise ConfigError(f"num_malicious must be a positive integer, got {num_malicious!r}")
-    s, directed = full_trim_direction(G_benign)
+    # The column sums the direction needs are finite only if G is (NaN/Inf propagate), so they
+    # stand in for the finiteness pass; a non-finite sum gets the exact check (which also
+    # tells an overflow of finite entries from a NaN/Inf entry).
+    sums = G_benign.sum(dim=0)
+    if not finite(sums):
+        check_honest(G_benign, 0)
+    s, directed = full_trim_direction(G_benign, sums)
     b = uniform((num_malicious, G_benign.shape[1]), 1.0, 2.0, generator, G_benign)
     same_sign = (s * directed > 0).unsqueeze(0)
     # where(same_sign, directed / b, directed * b) with one temporary instead of three: the

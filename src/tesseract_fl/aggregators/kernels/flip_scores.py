@@ -63,6 +63,14 @@ def flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
     else:
         rows = m
     buf = torch.empty(rows, P, dtype=acc_dtype, device=G.device) if has_signed else None
+    zbuf = (
+        torch.empty(rows, n_zero, dtype=acc_dtype, device=G.device)
+        if n_zero and not all_zero
+        else None
+    )
+    # Squares are taken in place and summed over each chunk's rows: the same values and the same
+    # reduction as ``torch.linalg.vecdot(u, u)`` (a product, then a sum over the last dimension),
+    # without its temporary. The sums depend on the chunk's shape, so ``rows`` stays as it is.
     for i in range(0, m, rows):
         g = G[i : i + rows]
         if g.dtype != acc_dtype:
@@ -72,10 +80,14 @@ def flip_scores_fast(G: Tensor, s: Tensor) -> Tensor:
             u = buf[: g.shape[0]]
             torch.mul(g, s, out=u)
             u.clamp_(max=0)
-            acc += torch.linalg.vecdot(u, u)
+            acc += u.mul_(u).sum(1)
         if n_zero:
-            gz = g if all_zero else g.index_select(1, zero_idx)
-            acc += torch.linalg.vecdot(gz, gz)
+            if zbuf is None:
+                gz = g * g
+            else:
+                gz = torch.index_select(g, 1, zero_idx, out=zbuf[: g.shape[0]])
+                gz.mul_(gz)
+            acc += gz.sum(1)
     return out
 
 
