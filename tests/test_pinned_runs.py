@@ -4,8 +4,9 @@ Each case runs a few rounds on the tiny IDX dataset and digests every number the
 for it (per-round metrics, per-client flip-scores, reputations and weights, the attack's
 records, the final accuracy and loss) down to the last bit. ``tests/pinned_runs.json`` holds
 the digests the code produced when they were pinned. When a change is *meant* to alter
-numbers, bump the package version (stored results are keyed by it) and re-pin with
-``TESSERACT_FL_REPIN=1 python -m pytest tests/test_pinned_runs.py``.
+numbers, bump the package version (stored results are keyed by it), or only the changed
+built-in's ``revision`` when the change is confined to it (docs/design.md, "Fingerprints"), and
+re-pin with ``TESSERACT_FL_REPIN=1 python -m pytest tests/test_pinned_runs.py``.
 
 The digests are of one machine's floating-point results: another CPU (another SIMD kernel in
 torch or NumPy) may round differently, so the file keeps one set of digests per machine it was

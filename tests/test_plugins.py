@@ -345,3 +345,39 @@ def test_checkpoint_from_before_fingerprints_still_resumes(
     assert resumed.resumed_from == 4
     fresh = run_experiment(cfg, tmp_path / "fresh.sqlite")
     assert resumed.final_accuracy == fresh.final_accuracy
+
+
+def test_builtin_revision_makes_only_its_own_runs_stale(
+    tmp_path: Path, tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A built-in whose numbers change alone raises its ``revision``: the runs that used it are
+    recomputed, every other stored run stays valid (docs/design.md, "Fingerprints")."""
+    from tesseract_fl.attacks import MinSum, SignFlip
+    from tesseract_fl.experiments.runner import code_of
+
+    base = [f'data_dir="{tiny_data_dir}"', "rounds=2", "clients=10", "malicious=2"]
+    cfg_a = resolve_config("mnist-quick", overrides=[*base, "attack=min_sum"])
+    cfg_b = resolve_config("mnist-quick", overrides=[*base, "attack=sign_flip"])
+    assert code_of(cfg_a) == {"tesseract_fl": tesseract_fl.__version__}  # no revision yet
+    store = tmp_path / "s.sqlite"
+    first_a, first_b = run_experiment(cfg_a, store), run_experiment(cfg_b, store)
+
+    monkeypatch.setattr(MinSum, "revision", 2, raising=False)
+    assert code_of(cfg_a) == {
+        "tesseract_fl": tesseract_fl.__version__,
+        "attack:min_sum": "revision 2",
+    }
+    assert code_of(cfg_b) == {"tesseract_fl": tesseract_fl.__version__}
+    again_b = run_experiment(cfg_b, store)
+    assert again_b.cached is True and again_b.final_accuracy == first_b.final_accuracy
+    with pytest.warns(RuntimeWarning, match=r"attack:min_sum \(absent\) -> revision 2"):
+        again_a = run_experiment(cfg_a, store)
+    assert again_a.cached is False and again_a.replaced_stale == f"{first_a.run_id}~stale1"
+    assert again_a.final_accuracy == first_a.final_accuracy  # same code underneath here
+    assert run_experiment(cfg_a, store).cached is True  # stored under revision 2 now
+    assert ATTACKS.infos["min_sum"].fingerprint_label() == "package version, revision 2"
+    assert ATTACKS.infos["alie"].fingerprint_label() == "package version"
+
+    monkeypatch.setattr(SignFlip, "revision", 0, raising=False)
+    with pytest.raises(ConfigError, match="revision must be an integer >= 1"):
+        code_of(cfg_b)

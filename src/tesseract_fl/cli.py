@@ -972,9 +972,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v!r}" for k, v in c.params.items()) or "-"
         if c.kind in ("model", "dataset"):
             params = "-"  # a factory's argument is given by the run, not by the config
-        table.add_row(
-            c.kind, c.name, c.origin, "package version" if c.builtin else c.fingerprint(), params
-        )
+        table.add_row(c.kind, c.name, c.origin, c.fingerprint_label(), params)
     out_console.print(table)
     return 0
 

@@ -351,14 +351,19 @@ def loaded_plugins() -> list[str]:
 # -- fingerprints ------------------------------------------------------------------------------
 def code_fingerprint(components: Iterable[tuple[str, str]]) -> dict[str, str]:
     """What identifies the code behind a result: the package version (it covers every
-    built-in) plus, per plugin component ``(kind, name)`` used, its declared version or the
-    hash of its module's source (docs/design.md, "Fingerprints")."""
+    built-in), per built-in component ``(kind, name)`` used that has a numbers revision
+    ``"revision <n>"``, and per plugin component used its declared version or the hash of its
+    module's source (docs/design.md, "Fingerprints")."""
     from tesseract_fl import __version__
 
     regs = registries()
     out = {"tesseract_fl": __version__}
     for kind, name in components:
         info = regs[kind].infos.get(name)
-        if info is not None and not info.builtin:
+        if info is None:
+            continue
+        if not info.builtin:
             out[f"{kind}:{name}"] = info.fingerprint()
+        elif info.revision is not None:
+            out[f"{kind}:{name}"] = f"revision {info.revision}"
     return out

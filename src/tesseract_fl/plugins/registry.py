@@ -86,6 +86,29 @@ class ComponentInfo:
             return f"version {self.version}"
         return f"source {source_hash(self.obj)}"
 
+    @property
+    def revision(self) -> int | None:
+        """A built-in's own numbers revision (its class attribute ``revision``, an integer >= 1),
+        raised when a change alters the numbers of this component alone; None when it has none.
+        Only built-ins have one: a plugin is fingerprinted by :meth:`fingerprint`."""
+        if not self.builtin:
+            return None
+        rev = getattr(self.obj, "revision", None)
+        if rev is None:
+            return None
+        if isinstance(rev, bool) or not isinstance(rev, int) or rev < 1:
+            raise ConfigError(
+                f"built-in {self.kind} {self.name!r}: revision must be an integer >= 1, got {rev!r}"
+            )
+        return rev
+
+    def fingerprint_label(self) -> str:
+        """How ``tesseract-fl plugins`` shows this component's fingerprint."""
+        if not self.builtin:
+            return self.fingerprint()
+        rev = self.revision
+        return "package version" if rev is None else f"package version, revision {rev}"
+
 
 def source_hash(obj: Any) -> str:
     """SHA-256 (16 hex digits) of the source file of the module defining ``obj``; an object
