@@ -94,6 +94,8 @@ def test_full_trim_is_seeded_and_validates() -> None:
     bad[2, 3] = float("nan")
     with pytest.raises(UpdateError):
         full_trim(bad, 3, gen())
+    with pytest.raises(UpdateError):  # the matrix is checked before num_malicious
+        full_trim(bad, 0, gen())
     bad[2, 3] = -float("inf")
     with pytest.raises(UpdateError, match="rows \\[2\\]"):
         full_trim(bad, 3, gen())
@@ -299,6 +301,21 @@ def test_restoration_order_is_the_stable_argsort_of_abs(
     adaptive = importlib.import_module("tesseract_fl.attacks.adaptive")
     mean = torch.tensor(values, dtype=dtype)
     assert torch.equal(adaptive.restoration_order(mean), torch.argsort(mean.abs(), stable=True))
+
+
+def test_dilute_accepts_tensors_that_need_gradients_and_checks_its_order() -> None:
+    mean = torch.tensor([0.1, -0.2, 0.3, -0.4, 0.5] * 4)
+    s_g = torch.sign(mean)
+    target = (-3.0 * s_g).requires_grad_()
+    v, frac = dilute(target, mean, s_g, fs_high=100.0)
+    assert 0.0 < frac < 1.0 and v.requires_grad and v.dtype == target.dtype
+    v64, _ = dilute(target.detach(), mean.double(), s_g, fs_high=100.0)
+    assert v64.dtype == torch.float32  # the target's dtype
+    order = torch.argsort(mean.abs(), stable=True)
+    assert torch.equal(dilute(target.detach(), mean, s_g, 100.0, order=order)[0], v.detach())
+    for bad in (order[:-1], torch.cat([order[:-1], order[:1]]), order.float(), order + 1):
+        with pytest.raises(ConfigError, match="permutation"):
+            dilute(target.detach(), mean, s_g, 100.0, order=bad)
 
 
 def test_restoration_order_with_nan_falls_back_to_the_float_sort() -> None:

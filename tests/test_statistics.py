@@ -42,7 +42,7 @@ def test_bit_identical_to_torch(
 ) -> None:
     g = torch.Generator().manual_seed(seed)
     X = (torch.randn(n, p, generator=g, dtype=torch.float64) * scale + offset).to(dtype)
-    sigma, mu = column_std_mean(X, correction=correction, block=block)
+    sigma, mu = column_std_mean(X, correction=correction, block=block, min_columns=1)
     ref_sigma, ref_mu = torch.std_mean(X, dim=0, correction=correction)
     assert _same(mu, ref_mu)
     assert _same(sigma, ref_sigma)
@@ -71,7 +71,9 @@ def test_many_columns_float32_and_float64() -> None:
 def test_non_finite_entries_propagate_as_torch() -> None:
     X = torch.randn(6, 9)
     X[1, 2], X[3, 4], X[0, 5], X[4, 5] = float("nan"), float("inf"), float("inf"), -float("inf")
-    for got, want in zip(column_std_mean(X), torch.std_mean(X, dim=0, correction=1), strict=True):
+    for got, want in zip(
+        column_std_mean(X, min_columns=1), torch.std_mean(X, dim=0, correction=1), strict=True
+    ):
         assert _same(got, want)
 
 
@@ -90,3 +92,20 @@ def test_half_precision_falls_back_to_torch() -> None:
     X = torch.randn(8, 33).to(torch.bfloat16)
     for got, want in zip(column_std_mean(X), torch.std_mean(X, dim=0, correction=1), strict=True):
         assert _same(got, want)
+
+
+def test_the_recurrence_runs_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 / float64 CPU rows with enough columns never reach torch.std_mean (so the tests
+    above compare the recurrence, not torch with itself); small ones do."""
+    X = torch.randn(5, 20_000)
+    want = torch.std_mean(X, dim=0, correction=1)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.std_mean called")
+
+    monkeypatch.setattr(torch, "std_mean", refuse)
+    for got, ref in zip(column_std_mean(X), want, strict=True):
+        assert _same(got, ref)
+    column_std_mean(X[:, :100], min_columns=1)
+    with pytest.raises(AssertionError, match=r"torch\.std_mean called"):
+        column_std_mean(X[:, :100])  # below the default min_columns: torch's loop

@@ -82,7 +82,8 @@ def dilute(
     step_fraction: float = STEP_FRACTION,
 ) -> tuple[Tensor, float]:
     """Restore ``target``'s coordinates to ``mean`` in steps of ``step_fraction * P`` (ascending
-    ``|mean|``) until its flip-score is below ``fs_high``; return ``(v, fraction restored)``.
+    ``|mean|``, or ``order``: a permutation of ``range(P)``) until its flip-score is below
+    ``fs_high``; return ``(v, fraction restored)``, ``v`` in the target's dtype.
 
     No cut-off known (``fs_high is None``, the first round) or a target already below it: the
     target is returned unchanged. If even full restoration stays at or above ``fs_high``, every
@@ -93,7 +94,23 @@ def dilute(
         return target.clone(), 0.0
     if order is None:
         order = restoration_order(mean)
+    else:
+        _check_order(order, mean.numel())
     return _dilute(target, _MeanTerms(mean, s_g, order), float(fs_high), step_fraction)
+
+
+def _check_order(order: Tensor, P: int) -> None:
+    """``order`` must be a permutation of ``range(P)`` (the ranks are read from it)."""
+    ok = (
+        isinstance(order, Tensor)
+        and order.dim() == 1
+        and order.numel() == P
+        and not order.is_floating_point()
+        and (P == 0 or (int(order.min()) >= 0 and int(order.max()) < P))
+        and bool((torch.bincount(order.long().cpu(), minlength=P) == 1).all())
+    )
+    if not ok:
+        raise ConfigError(f"order must be a permutation of range({P}) (the restoration order)")
 
 
 class _MeanTerms:
@@ -120,14 +137,15 @@ def _dilute(
     if fs0 < fs_high:
         return target.clone(), 0.0
     # Flip-score change of restoring each coordinate, in restoration order, accumulated.
-    delta = torch.sub(mean.contrib, a, out=a).index_select(0, mean.order).cumsum(0)
+    diff = mean.contrib - a if a.requires_grad else torch.sub(mean.contrib, a, out=a)
+    delta = diff.index_select(0, mean.order).cumsum(0)
     step = max(1, math.ceil(step_fraction * P))
     ks = torch.arange(step, P + step, step, device=target.device).clamp_(max=P)
     fs_k = fs0 + delta[ks - 1]
     ok = (fs_k < fs_high).nonzero()
     k = int(ks[int(ok[0])]) if ok.numel() else P
     # The first k coordinates of the order take the mean's value, the others keep the target's.
-    return torch.where(mean.rank < k, mean.mean, target), k / P
+    return torch.where(mean.rank < k, mean.mean.to(target.dtype), target), k / P
 
 
 def _state(s_g: Any, fs_high: Any) -> tuple[Tensor | None, float | None]:
@@ -168,8 +186,7 @@ def adaptive_trim(
 ) -> tuple[Tensor, dict[str, float]]:
     """Adaptive-Trim rows ``[c, P]`` with the compensation chain; the record holds the mean
     ``restored`` fraction and the norm of the last attacker's ``leftover`` mass."""
-    check_honest(G_benign, 0)
-    U = full_trim(G_benign, num_malicious, generator)
+    U = full_trim(G_benign, num_malicious, generator)  # validates G_benign and num_malicious
     s_g, fs = _state(s_g, fs_high)
     mean = G_benign.mean(dim=0)
     out = torch.empty_like(U)

@@ -43,14 +43,14 @@ def full_trim(
     otherwise it is stretched away from 0 (``directed * b``), ``b ~ U(1, 2)`` per entry.
     """
     check_layout(G_benign)
-    if isinstance(num_malicious, bool) or not isinstance(num_malicious, int) or num_malicious < 1:
-        raise ConfigError(f"num_malicious must be a positive integer, got {num_malicious!r}")
     # The column sums the direction needs are finite only if G is (NaN/Inf propagate), so they
     # stand in for the finiteness pass; a non-finite sum gets the exact check (which also
     # tells an overflow of finite entries from a NaN/Inf entry).
     sums = G_benign.sum(dim=0)
     if not finite(sums):
         check_honest(G_benign, 0)
+    if isinstance(num_malicious, bool) or not isinstance(num_malicious, int) or num_malicious < 1:
+        raise ConfigError(f"num_malicious must be a positive integer, got {num_malicious!r}")
     s, directed = full_trim_direction(G_benign, sums)
     b = uniform((num_malicious, G_benign.shape[1]), 1.0, 2.0, generator, G_benign)
     same_sign = (s * directed > 0).unsqueeze(0)

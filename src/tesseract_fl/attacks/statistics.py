@@ -25,16 +25,24 @@ __all__ = ["column_std_mean"]
 # Columns per block: the block's running mean, M2 and two temporaries (float64) stay within
 # the L2 caches, and each vector operation is large enough to be split over two threads.
 _BLOCK_COLUMNS = 1 << 16
+# Below this many columns the recurrence's per-row Python calls cost more than torch's scalar
+# loop saves (many rows of a small model), so torch computes it.
+_MIN_COLUMNS = 1 << 14
 
 
 def column_std_mean(
-    X: Tensor, correction: int = 1, *, block: int = _BLOCK_COLUMNS
+    X: Tensor,
+    correction: float = 1,
+    *,
+    block: int = _BLOCK_COLUMNS,
+    min_columns: int = _MIN_COLUMNS,
 ) -> tuple[Tensor, Tensor]:
     """``(sigma, mu)`` of the rows ``X`` [n, P] per column, bit-identical to
-    ``torch.std_mean(X, dim=0, correction=correction)``; ``block`` (columns per block) changes
-    only the speed."""
+    ``torch.std_mean(X, dim=0, correction=correction)``; ``block`` (columns per block) and
+    ``min_columns`` (fewer columns: torch computes it) change only the speed."""
     if (
         X.dim() != 2
+        or X.shape[1] < min_columns
         or X.device.type != "cpu"
         or X.dtype not in (torch.float32, torch.float64)
         or X.shape[0] - correction <= 0

@@ -364,6 +364,6 @@ def code_fingerprint(components: Iterable[tuple[str, str]]) -> dict[str, str]:
             continue
         if not info.builtin:
             out[f"{kind}:{name}"] = info.fingerprint()
-        elif info.revision is not None:
-            out[f"{kind}:{name}"] = f"revision {info.revision}"
+        elif (rev := info.revision) is not None:
+            out[f"{kind}:{name}"] = f"revision {rev}"
     return out
