@@ -475,3 +475,19 @@ def test_names_and_reprs() -> None:
     assert repr(GaussianNoise(sigma=0.5)) == "GaussianNoise(sigma=0.5)"
     with pytest.raises(TypeError):
         IPM(0.5)  # type: ignore[misc]  # keyword-only
+
+
+def test_benign_rows_view_when_one_block_else_copy() -> None:
+    from tesseract_fl.attacks.base import benign_rows, malicious_mask
+
+    G = torch.randn(10, 7)
+    for rows in (None, [7, 8, 9], [0, 9], [0, 2, 5]):  # first, last, both ends, scattered
+        mask = malicious_mask(10, 3 if rows is None or len(rows) == 3 else len(rows), rows)
+        got = benign_rows(G, mask)
+        assert torch.equal(got, G[~mask]) and got.is_contiguous()
+        block = rows in (None, [7, 8, 9], [0, 9])
+        shares = got.untyped_storage().data_ptr() == G.untyped_storage().data_ptr()
+        assert shares == block  # a view of G exactly when the benign rows are one block
+    Gt = torch.randn(7, 10).T  # not contiguous: the rows are copied
+    got = benign_rows(Gt, malicious_mask(10, 3))
+    assert torch.equal(got, Gt[3:]) and got.is_contiguous()

@@ -22,7 +22,13 @@ from typing import Any
 
 from torch import Tensor
 
-from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.attacks.base import (
+    AttackContext,
+    Poison,
+    benign_rows,
+    check_honest,
+    malicious_mask,
+)
 from tesseract_fl.attacks.statistics import column_std_mean
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count
@@ -117,7 +123,7 @@ class ALIE:
         check_honest(G_honest, c, min_benign=2)
         m = G_honest.shape[0]
         mask = malicious_mask(m, c, ctx.malicious).to(G_honest.device)
-        rows, z = _alie(G_honest[~mask], m, c, self.z, self.sign)
+        rows, z = _alie(benign_rows(G_honest, mask), m, c, self.z, self.sign)
         return Poison(rows, {"z": z})
 
     def __repr__(self) -> str:

@@ -137,6 +137,21 @@ def malicious_mask(m: int, num_malicious: int, malicious_rows: Any = None) -> Te
     return mask
 
 
+def benign_rows(G: Tensor, mask: Tensor) -> Tensor:
+    """The rows of ``G`` outside the attackers' ``mask`` (on G's device): a view when they are
+    one contiguous block of a contiguous ``G`` (the attackers first or last: the functional
+    API's convention), else a copy. Either way the same values in the same layout, so what is
+    computed from them is the same; the view spares copying most of the round's matrix."""
+    keep = (~mask).nonzero().flatten()
+    if keep.numel():
+        lo, hi = int(keep[0]), int(keep[-1]) + 1
+        if hi - lo == keep.numel():
+            view = G[lo:hi]
+            if view.is_contiguous():
+                return view
+    return G[~mask]
+
+
 def check_honest(G_honest: Tensor, num_malicious: int, *, min_benign: int = 1) -> None:
     """Validate the honest matrix and that enough benign rows remain for the attack's estimate."""
     check_matrix(G_honest)

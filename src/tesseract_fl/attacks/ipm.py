@@ -13,7 +13,13 @@ from typing import Any
 
 from torch import Tensor
 
-from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.attacks.base import (
+    AttackContext,
+    Poison,
+    benign_rows,
+    check_honest,
+    malicious_mask,
+)
 from tesseract_fl.validation import as_count, positive_finite
 
 __all__ = ["IPM", "ipm"]
@@ -50,7 +56,7 @@ class IPM:
         c = ctx.num_malicious
         check_honest(G_honest, c, min_benign=1)
         mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
-        return Poison(_ipm(G_honest[~mask], c, self.eps), {"eps": self.eps})
+        return Poison(_ipm(benign_rows(G_honest, mask), c, self.eps), {"eps": self.eps})
 
     def __repr__(self) -> str:
         return f"IPM(eps={self.eps:g})"

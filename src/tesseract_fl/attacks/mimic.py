@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.attacks.base import (
+    AttackContext,
+    Poison,
+    benign_rows,
+    check_honest,
+    malicious_mask,
+)
 from tesseract_fl.errors import ConfigError
 
 __all__ = ["Mimic", "mimic"]
@@ -72,8 +78,8 @@ class Mimic:
         c = ctx.num_malicious
         check_honest(G_honest, c, min_benign=1)
         mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
-        benign_rows = torch.nonzero(~mask).flatten()
-        B = G_honest.detach()[benign_rows]
+        benign_idx = torch.nonzero(~mask).flatten()
+        B = benign_rows(G_honest.detach(), mask)
         if self.epsilon is not None:
             if self.epsilon >= B.shape[0]:
                 raise ConfigError(
@@ -87,7 +93,7 @@ class Mimic:
                 self._chosen = int((D @ self._z).abs().argmax())
                 self._seen += 1
             k = min(self._chosen, B.shape[0] - 1)
-        row = int(benign_rows[k])
+        row = int(benign_idx[k])
         return Poison(G_honest.detach()[row].expand(c, -1).clone(), {"mimicked": float(row)})
 
     def state_dict(self) -> dict[str, Any]:

@@ -33,7 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tesseract_fl.attacks.base import AttackContext, Poison, check_honest, malicious_mask
+from tesseract_fl.attacks.base import (
+    AttackContext,
+    Poison,
+    benign_rows,
+    check_honest,
+    malicious_mask,
+)
 from tesseract_fl.attacks.statistics import column_std_mean
 from tesseract_fl.errors import ConfigError
 from tesseract_fl.validation import as_count, positive_finite
@@ -227,7 +233,12 @@ class _MinMaxBase:
         check_honest(G_honest, c, min_benign=2)
         mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
         rows, gamma = _attack(
-            G_honest[~mask], c, self._objective, self.perturbation, self.gamma_init, self.tau
+            benign_rows(G_honest, mask),
+            c,
+            self._objective,
+            self.perturbation,
+            self.gamma_init,
+            self.tau,
         )
         return Poison(rows, {"gamma": gamma})
 
