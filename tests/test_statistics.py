@@ -109,3 +109,24 @@ def test_the_recurrence_runs_where_it_applies(monkeypatch: pytest.MonkeyPatch) -
     column_std_mean(X[:, :100], min_columns=1)
     with pytest.raises(AssertionError, match=r"torch\.std_mean called"):
         column_std_mean(X[:, :100])  # below the default min_columns: torch's loop
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(3, 30),
+    p=st.integers(1, 200),
+    seed=st.integers(0, 2**31 - 1),
+    min_columns=st.sampled_from([1, 1 << 30]),  # the recurrence, and torch on a copy
+)
+def test_rows_read_in_place_equal_the_copied_rows(
+    n: int, p: int, seed: int, min_columns: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, p, generator=g) * 3 + 1
+    rows = torch.randperm(n, generator=g)[: max(2, n // 2)]  # any order
+    want = torch.std_mean(X[rows], dim=0, correction=1)
+    got = column_std_mean(X, rows=rows, block=64, min_columns=min_columns)
+    for a, b in zip(got, want, strict=True):
+        assert _same(a, b)
+    with pytest.raises(ValueError, match="row indices"):
+        column_std_mean(X, rows=torch.ones(n, dtype=torch.bool))

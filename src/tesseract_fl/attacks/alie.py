@@ -25,7 +25,6 @@ from torch import Tensor
 from tesseract_fl.attacks.base import (
     AttackContext,
     Poison,
-    benign_rows,
     check_honest,
     malicious_mask,
 )
@@ -79,11 +78,17 @@ def _check_sign(sign: Any) -> float:
 
 
 def _alie(
-    G_benign: Tensor, num_clients: int, num_malicious: int, z: float | None, sign: float
+    G_benign: Tensor,
+    num_clients: int,
+    num_malicious: int,
+    z: float | None,
+    sign: float,
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, float]:
-    """(rows [num_malicious, P], z used) without validating ``G_benign``."""
+    """(rows [num_malicious, P], z used) without validating ``G_benign``; the benign rows are
+    ``G_benign[rows]`` (read in place) when ``rows`` (indices) is given."""
     zz = alie_z_max(num_clients, num_malicious) if z is None else z
-    sigma, mu = column_std_mean(G_benign.detach(), correction=1)
+    sigma, mu = column_std_mean(G_benign.detach(), correction=1, rows=rows)
     row = mu + (sign * zz) * sigma
     return row.expand(num_malicious, -1).clone(), zz
 
@@ -123,7 +128,8 @@ class ALIE:
         check_honest(G_honest, c, min_benign=2)
         m = G_honest.shape[0]
         mask = malicious_mask(m, c, ctx.malicious).to(G_honest.device)
-        rows, z = _alie(benign_rows(G_honest, mask), m, c, self.z, self.sign)
+        benign = (~mask).nonzero().flatten()
+        rows, z = _alie(G_honest, m, c, self.z, self.sign, rows=benign)
         return Poison(rows, {"z": z})
 
     def __repr__(self) -> str:

@@ -36,7 +36,6 @@ from torch import Tensor
 from tesseract_fl.attacks.base import (
     AttackContext,
     Poison,
-    benign_rows,
     check_honest,
     malicious_mask,
 )
@@ -74,11 +73,14 @@ def _check_positive(value: Any, what: str) -> float:
     return positive_finite(value, what)
 
 
-def _mean_and_direction(X: Tensor, kind: str) -> tuple[Tensor, Tensor]:
-    """(mu, p) of the benign rows ``X`` [k, P]; ``p = 0`` for ``unit_vec`` when ``mu = 0``."""
+def _mean_and_direction(X: Tensor, kind: str, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(mu, p) of the benign rows ``X`` [k, P] (or ``X[rows]``); ``p = 0`` for ``unit_vec`` when
+    ``mu = 0``."""
     if kind == "std":
-        sigma, mu = column_std_mean(X, correction=1)
+        sigma, mu = column_std_mean(X, correction=1, rows=rows)
         return mu, -sigma
+    if rows is not None:
+        X = X.index_select(0, rows)
     mu = X.mean(dim=0)
     if kind == "sign":
         return mu, -torch.sign(mu)
@@ -116,9 +118,25 @@ def search_gamma(ok: Callable[[float], bool], gamma_init: float = 10.0, tau: flo
     return succ
 
 
-def _geometry(X: Tensor, mu: Tensor, p: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
-    """(centred Gram ``C @ C.T`` [k, k], ``C @ p`` [k], ``||p||^2``) in float64, ``C = X - mu``."""
-    C = X - mu
+def _centred(X: Tensor, mu: Tensor, rows: Tensor | None) -> Tensor:
+    """``X - mu``, or ``X[rows] - mu`` built row by row (the same values, without first copying
+    the benign rows)."""
+    if rows is None:
+        return X - mu
+    C = torch.empty(
+        (rows.numel(), X.shape[1]), dtype=torch.promote_types(X.dtype, mu.dtype), device=X.device
+    )
+    for k, i in enumerate(rows.tolist()):
+        torch.sub(X[i], mu, out=C[k])
+    return C
+
+
+def _geometry(
+    X: Tensor, mu: Tensor, p: Tensor, rows: Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(centred Gram ``C @ C.T`` [k, k], ``C @ p`` [k], ``||p||^2``) in float64, ``C = X - mu``
+    (``X[rows] - mu`` with ``rows``)."""
+    C = _centred(X, mu, rows)
     gram = (C @ C.T).to(device="cpu", dtype=torch.float64).numpy()
     gram = (gram + gram.T) * 0.5
     e = (C @ p).to(device="cpu", dtype=torch.float64).numpy()
@@ -158,12 +176,19 @@ def _condition(
 
 
 def _attack(
-    G_benign: Tensor, num_malicious: int, objective: str, kind: str, gamma_init: float, tau: float
+    G_benign: Tensor,
+    num_malicious: int,
+    objective: str,
+    kind: str,
+    gamma_init: float,
+    tau: float,
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, float]:
-    """(rows [num_malicious, P], gamma) without validation."""
+    """(rows [num_malicious, P], gamma) without validation; the benign rows are ``G_benign``,
+    or ``G_benign[rows]`` (read in place) when ``rows`` (indices) is given."""
     X = G_benign.detach()
-    mu, p = _mean_and_direction(X, kind)
-    gamma = search_gamma(_condition(objective, *_geometry(X, mu, p)), gamma_init, tau)
+    mu, p = _mean_and_direction(X, kind, rows)
+    gamma = search_gamma(_condition(objective, *_geometry(X, mu, p, rows)), gamma_init, tau)
     row = mu + gamma * p
     return row.expand(num_malicious, -1).clone(), gamma
 
@@ -233,12 +258,13 @@ class _MinMaxBase:
         check_honest(G_honest, c, min_benign=2)
         mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
         rows, gamma = _attack(
-            benign_rows(G_honest, mask),
+            G_honest,
             c,
             self._objective,
             self.perturbation,
             self.gamma_init,
             self.tau,
+            rows=(~mask).nonzero().flatten(),
         )
         return Poison(rows, {"gamma": gamma})
 

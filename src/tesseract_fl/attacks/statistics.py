@@ -34,22 +34,31 @@ def column_std_mean(
     X: Tensor,
     correction: float = 1,
     *,
+    rows: Tensor | None = None,
     block: int = _BLOCK_COLUMNS,
     min_columns: int = _MIN_COLUMNS,
 ) -> tuple[Tensor, Tensor]:
-    """``(sigma, mu)`` of the rows ``X`` [n, P] per column, bit-identical to
-    ``torch.std_mean(X, dim=0, correction=correction)``; ``block`` (columns per block) and
-    ``min_columns`` (fewer columns: torch computes it) change only the speed."""
+    """``(sigma, mu)`` per column of the rows ``X`` [n, P] (or of ``X[rows]``, read in place:
+    the attackers' statistics of the benign rows without copying them), bit-identical to
+    ``torch.std_mean(X[rows], dim=0, correction=correction)``; ``block`` (columns per block)
+    and ``min_columns`` (fewer columns: torch computes it) change only the speed."""
+    if rows is not None and (
+        rows.dim() != 1 or rows.dtype in (torch.bool,) or rows.is_floating_point()
+    ):
+        raise ValueError("rows must be a 1-D tensor of row indices")
+    n_rows = X.shape[0] if rows is None or X.dim() != 2 else int(rows.numel())
     if (
         X.dim() != 2
         or X.shape[1] < min_columns
         or X.device.type != "cpu"
         or X.dtype not in (torch.float32, torch.float64)
-        or X.shape[0] - correction <= 0
+        or n_rows - correction <= 0
         or X.requires_grad
     ):
-        return torch.std_mean(X, dim=0, correction=correction)
-    n, P = X.shape
+        Xr = X if rows is None else X.index_select(0, rows.to(X.device))
+        return torch.std_mean(Xr, dim=0, correction=correction)
+    order = range(n_rows) if rows is None else [int(i) for i in rows.tolist()]
+    n, P = n_rows, X.shape[1]
     mean_all = torch.zeros(P, dtype=torch.float64)
     m2_all = torch.zeros(P, dtype=torch.float64)
     width = max(1, min(P, int(block)))
@@ -61,8 +70,8 @@ def column_std_mean(
         b = c1 - c0
         mean, m2 = mean_all[c0:c1], m2_all[c0:c1]
         xb, db, tb = x[:b], delta[:b], tmp[:b]
-        for k in range(n):
-            xb.copy_(X[k, c0:c1])
+        for k, i in enumerate(order):
+            xb.copy_(X[i, c0:c1])
             torch.sub(xb, mean, out=db)
             torch.div(db, float(k + 1), out=tb)
             mean.add_(tb)
