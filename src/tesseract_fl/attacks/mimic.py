@@ -79,20 +79,22 @@ class Mimic:
         check_honest(G_honest, c, min_benign=1)
         mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
         benign_idx = torch.nonzero(~mask).flatten()
-        B = benign_rows(G_honest.detach(), mask)
+        n_benign = benign_idx.numel()
         if self.epsilon is not None:
-            if self.epsilon >= B.shape[0]:
+            if self.epsilon >= n_benign:
                 raise ConfigError(
-                    f"attack.epsilon = {self.epsilon} but there are {B.shape[0]} benign clients"
+                    f"attack.epsilon = {self.epsilon} but there are {n_benign} benign clients"
                 )
             k = self.epsilon
         else:
             if self._seen < self.warmup or self._chosen is None:
+                # Only the warm-up rounds read the benign rows as a whole.
+                B = benign_rows(G_honest.detach(), mask)
                 D = (B - B.mean(dim=0)).double()
                 self._z = _power_step(D, None if self._z is None else self._z.to(D))
                 self._chosen = int((D @ self._z).abs().argmax())
                 self._seen += 1
-            k = min(self._chosen, B.shape[0] - 1)
+            k = min(self._chosen, n_benign - 1)
         row = int(benign_idx[k])
         return Poison(G_honest.detach()[row].expand(c, -1).clone(), {"mimicked": float(row)})
 
