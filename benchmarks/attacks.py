@@ -3,10 +3,12 @@ Full-Krum lambda search against a naive search that reruns Krum from scratch for
 
 Times each attack in :data:`tesseract_fl.attacks.ATTACKS` (label flipping acts on labels, not on
 gradients, and is skipped) on a ``[100, 266060]`` float32 matrix shaped like one MNIST round
-(rows: a shared mean direction plus client noise; 20 attackers; the adaptive attacks get a
-TESSERACT defense after one round). The Full-Krum comparison runs the same halving search both
-ways on the same matrix and checks that they pick the same lambda (equal up to the float32
-rounding of the bound's Gram products, which BLAS blocks differently for [m, P] and [m - c, P]).
+(rows: a shared mean direction plus client noise; 20 attackers at random rows, as the simulator
+draws them; the adaptive attacks get a TESSERACT defense after one round), then the attacks'
+kernels against the torch calls they replace (the same bits, checked). The Full-Krum comparison
+runs the same halving search both ways on the same matrix and checks that they pick the same
+lambda (equal up to the float32 rounding of the bound's Gram products, which BLAS blocks
+differently for [m, P] and [m - c, P]).
 
     .venv/bin/python -m benchmarks attacks [--repeats 3] [--quick]
         [--out results/benchmarks/attacks.json]
@@ -27,8 +29,10 @@ from tesseract_fl.aggregators import Tesseract
 from tesseract_fl.aggregators.kernels.gram import nearest_sums_np, sq_distances
 from tesseract_fl.aggregators.krum import krum_select
 from tesseract_fl.attacks import ATTACKS, AttackContext, DefenseView, make_attack
+from tesseract_fl.attacks.adaptive import restoration_order
 from tesseract_fl.attacks.base import malicious_mask, uniform
 from tesseract_fl.attacks.full_krum import LAMBDA_MIN, full_krum_search, lambda_upper_bound
+from tesseract_fl.attacks.statistics import column_std_mean
 
 
 def round_matrix(m: int, P: int, seed: int = 0) -> torch.Tensor:
@@ -56,6 +60,42 @@ def naive_full_krum(G: torch.Tensor, c: int, c_max: int, gen: torch.Generator) -
     return 0.0
 
 
+def kernels(G: torch.Tensor, mask: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """The attacks' kernels against the torch calls they replace, side by side in this process,
+    with a check that they return the same bits."""
+    benign = (~mask).nonzero().flatten()
+    mu = G[benign].mean(dim=0)
+    pairs = {
+        "std_mean of the benign rows": (
+            lambda: column_std_mean(G, rows=benign),
+            lambda: torch.std_mean(G[~mask], dim=0, correction=1),
+        ),
+        "restoration order (stable argsort of |mean|)": (
+            lambda: restoration_order(mu),
+            lambda: torch.argsort(mu.abs(), stable=True),
+        ),
+    }
+    out: dict[str, Any] = {}
+    table = Table(title="attack kernels: ours vs the torch calls they replace (same bits)")
+    for col in ("kernel", "ours ms", "torch ms", "speed-up", "same bits"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    for name, (ours, ref) in pairs.items():
+        a, b = ours(), ref()
+        same = (
+            all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+            if isinstance(a, tuple)
+            else torch.equal(a, b)
+        )
+        t_ours, t_ref = timeit(ours, repeats), timeit(ref, repeats)
+        ratio = t_ref["min_ms"] / t_ours["min_ms"]
+        out[name] = {"ours": t_ours, "torch": t_ref, "speedup": ratio, "same_bits": same}
+        table.add_row(
+            name, f"{t_ours['min_ms']:.1f}", f"{t_ref['min_ms']:.1f}", f"{ratio:.2f}x", str(same)
+        )
+    Console().print(table)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -69,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 1
     m, P, c = args.m, args.P, args.c
     G = round_matrix(m, P)
-    mask = malicious_mask(m, c)
+    # Attackers at random rows, as the simulator draws them (not the first c).
+    rows = torch.randperm(m, generator=torch.Generator().manual_seed(3))[:c]
+    mask = malicious_mask(m, c, rows)
     defense = Tesseract(num_clients=m, c_max=c)
     defense.aggregate(round_matrix(m, P, seed=1))
     ctx = AttackContext(
@@ -102,13 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, f"{t['min_ms']:.1f}", f"{t['median_ms']:.1f}", rec)
     Console().print(table)
 
+    results["kernels"] = kernels(G, mask, args.repeats)
+
     fast_lam = full_krum_search(G, c, c, torch.Generator().manual_seed(0))[1]
     naive_lam = naive_full_krum(G, c, c, torch.Generator().manual_seed(0))
     fast = timeit(lambda: full_krum_search(G, c, c, torch.Generator().manual_seed(0)), args.repeats)
     naive = timeit(lambda: naive_full_krum(G, c, c, torch.Generator().manual_seed(0)), args.repeats)
 
     halvings = (
-        0 if naive_lam == 0 else round(math.log2(lambda_upper_bound(G[~mask], m, c) / naive_lam))
+        0
+        if naive_lam == 0
+        else round(math.log2(lambda_upper_bound(G[c:], m, c) / naive_lam))  # attackers first
     )
     ratio = naive["min_ms"] / fast["min_ms"]
     results["full_krum_search"] = {

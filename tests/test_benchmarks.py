@@ -82,3 +82,15 @@ def test_round_ratio_is_measured_inside_each_round() -> None:
     assert sim.calls == 3 and out["repeats"] == 3 and len(out["ratios_per_round"]) == 3
     assert 1.5 < out["ratio_to_gradients"] < 3.0
     assert "compute_gradients" not in vars(sim)
+
+
+def test_attacks_benchmark_checks_its_kernels_bit_for_bit(tmp_path: Path) -> None:
+    out = tmp_path / "attacks.json"
+    args = ["attacks", "--quick", "--m", "12", "--P", "20000", "--c", "3", "--out", str(out)]
+    assert bench_main(args) == 0
+    report = json.loads(out.read_text())
+    assert {"alie", "full_trim", "min_max"} <= set(report["attacks"])
+    kernels = report["kernels"]
+    assert len(kernels) == 2
+    for k in kernels.values():
+        assert k["same_bits"] is True and k["ours"]["min_ms"] > 0 and k["speedup"] > 0
