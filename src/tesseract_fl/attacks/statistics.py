@@ -43,7 +43,7 @@ def column_std_mean(
     ``torch.std_mean(X[rows], dim=0, correction=correction)``; ``block`` (columns per block)
     and ``min_columns`` (fewer columns: torch computes it) change only the speed."""
     if rows is not None and (
-        rows.dim() != 1 or rows.dtype in (torch.bool,) or rows.is_floating_point()
+        rows.dim() != 1 or rows.dtype == torch.bool or rows.is_floating_point()
     ):
         raise ValueError("rows must be a 1-D tensor of row indices")
     n_rows = X.shape[0] if rows is None or X.dim() != 2 else int(rows.numel())
