@@ -25,6 +25,7 @@ from torch import Tensor
 from tesseract_fl.attacks.base import (
     AttackContext,
     Poison,
+    benign_index,
     check_honest,
     malicious_mask,
 )
@@ -128,8 +129,7 @@ class ALIE:
         check_honest(G_honest, c, min_benign=2)
         m = G_honest.shape[0]
         mask = malicious_mask(m, c, ctx.malicious).to(G_honest.device)
-        benign = (~mask).nonzero().flatten()
-        rows, z = _alie(G_honest, m, c, self.z, self.sign, rows=benign)
+        rows, z = _alie(G_honest, m, c, self.z, self.sign, rows=benign_index(mask))
         return Poison(rows, {"z": z})
 
     def __repr__(self) -> str:

@@ -137,12 +137,17 @@ def malicious_mask(m: int, num_malicious: int, malicious_rows: Any = None) -> Te
     return mask
 
 
+def benign_index(mask: Tensor) -> Tensor:
+    """Indices of the rows outside the attackers' ``mask``, ascending."""
+    return (~mask).nonzero().flatten()
+
+
 def benign_rows(G: Tensor, mask: Tensor) -> Tensor:
     """The rows of ``G`` outside the attackers' ``mask`` (on G's device): a view when they are
     one contiguous block of a contiguous ``G`` (the attackers first or last: the functional
     API's convention), else a copy. Either way the same values in the same layout, so what is
     computed from them is the same; the view spares copying most of the round's matrix."""
-    keep = (~mask).nonzero().flatten()
+    keep = benign_index(mask)
     if keep.numel():
         lo, hi = int(keep[0]), int(keep[-1]) + 1
         if hi - lo == keep.numel():

@@ -27,6 +27,7 @@ from torch import Tensor
 from tesseract_fl.attacks.base import (
     AttackContext,
     Poison,
+    benign_index,
     benign_rows,
     check_honest,
     malicious_mask,
@@ -78,7 +79,7 @@ class Mimic:
         c = ctx.num_malicious
         check_honest(G_honest, c, min_benign=1)
         mask = malicious_mask(G_honest.shape[0], c, ctx.malicious).to(G_honest.device)
-        benign_idx = torch.nonzero(~mask).flatten()
+        benign_idx = benign_index(mask)
         n_benign = benign_idx.numel()
         if self.epsilon is not None:
             if self.epsilon >= n_benign:

@@ -36,6 +36,7 @@ from torch import Tensor
 from tesseract_fl.attacks.base import (
     AttackContext,
     Poison,
+    benign_index,
     check_honest,
     malicious_mask,
 )
@@ -74,13 +75,11 @@ def _check_positive(value: Any, what: str) -> float:
 
 
 def _mean_and_direction(X: Tensor, kind: str, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(mu, p) of the benign rows ``X`` [k, P] (or ``X[rows]``); ``p = 0`` for ``unit_vec`` when
-    ``mu = 0``."""
+    """(mu, p) of the benign rows ``X`` [k, P] (or ``X[rows]``, for ``"std"`` only); ``p = 0``
+    for ``unit_vec`` when ``mu = 0``."""
     if kind == "std":
         sigma, mu = column_std_mean(X, correction=1, rows=rows)
         return mu, -sigma
-    if rows is not None:
-        X = X.index_select(0, rows)
     mu = X.mean(dim=0)
     if kind == "sign":
         return mu, -torch.sign(mu)
@@ -187,6 +186,8 @@ def _attack(
     """(rows [num_malicious, P], gamma) without validation; the benign rows are ``G_benign``,
     or ``G_benign[rows]`` (read in place) when ``rows`` (indices) is given."""
     X = G_benign.detach()
+    if rows is not None and kind != "std":  # only the std statistics read rows in place
+        X, rows = X.index_select(0, rows), None
     mu, p = _mean_and_direction(X, kind, rows)
     gamma = search_gamma(_condition(objective, *_geometry(X, mu, p, rows)), gamma_init, tau)
     row = mu + gamma * p
@@ -264,7 +265,7 @@ class _MinMaxBase:
             self.perturbation,
             self.gamma_init,
             self.tau,
-            rows=(~mask).nonzero().flatten(),
+            rows=benign_index(mask),
         )
         return Poison(rows, {"gamma": gamma})
 
