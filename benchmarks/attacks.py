@@ -30,7 +30,7 @@ from tesseract_fl.aggregators.kernels.gram import nearest_sums_np, sq_distances
 from tesseract_fl.aggregators.krum import krum_select
 from tesseract_fl.attacks import ATTACKS, AttackContext, DefenseView, make_attack
 from tesseract_fl.attacks.adaptive import restoration_order
-from tesseract_fl.attacks.base import malicious_mask, uniform
+from tesseract_fl.attacks.base import benign_index, malicious_mask, uniform
 from tesseract_fl.attacks.full_krum import LAMBDA_MIN, full_krum_search, lambda_upper_bound
 from tesseract_fl.attacks.statistics import column_std_mean
 
@@ -63,7 +63,7 @@ def naive_full_krum(G: torch.Tensor, c: int, c_max: int, gen: torch.Generator) -
 def kernels(G: torch.Tensor, mask: torch.Tensor, repeats: int) -> dict[str, Any]:
     """The attacks' kernels against the torch calls they replace, side by side in this process,
     with a check that they return the same bits."""
-    benign = (~mask).nonzero().flatten()
+    benign = benign_index(mask)
     mu = G[benign].mean(dim=0)
     pairs = {
         "std_mean of the benign rows": (
