@@ -547,3 +547,56 @@ def test_tesseract_filter_in_front_of_a_rule_is_its_own_cell(tiny_data_dir: Path
     assert grid.runs[0].run_id != grid.runs[1].run_id
     assert defense_label("tesseract>median") == "TESSERACT>Median"
     assert defense_label("clip+tesseract>trimmed_mean") == "clip+TESSERACT>Trim"
+
+
+def test_store_opened_by_two_processes_at_once_is_created_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two grid workers creating the same new store: the other one writes the schema version
+    between this one's read (none yet) and its write; opening must still succeed."""
+    import sqlite3
+
+    from tesseract_fl.experiments import store as store_mod
+
+    path = tmp_path / "s.sqlite"
+    real_connect = sqlite3.connect
+
+    class RacingConnection:
+        """A connection whose first schema-version read finds nothing, after which another
+        process (a second connection) creates the store first."""
+
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn, self._raced = conn, False
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if "FROM meta" in sql and not self._raced:
+                self._raced = True
+                other = store_mod.ResultsStore(path)  # the other worker, unpatched below
+                other.close()
+                return self._conn.execute("SELECT 1 WHERE 0")  # this read saw no row
+            return self._conn.execute(sql, *args)
+
+        def __enter__(self) -> Any:
+            return self._conn.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self._conn.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+    calls = {"n": 0}
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        conn = real_connect(*args, **kwargs)
+        return RacingConnection(conn) if calls["n"] == 1 else conn
+
+    monkeypatch.setattr(store_mod.sqlite3, "connect", connect)
+    s = store_mod.ResultsStore(path)
+    try:
+        assert calls["n"] == 2  # the other worker did open the store in between
+        rows = s.conn.execute("SELECT key, value FROM meta").fetchall()
+        assert rows == [("schema_version", str(store_mod.SCHEMA_VERSION))]
+    finally:
+        s.close()

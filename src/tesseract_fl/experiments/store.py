@@ -180,13 +180,18 @@ class ResultsStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(SCHEMA)
-            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = "SELECT value FROM meta WHERE key='schema_version'"
+            row = self.conn.execute(version).fetchone()
             if row is None:
+                # OR IGNORE: another process creating the same new store may write it first
+                # (grid workers open it together); then its value is the one checked below.
                 with self.conn:
                     self.conn.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                        "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
                     )
-            elif int(row[0]) == 1:
+                row = self.conn.execute(version).fetchone()
+            if int(row[0]) == 1:
                 self._migrate_from_1()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
